@@ -1,0 +1,28 @@
+# maxbridge: a Matrix appservice bridge to MAX. Multi-stage build; the runtime image holds only the binary.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so that source edits reuse the cached dependency layer.
+COPY Cargo.toml Cargo.lock ./
+COPY crates/maxproto/Cargo.toml crates/maxproto/Cargo.toml
+COPY crates/maxsim/Cargo.toml crates/maxsim/Cargo.toml
+RUN mkdir -p src crates/maxproto/src crates/maxsim/src crates/maxsim/benches \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs crates/maxproto/src/lib.rs crates/maxsim/src/lib.rs \
+ && echo 'fn main() {}' > crates/maxsim/benches/throughput.rs \
+ && cargo build --release --locked --bin maxbridge || true
+COPY . .
+RUN touch src/main.rs src/lib.rs crates/maxproto/src/lib.rs \
+ && cargo build --release --locked --bin maxbridge \
+ && strip target/release/maxbridge
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --home /data maxbridge && mkdir -p /data && chown maxbridge /data
+COPY --from=build /src/target/release/maxbridge /usr/local/bin/maxbridge
+USER maxbridge
+WORKDIR /data
+VOLUME /data
+# The appservice port of config.yaml.example.
+EXPOSE 29318
+ENTRYPOINT ["/usr/local/bin/maxbridge"]
+CMD ["-c", "/data/config.yaml"]

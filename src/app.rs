@@ -1,0 +1,206 @@
+//! Starting and stopping a bridge: checks the database and the homeserver,
+//! serves the appservice API, registers the bot and resumes saved logins.
+//! Used by the binary and, in-process, by the end-to-end tests.
+
+use crate::bridge::{Bridge, MatrixHandler};
+use crate::config::{Config, Registration};
+use crate::matrix::{
+    AppserviceConfig, AppserviceServer, MatrixClient, MatrixError, Secret, ServerOptions,
+    TransactionLog, TransactionLogError, UserNamespace,
+};
+use crate::store::Store;
+use ruma::OwnedServerName;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Why the bridge could not start; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(#[from] crate::store::StoreError),
+    #[error("homeserver at {url} cannot be reached: {source}")]
+    Homeserver { url: String, source: MatrixError },
+    #[error(
+        "the homeserver cannot reach the bridge at {url} (appservice ping failed: {source}); check appservice.address and that the homeserver loaded registration.yaml"
+    )]
+    Ping { url: String, source: MatrixError },
+    #[error("the homeserver refused the bridge's as_token ({0}); is registration.yaml loaded by the homeserver?")]
+    AsToken(MatrixError),
+    #[error("appservice listener on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// The transaction log of the appservice server, kept in the database so
+/// that a transaction redelivered after a restart is not bridged twice.
+#[derive(Clone)]
+struct StoredTransactions(Store);
+
+impl TransactionLog for StoredTransactions {
+    async fn is_handled(&self, txn_id: &str) -> Result<bool, TransactionLogError> {
+        Ok(self.0.transactions().is_handled(txn_id).await?)
+    }
+
+    async fn mark_handled(&self, txn_id: &str) -> Result<(), TransactionLogError> {
+        self.0.transactions().mark_handled(txn_id).await?;
+        Ok(())
+    }
+}
+
+/// A running bridge.
+pub struct Running {
+    pub bridge: Arc<Bridge>,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops serving, closes the MAX connections and waits for the server.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.bridge.shutdown().await;
+        match (&mut self.server).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "appservice server ended with an error"),
+            Err(error) => tracing::warn!(%error, "appservice server task failed"),
+        }
+        self.bridge.store().close().await;
+    }
+
+    /// Waits until the server stops on its own (it does not, normally).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.server).await;
+    }
+}
+
+pub fn appservice_config(
+    config: &Config,
+    registration: &Registration,
+) -> Result<AppserviceConfig, StartError> {
+    let server_name = OwnedServerName::try_from(config.homeserver.domain.as_str())
+        .map_err(|e| StartError::Config(format!("homeserver.domain: {e}")))?;
+    let probe = config.clone();
+    Ok(AppserviceConfig {
+        homeserver_url: config.homeserver.address.clone(),
+        server_name,
+        as_token: Secret::new(registration.as_token.expose()),
+        hs_token: Secret::new(registration.hs_token.expose()),
+        bot_localpart: registration.sender_localpart.clone(),
+        appservice_id: registration.id.clone(),
+        user_namespace: UserNamespace::new(move |user| {
+            probe.max_user_id_from_ghost(user.as_str()).is_some()
+        }),
+    })
+}
+
+/// Checks the database and homeserver, starts serving and resumes logins.
+pub async fn start(config: Config, registration: Registration) -> Result<Running, StartError> {
+    let store = Store::connect(&config.database.url, config.database.max_connections).await?;
+    let appservice = appservice_config(&config, &registration)?;
+    let matrix = MatrixClient::new(&appservice).map_err(|source| StartError::Homeserver {
+        url: config.homeserver.address.to_string(),
+        source,
+    })?;
+    let versions = matrix
+        .versions()
+        .await
+        .map_err(|source| StartError::Homeserver {
+            url: config.homeserver.address.to_string(),
+            source,
+        })?;
+    tracing::info!(versions = ?versions.versions, "homeserver answers");
+
+    let addr = format!("{}:{}", config.appservice.hostname, config.appservice.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: addr.clone(),
+        source,
+    })?;
+
+    let bridge = Bridge::new(config.clone(), store.clone(), matrix.clone());
+    let handler = Arc::new(MatrixHandler {
+        bridge: Arc::clone(&bridge),
+    });
+    let server = AppserviceServer::new(
+        appservice.hs_token.clone(),
+        handler,
+        StoredTransactions(store),
+        ServerOptions::default(),
+    );
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(server.serve(listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let running = Running {
+        bridge: Arc::clone(&bridge),
+        addr: local_addr,
+        stop: Some(stop_tx),
+        server,
+    };
+
+    if let Err(error) = check_homeserver(&bridge, &matrix, &registration).await {
+        running.shutdown().await;
+        return Err(error);
+    }
+    bridge.resume_logins().await;
+    tracing::info!(addr = %local_addr, bot = %bridge.bot_id(), "bridge running");
+    Ok(running)
+}
+
+async fn check_homeserver(
+    bridge: &Bridge,
+    matrix: &MatrixClient,
+    registration: &Registration,
+) -> Result<(), StartError> {
+    match matrix.ping().await {
+        Ok(rtt) => tracing::info!(?rtt, "homeserver reaches the appservice"),
+        Err(error) if error.errcode() == Some("M_UNRECOGNIZED") => {
+            tracing::warn!("homeserver has no appservice ping endpoint; skipping the check")
+        }
+        Err(error) if error.errcode() == Some("M_UNKNOWN_TOKEN") || error.errcode() == Some("M_FORBIDDEN") => {
+            return Err(StartError::AsToken(error));
+        }
+        Err(source) => {
+            return Err(StartError::Ping {
+                url: registration.url.clone(),
+                source,
+            });
+        }
+    }
+    let bot = bridge.bot_id();
+    matrix
+        .register_user(bot.localpart())
+        .await
+        .map_err(StartError::AsToken)?;
+    let config = bridge.config();
+    let wanted = &config.appservice.bot.displayname;
+    match matrix.get_profile(&bot).await {
+        Ok(profile) if profile.displayname.as_deref() == Some(wanted.as_str()) => {}
+        _ => {
+            if let Err(error) = matrix.set_displayname(&bot, wanted).await {
+                tracing::warn!(%error, "could not set the bot's display name");
+            }
+        }
+    }
+    if let Ok(avatar) = ruma::OwnedMxcUri::try_from(config.appservice.bot.avatar.as_str())
+        && avatar.is_valid()
+        && let Err(error) = matrix.set_avatar_url(&bot, &avatar).await
+    {
+        tracing::warn!(%error, "could not set the bot's avatar");
+    }
+    Ok(())
+}

@@ -1,0 +1,495 @@
+//! The bot's management room: accepting the bot's invite, the commands
+//! (`help`, `login`, `login-token`, `logout`, `ping`, `sync`, `list`,
+//! `cancel`) and the step-by-step SMS login they drive.
+
+use super::Bridge;
+use super::login::client_config;
+use crate::config::Permission;
+use crate::matrix::RoomEvent;
+use maxproto::Token;
+use maxproto::client::{AuthSession, ClientError, ConnectionState, SmsChallenge, SmsLoginOutcome};
+use ruma::{OwnedUserId, RoomId};
+use serde_json::Value;
+use std::sync::Arc;
+
+const HELP: &str = "\
+Commands (in this room no prefix is needed):
+• login — log in to MAX with your phone number and an SMS code
+• login-token <token> — log in with an existing MAX token (advanced)
+• logout — log out of MAX and stop bridging
+• ping — show the MAX connection state and account
+• sync — read your MAX chats again and create missing portals
+• list — list your bridged chats
+• cancel — cancel a login in progress
+• help — this text";
+
+/// A login in progress, waiting for the user's next message.
+pub enum PendingLogin {
+    Phone,
+    Code {
+        session: AuthSession,
+        challenge: SmsChallenge,
+        device_id: String,
+    },
+    Password {
+        session: AuthSession,
+        track_id: String,
+        device_id: String,
+    },
+}
+
+/// The bot was invited somewhere: join and greet permitted users, or
+/// refuse politely.
+pub(crate) async fn on_bot_invited(bridge: &Arc<Bridge>, event: &RoomEvent) {
+    let room = &event.room_id;
+    if let Err(error) = bridge.matrix.join(&bridge.bot, room).await {
+        tracing::warn!(room = %room, %error, "could not accept the bot's invite");
+        return;
+    }
+    let permission = bridge.config.permission_for(event.sender.as_str());
+    if permission < Permission::User {
+        bridge
+            .bot_notice(
+                room,
+                "Sorry, you are not allowed to use this bridge. Ask the homeserver's admin for access.",
+            )
+            .await;
+        if let Err(error) = bridge.matrix.leave(&bridge.bot, room).await {
+            tracing::warn!(room = %room, %error, "could not leave after refusing");
+        }
+        return;
+    }
+    let is_direct = event
+        .content
+        .get("is_direct")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let users = bridge.store.users();
+    let current = match users.get(event.sender.as_str()).await {
+        Ok(user) => user.and_then(|u| u.management_room),
+        Err(error) => {
+            tracing::error!(%error, "user lookup failed");
+            None
+        }
+    };
+    if (is_direct || current.is_none())
+        && let Err(error) = users
+            .set_management_room(event.sender.as_str(), Some(room.as_str()))
+            .await
+    {
+        tracing::error!(%error, "could not store the management room");
+    }
+    bridge
+        .bot_notice(
+            room,
+            "Hello! I bridge your MAX chats to Matrix. Send `login` to connect your MAX account, or `help` for all commands.",
+        )
+        .await;
+}
+
+/// A message in a room that is not a portal: a command when it is the
+/// user's management room, or when it starts with the command prefix.
+pub(crate) async fn on_room_message(bridge: &Arc<Bridge>, event: &RoomEvent) {
+    let Some(body) = event.content.get("body").and_then(Value::as_str) else {
+        return;
+    };
+    if event.content.get("msgtype").and_then(Value::as_str) == Some("m.notice") {
+        return;
+    }
+    let management = match bridge.store.users().get(event.sender.as_str()).await {
+        Ok(Some(user)) => user.management_room.as_deref() == Some(event.room_id.as_str()),
+        Ok(None) => false,
+        Err(error) => {
+            tracing::error!(%error, "user lookup failed");
+            false
+        }
+    };
+    let prefix = bridge.config.bridge.command_prefix.as_str();
+    let text = body.trim();
+    let command = match text.strip_prefix(prefix) {
+        Some(rest) if !prefix.is_empty() => rest.trim(),
+        _ if management => text,
+        _ => return,
+    };
+    if bridge.config.permission_for(event.sender.as_str()) < Permission::User {
+        bridge
+            .bot_notice(&event.room_id, "Sorry, you are not allowed to use this bridge.")
+            .await;
+        return;
+    }
+    run_command(bridge, &event.room_id, &event.sender, command).await;
+}
+
+async fn run_command(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, text: &str) {
+    // A pending login takes the next plain message (phone, code, password).
+    let mut words = text.split_whitespace();
+    let name = words.next().unwrap_or("").to_lowercase();
+    let args: Vec<&str> = words.collect();
+    let pending = bridge.pending_logins.lock().await.remove(user);
+    if let Some(pending) = pending {
+        if name == "cancel" {
+            if let PendingLogin::Code { session, .. } | PendingLogin::Password { session, .. } =
+                pending
+            {
+                session.close().await;
+            }
+            bridge.bot_notice(room, "Login cancelled.").await;
+            return;
+        }
+        continue_login(bridge, room, user, pending, text).await;
+        return;
+    }
+    let reply = |text: String| async move { bridge.bot_notice(room, &text).await };
+    match name.as_str() {
+        "" | "help" => reply(HELP.to_owned()).await,
+        "login" => {
+            if bridge.login_of(user).is_some() {
+                reply("You are already logged in. Send `logout` first to switch accounts.".to_owned())
+                    .await;
+                return;
+            }
+            match args.first() {
+                Some(phone) => start_sms(bridge, room, user, phone).await,
+                None => {
+                    bridge
+                        .pending_logins
+                        .lock()
+                        .await
+                        .insert(user.clone(), PendingLogin::Phone);
+                    reply("Send your phone number in international format, e.g. +79001234567 (or `cancel`).".to_owned()).await;
+                }
+            }
+        }
+        "login-token" => match args.first() {
+            Some(token) => {
+                let device_id = uuid::Uuid::new_v4().to_string();
+                finish_login(bridge, room, user, Token::new(*token), device_id).await;
+            }
+            None => reply("Usage: login-token <token>".to_owned()).await,
+        },
+        "logout" => logout(bridge, room, user).await,
+        "ping" => ping(bridge, room, user).await,
+        "sync" => sync(bridge, room, user).await,
+        "list" => list(bridge, room, user).await,
+        "cancel" => reply("Nothing to cancel.".to_owned()).await,
+        other => {
+            reply(format!("Unknown command `{other}`. Send `help` for the list.")).await
+        }
+    }
+}
+
+/// MAX's own words for a failure, so the user sees what MAX said.
+pub(crate) fn describe(error: &ClientError) -> String {
+    match error {
+        ClientError::Server(payload) => {
+            let text = payload
+                .localized_message
+                .clone()
+                .filter(|t| !t.is_empty())
+                .or_else(|| payload.message.clone().filter(|t| !t.is_empty()));
+            match text {
+                Some(text) => format!("{text} ({})", payload.error),
+                None => payload.error.clone(),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+async fn start_sms(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, phone: &str) {
+    let phone = normalize_phone(phone);
+    let device_id = uuid::Uuid::new_v4().to_string();
+    let session = match AuthSession::connect(client_config(&bridge.config, &device_id)).await {
+        Ok(session) => session,
+        Err(error) => {
+            bridge
+                .bot_notice(room, &format!("❌ Could not reach MAX: {}", describe(&error)))
+                .await;
+            return;
+        }
+    };
+    match session.start_sms_login(&phone).await {
+        Ok(challenge) => {
+            let digits = challenge
+                .code_length
+                .map(|n| format!("{n}-digit "))
+                .unwrap_or_default();
+            bridge
+                .pending_logins
+                .lock()
+                .await
+                .insert(
+                    user.clone(),
+                    PendingLogin::Code {
+                        session,
+                        challenge,
+                        device_id,
+                    },
+                );
+            bridge
+                .bot_notice(
+                    room,
+                    &format!("MAX sent a {digits}code to {phone}. Send it here (or `cancel`)."),
+                )
+                .await;
+        }
+        Err(error) => {
+            session.close().await;
+            bridge
+                .bot_notice(room, &format!("❌ MAX refused the phone number: {}", describe(&error)))
+                .await;
+        }
+    }
+}
+
+fn normalize_phone(phone: &str) -> String {
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    format!("+{digits}")
+}
+
+async fn continue_login(
+    bridge: &Arc<Bridge>,
+    room: &RoomId,
+    user: &OwnedUserId,
+    pending: PendingLogin,
+    text: &str,
+) {
+    match pending {
+        PendingLogin::Phone => start_sms(bridge, room, user, text).await,
+        PendingLogin::Code {
+            session,
+            challenge,
+            device_id,
+        } => {
+            let code: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+            match session.check_sms_code(&challenge, &code).await {
+                Ok(outcome) => on_outcome(bridge, room, user, session, outcome, device_id).await,
+                Err(error) => {
+                    bridge
+                        .bot_notice(
+                            room,
+                            &format!(
+                                "❌ MAX did not accept the code: {}. Send the code again, or `cancel`.",
+                                describe(&error)
+                            ),
+                        )
+                        .await;
+                    let retry = PendingLogin::Code {
+                        session,
+                        challenge,
+                        device_id,
+                    };
+                    bridge.pending_logins.lock().await.insert(user.clone(), retry);
+                }
+            }
+        }
+        PendingLogin::Password {
+            session,
+            track_id,
+            device_id,
+        } => match session.check_password(&track_id, text.trim()).await {
+            Ok(outcome) => on_outcome(bridge, room, user, session, outcome, device_id).await,
+            Err(error) => {
+                bridge
+                    .bot_notice(
+                        room,
+                        &format!(
+                            "❌ MAX did not accept the password: {}. Send it again, or `cancel`.",
+                            describe(&error)
+                        ),
+                    )
+                    .await;
+                let retry = PendingLogin::Password {
+                    session,
+                    track_id,
+                    device_id,
+                };
+                bridge.pending_logins.lock().await.insert(user.clone(), retry);
+            }
+        },
+    }
+}
+
+async fn on_outcome(
+    bridge: &Arc<Bridge>,
+    room: &RoomId,
+    user: &OwnedUserId,
+    session: AuthSession,
+    outcome: SmsLoginOutcome,
+    device_id: String,
+) {
+    match outcome {
+        SmsLoginOutcome::LoggedIn { token, .. } => {
+            session.close().await;
+            finish_login(bridge, room, user, token, device_id).await;
+        }
+        SmsLoginOutcome::PasswordRequired { track_id, hint } => {
+            let hint = hint.map(|h| format!(" (hint: {h})")).unwrap_or_default();
+            bridge.pending_logins.lock().await.insert(
+                user.clone(),
+                PendingLogin::Password {
+                    session,
+                    track_id,
+                    device_id,
+                },
+            );
+            bridge
+                .bot_notice(
+                    room,
+                    &format!("Your MAX account has a cloud password{hint}. Send it here (or `cancel`)."),
+                )
+                .await;
+        }
+        SmsLoginOutcome::RegistrationRequired => {
+            session.close().await;
+            bridge
+                .bot_notice(
+                    room,
+                    "❌ This phone number has no MAX account. Create one in a MAX app first.",
+                )
+                .await;
+        }
+    }
+}
+
+async fn finish_login(
+    bridge: &Arc<Bridge>,
+    room: &RoomId,
+    user: &OwnedUserId,
+    token: Token,
+    device_id: String,
+) {
+    match bridge.start_login(user.clone(), token, device_id).await {
+        Ok(session) => {
+            bridge
+                .bot_notice(
+                    room,
+                    &format!(
+                        "✅ Logged in to MAX as {} (id {}). Your chats will appear as rooms.",
+                        session.name, session.max_user_id
+                    ),
+                )
+                .await;
+        }
+        Err(error) => {
+            bridge
+                .bot_notice(room, &format!("❌ MAX login failed: {}", describe(&error)))
+                .await;
+        }
+    }
+}
+
+async fn logout(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
+    let session = bridge.remove_login(user);
+    let had_login = match bridge.store.logins().delete(user.as_str()).await {
+        Ok(deleted) => deleted,
+        Err(error) => {
+            tracing::error!(%error, "could not delete the login");
+            bridge.bot_notice(room, "❌ Logout failed: database error.").await;
+            return;
+        }
+    };
+    match session {
+        Some(session) => {
+            if let Err(error) = session.client.logout().await {
+                tracing::warn!(user = %user, %error, "MAX LOGOUT failed; the session is closed anyway");
+            }
+            session.stop().await;
+            bridge.bot_notice(room, "Logged out of MAX.").await;
+        }
+        None if had_login => bridge.bot_notice(room, "Logged out of MAX.").await,
+        None => bridge.bot_notice(room, "You are not logged in.").await,
+    }
+}
+
+async fn ping(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
+    let Some(session) = bridge.login_of(user) else {
+        let text = match bridge.store.logins().get(user.as_str()).await {
+            Ok(Some(login)) => format!(
+                "Not connected to MAX (account {}, state: {}). Send `login` to log in again.",
+                login.max_user_id, login.state
+            ),
+            _ => "You are not logged in to MAX. Send `login`.".to_owned(),
+        };
+        bridge.bot_notice(room, &text).await;
+        return;
+    };
+    let state = match &*session.client.state().borrow() {
+        ConnectionState::Connected => "connected".to_owned(),
+        ConnectionState::Connecting => "connecting".to_owned(),
+        ConnectionState::Reconnecting { attempt, last_error } => {
+            format!("reconnecting (attempt {attempt}, last error: {last_error})")
+        }
+        ConnectionState::LoggedOut { reason } => format!("logged out: {reason}"),
+        ConnectionState::Closed => "closed".to_owned(),
+    };
+    bridge
+        .bot_notice(
+            room,
+            &format!(
+                "Logged in to MAX as {} (id {}); connection: {state}.",
+                session.name, session.max_user_id
+            ),
+        )
+        .await;
+}
+
+async fn sync(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
+    let Some(session) = bridge.login_of(user) else {
+        bridge.bot_notice(room, "You are not logged in to MAX.").await;
+        return;
+    };
+    let request = maxproto::types::ChatsListRequest {
+        marker: super::now_ms(),
+        count: Some(100),
+        ..Default::default()
+    };
+    match session.client.call(&request).await {
+        Ok(answer) => {
+            let count = answer.chats.iter().filter(|c| !c.is_saved_messages()).count();
+            bridge
+                .sync_chats(&session, &answer.chats, &Default::default())
+                .await;
+            bridge
+                .bot_notice(room, &format!("Synchronising {count} chats."))
+                .await;
+        }
+        Err(error) => {
+            bridge
+                .bot_notice(room, &format!("❌ Could not read chats: {}", describe(&error)))
+                .await;
+        }
+    }
+}
+
+async fn list(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
+    let login = match bridge.store.logins().get(user.as_str()).await {
+        Ok(Some(login)) => login,
+        Ok(None) => {
+            bridge.bot_notice(room, "You are not logged in to MAX.").await;
+            return;
+        }
+        Err(error) => {
+            tracing::error!(%error, "login lookup failed");
+            return;
+        }
+    };
+    let portals = match bridge.store.portals().for_receiver(login.max_user_id).await {
+        Ok(portals) => portals,
+        Err(error) => {
+            tracing::error!(%error, "portal lookup failed");
+            return;
+        }
+    };
+    if portals.is_empty() {
+        bridge.bot_notice(room, "No bridged chats yet.").await;
+        return;
+    }
+    let mut text = format!("Bridged chats ({}):", portals.len());
+    for portal in portals {
+        let name = portal.name.unwrap_or_else(|| portal.chat_id.to_string());
+        let room = portal.room_id.unwrap_or_else(|| "(no room yet)".to_owned());
+        text.push_str(&format!("\n• {name} [{}] — {room}", portal.kind.as_str()));
+    }
+    bridge.bot_notice(room, &text).await;
+}

@@ -1,0 +1,340 @@
+//! Message content conversion between MAX and Matrix: MAX text with its
+//! formatting elements (UTF-16 offsets) becomes a Matrix `body` plus HTML
+//! `formatted_body`; Matrix text becomes MAX text, split at MAX's length
+//! limit. Attachments are named in the text until media bridging exists, so
+//! that nothing is dropped without a trace.
+
+use maxproto::types::{Attach, Element, ElementType, Message};
+use serde_json::{Value, json};
+
+/// `max-msg-length` of the MAX server config.
+pub const MAX_TEXT_CHARS: usize = 4000;
+
+/// A Matrix `m.room.message` content built from a MAX message.
+pub fn max_to_matrix(message: &Message) -> Value {
+    let (text, elements) = match message.forwarded() {
+        Some(original) if message.text.is_empty() => (&original.text, &original.elements),
+        _ => (&message.text, &message.elements),
+    };
+    let mut body = text.clone();
+    let mut html = if elements.is_empty() {
+        None
+    } else {
+        Some(elements_to_html(text, elements))
+    };
+    let forwarded = message.forwarded().is_some() && message.text.is_empty();
+    let mut only_service = !message.attaches.is_empty() && text.is_empty();
+    for attach in &message.attaches {
+        let line = describe_attach(attach);
+        if !matches!(attach, Attach::Control(_)) {
+            only_service = false;
+        }
+        if !body.is_empty() {
+            body.push('\n');
+        }
+        body.push_str(&line);
+        if let Some(html) = html.as_mut() {
+            html.push_str("<br>");
+            html.push_str(&escape_html(&line));
+        }
+    }
+    if forwarded {
+        body = format!("↪ Forwarded:\n{body}");
+        if let Some(html) = html.as_mut() {
+            *html = format!("<blockquote>{html}</blockquote>");
+        }
+    }
+    let msgtype = if only_service { "m.notice" } else { "m.text" };
+    let mut content = json!({"msgtype": msgtype, "body": body});
+    if let Some(html) = html {
+        content["format"] = json!("org.matrix.custom.html");
+        content["formatted_body"] = json!(html);
+    }
+    content
+}
+
+/// A one-line description of an attachment that is not bridged as media.
+fn describe_attach(attach: &Attach) -> String {
+    match attach {
+        Attach::Control(control) => {
+            let text = control
+                .message
+                .clone()
+                .or_else(|| control.short_message.clone());
+            match (text, control.event.as_deref()) {
+                (Some(text), _) => text,
+                (None, Some("new")) => match &control.title {
+                    Some(title) => format!("created the chat «{title}»"),
+                    None => "created the chat".to_owned(),
+                },
+                (None, Some("title")) => match &control.title {
+                    Some(title) => format!("changed the title to «{title}»"),
+                    None => "changed the title".to_owned(),
+                },
+                (None, Some(event)) => format!("[chat event: {event}]"),
+                (None, None) => "[chat event]".to_owned(),
+            }
+        }
+        Attach::File(file) => match &file.name {
+            Some(name) => format!("[file: {name}]"),
+            None => "[file]".to_owned(),
+        },
+        Attach::Share(share) => match (&share.title, &share.url) {
+            (_, Some(url)) => format!("[link: {url}]"),
+            (Some(title), None) => format!("[link: {title}]"),
+            (None, None) => "[link]".to_owned(),
+        },
+        other => format!("[{} attachment — not bridged yet]", other.kind().to_lowercase()),
+    }
+}
+
+/// Renders formatting elements as HTML. Elements may overlap, so the text is
+/// cut at every element boundary and each piece is wrapped in the tags of
+/// the elements covering it: always well-nested, whatever the overlaps.
+pub fn elements_to_html(text: &str, elements: &[Element]) -> String {
+    let units: Vec<u16> = text.encode_utf16().collect();
+    let len = units.len() as i64;
+    let spans: Vec<(i64, i64, &Element)> = elements
+        .iter()
+        .filter_map(|e| {
+            let start = e.offset().clamp(0, len);
+            let end = (e.offset().saturating_add(e.length)).clamp(0, len);
+            (start < end).then_some((start, end, e))
+        })
+        .collect();
+    let mut cuts: Vec<i64> = vec![0, len];
+    for (start, end, _) in &spans {
+        cuts.push(*start);
+        cuts.push(*end);
+    }
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut html = String::new();
+    for pair in cuts.windows(2) {
+        let (from, to) = (pair[0], pair[1]);
+        let piece = String::from_utf16_lossy(&units[from as usize..to as usize]);
+        let mut active: Vec<&Element> = spans
+            .iter()
+            .filter(|(start, end, _)| *start <= from && to <= *end)
+            .map(|(_, _, e)| *e)
+            .collect();
+        // Block-level tags outermost, so that inline tags nest inside them.
+        active.sort_by_key(|e| tag_rank(&e.kind));
+        for element in &active {
+            html.push_str(&open_tag(element));
+        }
+        html.push_str(&escape_html(&piece).replace('\n', "<br>"));
+        for element in active.iter().rev() {
+            html.push_str(close_tag(&element.kind));
+        }
+    }
+    html
+}
+
+fn tag_rank(kind: &ElementType) -> u8 {
+    match kind {
+        ElementType::Quote => 0,
+        ElementType::Code => 1,
+        ElementType::Heading => 2,
+        ElementType::Link => 3,
+        _ => 4,
+    }
+}
+
+fn open_tag(element: &Element) -> String {
+    match &element.kind {
+        ElementType::Strong => "<strong>".to_owned(),
+        ElementType::Emphasized => "<em>".to_owned(),
+        ElementType::Underline => "<u>".to_owned(),
+        ElementType::Strikethrough => "<del>".to_owned(),
+        ElementType::Monospaced => "<code>".to_owned(),
+        ElementType::Code => "<pre><code>".to_owned(),
+        ElementType::Quote => "<blockquote>".to_owned(),
+        ElementType::Heading => "<h3>".to_owned(),
+        ElementType::Link => match element.url() {
+            Some(url) if is_safe_url(url) => format!("<a href=\"{}\">", escape_html(url)),
+            _ => "<span>".to_owned(),
+        },
+        ElementType::Other(_) => "<span>".to_owned(),
+    }
+}
+
+fn close_tag(kind: &ElementType) -> &'static str {
+    match kind {
+        ElementType::Strong => "</strong>",
+        ElementType::Emphasized => "</em>",
+        ElementType::Underline => "</u>",
+        ElementType::Strikethrough => "</del>",
+        ElementType::Monospaced => "</code>",
+        ElementType::Code => "</code></pre>",
+        ElementType::Quote => "</blockquote>",
+        ElementType::Heading => "</h3>",
+        ElementType::Link => "</a>",
+        ElementType::Other(_) => "</span>",
+    }
+}
+
+/// Links from MAX must not smuggle `javascript:` and the like into clients.
+fn is_safe_url(url: &str) -> bool {
+    let lower = url.trim().to_ascii_lowercase();
+    ["http://", "https://", "mailto:", "tel:"]
+        .iter()
+        .any(|scheme| lower.starts_with(scheme))
+}
+
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The text of a Matrix message to send to MAX, or `None` for message
+/// types that are not text.
+pub fn matrix_text(content: &Value) -> Option<String> {
+    let msgtype = content.get("msgtype")?.as_str()?;
+    let body = content.get("body")?.as_str()?;
+    let body = if content
+        .pointer("/m.relates_to/m.in_reply_to/event_id")
+        .is_some()
+    {
+        strip_reply_fallback(body)
+    } else {
+        body
+    };
+    match msgtype {
+        "m.text" | "m.notice" => Some(body.to_owned()),
+        "m.emote" => Some(format!("* {body}")),
+        _ => None,
+    }
+}
+
+/// Replies carry the quoted message as `> ` lines before a blank line; MAX
+/// shows the quote itself, so only the new text goes over.
+fn strip_reply_fallback(body: &str) -> &str {
+    if !body.starts_with("> ") {
+        return body;
+    }
+    match body.find("\n\n") {
+        Some(at) => &body[at + 2..],
+        None => body,
+    }
+}
+
+/// Splits text into pieces MAX accepts (counted in characters), preferring
+/// to cut at a line break or a space.
+pub fn split_text(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= MAX_TEXT_CHARS {
+        return vec![text.to_owned()];
+    }
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < chars.len() {
+        let hard_end = (start + MAX_TEXT_CHARS).min(chars.len());
+        let mut end = hard_end;
+        if hard_end < chars.len() {
+            let window = &chars[start..hard_end];
+            if let Some(cut) = window
+                .iter()
+                .rposition(|c| *c == '\n')
+                .or_else(|| window.iter().rposition(|c| c.is_whitespace()))
+                .filter(|cut| *cut > MAX_TEXT_CHARS / 2)
+            {
+                end = start + cut + 1;
+            }
+        }
+        parts.push(chars[start..end].iter().collect());
+        start = end;
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maxproto::types::{Element, MessageId, UserId};
+
+    fn message(text: &str, elements: Vec<Element>) -> Message {
+        let mut m = Message::new(MessageId(1), 1, Some(UserId(2)), text);
+        m.elements = elements;
+        m
+    }
+
+    #[test]
+    fn plain_text_has_no_html() {
+        let content = max_to_matrix(&message("привет 👋", vec![]));
+        assert_eq!(content["body"], "привет 👋");
+        assert_eq!(content["msgtype"], "m.text");
+        assert!(content.get("formatted_body").is_none());
+    }
+
+    #[test]
+    fn elements_use_utf16_offsets_and_nest_when_overlapping() {
+        // "👋" is two UTF-16 units: "bold" starts at unit 3.
+        let text = "👋 bold and <i>";
+        let elements = vec![
+            Element::new(ElementType::Strong, 3, 8),
+            Element::new(ElementType::Emphasized, 8, 7),
+        ];
+        let html = elements_to_html(text, &elements);
+        assert_eq!(
+            html,
+            "👋 <strong>bold </strong><strong><em>and</em></strong><em> &lt;i&gt;</em>"
+        );
+    }
+
+    #[test]
+    fn hostile_links_are_not_links() {
+        let elements = vec![Element::link(0, 5, "javascript:alert(1)")];
+        let html = elements_to_html("click", &elements);
+        assert!(!html.contains("javascript"));
+        let elements = vec![Element::link(0, 5, "https://max.ru/\"x")];
+        assert_eq!(
+            elements_to_html("click", &elements),
+            "<a href=\"https://max.ru/&quot;x\">click</a>"
+        );
+    }
+
+    #[test]
+    fn out_of_range_elements_do_not_panic() {
+        let elements = vec![
+            Element::new(ElementType::Strong, 50, 3),
+            Element::new(ElementType::Strong, -4, 2),
+            Element::new(ElementType::Strong, 1, i64::MAX),
+        ];
+        assert_eq!(elements_to_html("ab", &elements), "a<strong>b</strong>");
+    }
+
+    #[test]
+    fn reply_fallback_is_stripped_and_emotes_marked() {
+        let content = json!({
+            "msgtype": "m.text",
+            "body": "> <@a:b> old\n> more\n\nnew text",
+            "m.relates_to": {"m.in_reply_to": {"event_id": "$x"}}
+        });
+        assert_eq!(matrix_text(&content).as_deref(), Some("new text"));
+        let emote = json!({"msgtype": "m.emote", "body": "waves"});
+        assert_eq!(matrix_text(&emote).as_deref(), Some("* waves"));
+        assert_eq!(matrix_text(&json!({"msgtype": "m.image", "body": "x"})), None);
+    }
+
+    #[test]
+    fn long_text_splits_within_the_limit_and_loses_nothing() {
+        let word = "слово ";
+        let text = word.repeat(1500);
+        let parts = split_text(&text);
+        assert!(parts.len() >= 3);
+        assert!(parts.iter().all(|p| p.chars().count() <= MAX_TEXT_CHARS));
+        assert_eq!(parts.concat(), text);
+        assert_eq!(split_text("short"), vec!["short".to_owned()]);
+    }
+}

@@ -1,0 +1,158 @@
+//! Ghosts: the Matrix users that stand for MAX users. Registered lazily,
+//! named after the MAX contact, with the MAX avatar mirrored into the
+//! homeserver's media repository (uploaded again only when it changes).
+
+use super::Bridge;
+use super::login::LoginSession;
+use crate::matrix::MatrixError;
+use crate::store::GhostRow;
+use maxproto::types::{ContactInfoRequest, User, UserId as MaxUserId};
+use ruma::{OwnedMxcUri, OwnedUserId};
+use std::sync::Arc;
+
+/// MAX avatars are small pictures; anything larger is not an avatar.
+const MAX_AVATAR_BYTES: usize = 10 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GhostError {
+    #[error("ghost user id for MAX user {0} is invalid")]
+    InvalidId(i64),
+    #[error(transparent)]
+    Matrix(#[from] MatrixError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl Bridge {
+    /// The ghost of a MAX user, registered and named; `user` carries the
+    /// latest profile when the caller has one. The session is asked for
+    /// the contact (CONTACT_INFO) when no name is known yet.
+    pub(crate) async fn ensure_ghost(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        max_user_id: i64,
+    ) -> Result<OwnedUserId, GhostError> {
+        let mxid = OwnedUserId::try_from(self.config.ghost_user_id(max_user_id))
+            .map_err(|_| GhostError::InvalidId(max_user_id))?;
+        let mut row = self
+            .store
+            .ghosts()
+            .get(max_user_id)
+            .await?
+            .unwrap_or_else(|| GhostRow::new(max_user_id, mxid.as_str()));
+        if !row.registered {
+            self.matrix.register_user(mxid.localpart()).await?;
+            row.registered = true;
+            self.store.ghosts().upsert(&row).await?;
+        }
+        let contact = match session.contact(max_user_id) {
+            Some(contact) => Some(contact),
+            None => self.fetch_contact(session, max_user_id).await,
+        };
+        if let Some(contact) = contact {
+            self.update_ghost_profile(&mxid, &mut row, &contact).await?;
+        }
+        Ok(mxid)
+    }
+
+    async fn fetch_contact(&self, session: &LoginSession, max_user_id: i64) -> Option<User> {
+        let request = ContactInfoRequest {
+            contact_ids: vec![MaxUserId(max_user_id)],
+            ..Default::default()
+        };
+        match session.client.call(&request).await {
+            Ok(answer) => {
+                session.remember_contacts(answer.contacts.iter().cloned());
+                answer.contacts.into_iter().find(|c| c.id.0 == max_user_id)
+            }
+            Err(error) => {
+                tracing::warn!(max_user = max_user_id, %error, "CONTACT_INFO failed; ghost stays unnamed");
+                None
+            }
+        }
+    }
+
+    async fn update_ghost_profile(
+        &self,
+        mxid: &OwnedUserId,
+        row: &mut GhostRow,
+        contact: &User,
+    ) -> Result<(), GhostError> {
+        let name = contact
+            .display_name()
+            .unwrap_or_else(|| contact.id.0.to_string());
+        let displayname = self.config.ghost_displayname(&name);
+        let mut changed = false;
+        if !row.name_set || row.display_name.as_deref() != Some(displayname.as_str()) {
+            self.matrix.set_displayname(mxid, &displayname).await?;
+            row.display_name = Some(displayname);
+            row.name_set = true;
+            changed = true;
+        }
+        if let Some(url) = contact.base_url.as_deref().filter(|u| !u.is_empty())
+            && (!row.avatar_set || row.avatar_url.as_deref() != Some(url))
+        {
+            match self.mirror_avatar(url).await {
+                Some(mxc) => {
+                    self.matrix.set_avatar_url(mxid, &mxc).await?;
+                    row.avatar_mxc = Some(mxc.to_string());
+                    row.avatar_url = Some(url.to_owned());
+                    row.avatar_set = true;
+                    changed = true;
+                }
+                None => tracing::warn!(ghost = %mxid, "avatar not mirrored; will retry later"),
+            }
+        }
+        if changed {
+            self.store.ghosts().upsert(row).await?;
+        }
+        Ok(())
+    }
+
+    /// Downloads a MAX picture and uploads it to the media repository.
+    pub(crate) async fn mirror_avatar(&self, url: &str) -> Option<OwnedMxcUri> {
+        let response = match self.http.get(url).send().await {
+            Ok(response) if response.status().is_success() => response,
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "avatar download refused");
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "avatar download failed");
+                return None;
+            }
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n as usize > MAX_AVATAR_BYTES)
+        {
+            tracing::warn!("avatar too large; skipped");
+            return None;
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("image/jpeg")
+            .to_owned();
+        let bytes = match response.bytes().await {
+            Ok(bytes) if bytes.len() <= MAX_AVATAR_BYTES => bytes,
+            Ok(_) => return None,
+            Err(error) => {
+                tracing::warn!(%error, "avatar download failed");
+                return None;
+            }
+        };
+        match self
+            .matrix
+            .upload_media(bytes.to_vec(), &content_type, Some("avatar"))
+            .await
+        {
+            Ok(mxc) => Some(mxc),
+            Err(error) => {
+                tracing::warn!(%error, "avatar upload failed");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! One running MAX session per logged-in Matrix user: starting it from a
+//! token, pumping its pushes into the portal queues, persisting replacement
+//! tokens and telling the user when the connection drops, comes back or is
+//! logged out.
+
+use super::Bridge;
+use super::portal::{PortalEvent, PortalKey};
+use crate::config::{Config, WireFormat as ConfigWireFormat};
+use crate::store::LoginRow;
+use maxproto::client::{Client, ClientConfig, ClientError, ClientEvent, ClientEvents, ConnectionState};
+use maxproto::types::{Chat, ChatId, Message, Push, User};
+use maxproto::{Token, WireFormat};
+use ruma::OwnedUserId;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinHandle;
+
+/// Login states kept in the `logins.state` column.
+pub const STATE_CONNECTED: &str = "connected";
+pub const STATE_LOGGED_OUT: &str = "logged_out";
+
+/// A logged-in MAX account of one Matrix user.
+pub struct LoginSession {
+    pub mxid: OwnedUserId,
+    pub max_user_id: i64,
+    pub name: String,
+    pub client: Client,
+    /// Contacts seen in LOGIN and CONTACT_INFO answers, for ghost names.
+    contacts: Mutex<HashMap<i64, User>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+
+impl std::fmt::Debug for LoginSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginSession")
+            .field("mxid", &self.mxid)
+            .field("max_user_id", &self.max_user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoginSession {
+    pub fn contact(&self, user_id: i64) -> Option<User> {
+        self.lock_contacts().get(&user_id).cloned()
+    }
+
+    pub fn remember_contacts(&self, users: impl IntoIterator<Item = User>) {
+        let mut contacts = self.lock_contacts();
+        for user in users {
+            contacts.insert(user.id.0, user);
+        }
+    }
+
+    fn lock_contacts(&self) -> std::sync::MutexGuard<'_, HashMap<i64, User>> {
+        self.contacts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the session's tasks and closes its connection.
+    pub async fn stop(&self) {
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for task in tasks {
+            task.abort();
+        }
+        self.client.close().await;
+    }
+
+    pub fn portal_key(&self, chat_id: i64) -> PortalKey {
+        PortalKey {
+            chat_id,
+            receiver: self.max_user_id,
+        }
+    }
+}
+
+/// The MAX client configuration of the bridge, for one login's device.
+pub fn client_config(config: &Config, device_id: &str) -> ClientConfig {
+    let format = match config.max.wire_format {
+        ConfigWireFormat::Json => WireFormat::Json,
+        ConfigWireFormat::Binary => WireFormat::Binary,
+    };
+    let mut client = ClientConfig::web(device_id).with_wire_format(format);
+    client.endpoint = config.max.endpoint.to_string();
+    client.origin = config.max.origin.clone();
+    client.user_agent = config.max.user_agent.clone();
+    let ua = &mut client.session_init.user_agent;
+    let device = &config.max.device;
+    ua.device_type = device.device_type.clone();
+    ua.locale = device.locale.clone();
+    ua.device_locale = device.device_locale.clone();
+    ua.os_version = device.os_version.clone();
+    ua.device_name = device.device_name.clone();
+    ua.header_user_agent = config.max.user_agent.clone();
+    ua.app_version = device.app_version.clone();
+    ua.screen = device.screen.clone();
+    ua.timezone = device.timezone.clone();
+    client
+}
+
+impl Bridge {
+    /// Logs in to MAX with a stored or fresh token and starts bridging for
+    /// `mxid`. Saves the login, replaces a running session of that user, and
+    /// creates portals for the account's chats.
+    pub(crate) async fn start_login(
+        self: &Arc<Self>,
+        mxid: OwnedUserId,
+        token: Token,
+        device_id: String,
+    ) -> Result<Arc<LoginSession>, ClientError> {
+        let config = client_config(&self.config, &device_id);
+        let (client, events, login) = Client::login(config, token.clone()).await?;
+        let me = login.me().0;
+        let name = login
+            .profile
+            .contact
+            .display_name()
+            .unwrap_or_else(|| me.to_string());
+        let token = client.current_token().unwrap_or(token);
+        let row = LoginRow {
+            mxid: mxid.to_string(),
+            max_user_id: me,
+            token,
+            device_id,
+            state: STATE_CONNECTED.to_owned(),
+            display_name: Some(name.clone()),
+            phone: login.profile.contact.phone.as_ref().map(|p| p.digits()),
+        };
+        if let Err(error) = self.store.logins().upsert(&row).await {
+            client.close().await;
+            return Err(ClientError::UnexpectedAnswer {
+                opcode: maxproto::Opcode::LOGIN,
+                detail: format!("could not save the login: {error}"),
+            });
+        }
+        let session = Arc::new(LoginSession {
+            mxid: mxid.clone(),
+            max_user_id: me,
+            name,
+            client,
+            contacts: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        session.remember_contacts(login.contacts.iter().cloned());
+        session.remember_contacts([login.profile.contact.clone()]);
+        if let Some(previous) = self.set_login(Arc::clone(&session)) {
+            previous.stop().await;
+        }
+        let pump = tokio::spawn(Arc::clone(self).pump(Arc::clone(&session), events));
+        let watch = tokio::spawn(Arc::clone(self).watch_state(Arc::clone(&session)));
+        session
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([pump, watch]);
+        self.sync_chats(&session, &login.chats, &login.messages).await;
+        tracing::info!(user = %mxid, max_user = me, "MAX login running");
+        Ok(session)
+    }
+
+    /// Queues portal creation (or update) for every chat of a LOGIN answer,
+    /// plus the recent messages it carries, so that messages that arrived
+    /// while the bridge was away are caught up.
+    pub(crate) async fn sync_chats(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        chats: &[Chat],
+        messages: &BTreeMap<ChatId, Vec<Message>>,
+    ) {
+        for chat in chats {
+            if chat.is_saved_messages() {
+                continue;
+            }
+            let key = session.portal_key(chat.id.0);
+            let recent = messages.get(&chat.id).cloned().unwrap_or_default();
+            self.enqueue(
+                key,
+                PortalEvent::Chat {
+                    session: Arc::clone(session),
+                    chat: Box::new(chat.clone()),
+                    create: true,
+                },
+            )
+            .await;
+            self.enqueue(
+                key,
+                PortalEvent::CatchUp {
+                    session: Arc::clone(session),
+                    chat: Box::new(chat.clone()),
+                    recent,
+                },
+            )
+            .await;
+        }
+    }
+
+    async fn pump(self: Arc<Self>, session: Arc<LoginSession>, mut events: ClientEvents) {
+        while let Some(event) = events.recv().await {
+            match event {
+                ClientEvent::Push(push) => match Push::parse(push.opcode, push.payload) {
+                    Ok(push) => self.on_push(&session, push).await,
+                    Err(error) => {
+                        tracing::warn!(user = %session.mxid, %error, "MAX push does not fit its type; skipped")
+                    }
+                },
+                ClientEvent::TokenReplaced(token) => {
+                    match self.store.logins().set_token(session.mxid.as_str(), &token).await {
+                        Ok(_) => tracing::info!(user = %session.mxid, "stored the replacement MAX token"),
+                        Err(error) => {
+                            tracing::error!(user = %session.mxid, %error, "could not store the replacement MAX token")
+                        }
+                    }
+                }
+                ClientEvent::Reconnected(login) => {
+                    session.remember_contacts(login.contacts.iter().cloned());
+                    self.sync_chats(&session, &login.chats, &login.messages).await;
+                }
+            }
+        }
+    }
+
+    async fn on_push(self: &Arc<Self>, session: &Arc<LoginSession>, push: Push) {
+        match push {
+            Push::Message(notif) => {
+                let key = session.portal_key(notif.chat_id.0);
+                if notif.chat_id.0 == 0 {
+                    return;
+                }
+                self.enqueue(
+                    key,
+                    PortalEvent::MaxMessage {
+                        session: Arc::clone(session),
+                        message: Box::new(notif.message),
+                    },
+                )
+                .await;
+            }
+            Push::Chat(notif) => {
+                let chat: Chat = notif.chat;
+                if chat.is_saved_messages() {
+                    return;
+                }
+                self.enqueue(
+                    session.portal_key(chat.id.0),
+                    PortalEvent::Chat {
+                        session: Arc::clone(session),
+                        chat: Box::new(chat),
+                        create: false,
+                    },
+                )
+                .await;
+            }
+            Push::Contact(notif) => {
+                if let Some(contact) = notif.contact {
+                    session.remember_contacts([contact]);
+                }
+            }
+            other => tracing::trace!(user = %session.mxid, push = ?std::mem::discriminant(&other), "push not bridged"),
+        }
+    }
+
+    /// Tells the user about connection changes: a drop (once, not per
+    /// attempt), the recovery, and a server-side logout.
+    async fn watch_state(self: Arc<Self>, session: Arc<LoginSession>) {
+        let mut state = session.client.state();
+        let mut reported_drop = false;
+        loop {
+            let current = state.borrow_and_update().clone();
+            match current {
+                ConnectionState::Reconnecting { last_error, .. } if !reported_drop => {
+                    reported_drop = true;
+                    tracing::warn!(user = %session.mxid, error = %last_error, "MAX connection lost");
+                    self.tell_user(
+                        &session.mxid,
+                        &format!("⚠️ Lost the connection to MAX ({last_error}). Reconnecting…"),
+                    )
+                    .await;
+                }
+                ConnectionState::Connected if reported_drop => {
+                    reported_drop = false;
+                    tracing::info!(user = %session.mxid, "MAX connection restored");
+                    self.tell_user(&session.mxid, "✅ Reconnected to MAX.").await;
+                }
+                ConnectionState::LoggedOut { reason } => {
+                    tracing::warn!(user = %session.mxid, %reason, "MAX logged the account out");
+                    if let Err(error) = self
+                        .store
+                        .logins()
+                        .set_state(session.mxid.as_str(), STATE_LOGGED_OUT)
+                        .await
+                    {
+                        tracing::error!(user = %session.mxid, %error, "could not record the logout");
+                    }
+                    self.tell_user(
+                        &session.mxid,
+                        &format!(
+                            "❌ MAX logged you out: {reason}. Send `login` to log in again."
+                        ),
+                    )
+                    .await;
+                    return;
+                }
+                ConnectionState::Closed => return,
+                _ => {}
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Restarts the logins saved in the database (at bridge start).
+    pub async fn resume_logins(self: &Arc<Self>) {
+        let logins = match self.store.logins().all().await {
+            Ok(logins) => logins,
+            Err(error) => {
+                tracing::error!(%error, "could not read the saved logins");
+                return;
+            }
+        };
+        for login in logins {
+            if login.state == STATE_LOGGED_OUT {
+                continue;
+            }
+            let Ok(mxid) = OwnedUserId::try_from(login.mxid.as_str()) else {
+                tracing::warn!(user = %login.mxid, "saved login has an invalid user id");
+                continue;
+            };
+            let bridge = Arc::clone(self);
+            tokio::spawn(async move {
+                match bridge
+                    .start_login(mxid.clone(), login.token, login.device_id)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::error!(user = %mxid, %error, "could not resume the MAX login");
+                        let hint = if error.is_token_rejected() {
+                            if let Err(error) = bridge
+                                .store
+                                .logins()
+                                .set_state(mxid.as_str(), STATE_LOGGED_OUT)
+                                .await
+                            {
+                                tracing::error!(user = %mxid, %error, "could not record the logout");
+                            }
+                            "Send `login` to log in again."
+                        } else {
+                            "Send `ping` to check, or `login` to log in again."
+                        };
+                        bridge
+                            .tell_user(
+                                &mxid,
+                                &format!("❌ Could not reconnect to MAX: {error}. {hint}"),
+                            )
+                            .await;
+                    }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The bridge core: joins the MAX protocol client to the Matrix appservice.
+//! It owns the running logins, routes Matrix events and MAX pushes into one
+//! ordered queue per portal, and answers the management-room commands.
+//!
+//! - [`login`]: one running MAX session per logged-in Matrix user.
+//! - [`portal`]: portal rooms and messages in both directions.
+//! - [`ghost`]: the Matrix puppets of MAX users.
+//! - [`commands`]: the bot's management room.
+//! - [`convert`]: message content conversion.
+
+pub mod commands;
+pub mod convert;
+pub mod ghost;
+pub mod login;
+pub mod portal;
+
+use crate::config::Config;
+use crate::matrix::{AppserviceHandler, EphemeralEvent, MatrixClient, RoomEvent};
+use crate::queue::KeyedQueue;
+use crate::store::Store;
+use login::LoginSession;
+use portal::{PortalEvent, PortalKey};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::Mutex as AsyncMutex;
+
+/// Items buffered per portal before the producer (the MAX push reader or the
+/// appservice transaction) waits.
+const PORTAL_QUEUE_CAPACITY: usize = 256;
+const PORTAL_IDLE: Duration = Duration::from_secs(120);
+
+/// Shared state of a running bridge.
+pub struct Bridge {
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) matrix: MatrixClient,
+    pub(crate) bot: OwnedUserId,
+    /// For fetching MAX avatars.
+    pub(crate) http: reqwest::Client,
+    /// Running logins by Matrix user. Locked only to look up or replace.
+    logins: Mutex<HashMap<OwnedUserId, Arc<LoginSession>>>,
+    /// Half-done SMS logins, by Matrix user.
+    pub(crate) pending_logins: AsyncMutex<HashMap<OwnedUserId, commands::PendingLogin>>,
+    portals: KeyedQueue<PortalKey, PortalEvent>,
+    /// Memberships known to be in place, so sends skip the join dance.
+    joined: Mutex<HashSet<(OwnedRoomId, OwnedUserId)>>,
+    last_cid: AtomicI64,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("bot", &self.bot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bridge {
+    pub fn new(config: Config, store: Store, matrix: MatrixClient) -> Arc<Bridge> {
+        let bot = matrix.bot_user_id().to_owned();
+        Arc::new_cyclic(|weak: &Weak<Bridge>| {
+            let weak = weak.clone();
+            let portals = KeyedQueue::with_options(
+                PORTAL_QUEUE_CAPACITY,
+                PORTAL_IDLE,
+                move |key: PortalKey, event: PortalEvent| {
+                    let weak = weak.clone();
+                    async move {
+                        if let Some(bridge) = weak.upgrade() {
+                            bridge.handle_portal_event(key, event).await;
+                        }
+                    }
+                },
+            );
+            Bridge {
+                config,
+                store,
+                matrix,
+                bot,
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .unwrap_or_default(),
+                logins: Mutex::new(HashMap::new()),
+                pending_logins: AsyncMutex::new(HashMap::new()),
+                portals,
+                joined: Mutex::new(HashSet::new()),
+                last_cid: AtomicI64::new(0),
+            }
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn bot_id(&self) -> ruma::OwnedUserId {
+        self.bot.clone()
+    }
+
+    /// The running login of a Matrix user, if any.
+    pub(crate) fn login_of(&self, mxid: &UserId) -> Option<Arc<LoginSession>> {
+        self.lock_logins().get(mxid).cloned()
+    }
+
+    pub(crate) fn set_login(&self, session: Arc<LoginSession>) -> Option<Arc<LoginSession>> {
+        self.lock_logins()
+            .insert(session.mxid.clone(), session)
+    }
+
+    pub(crate) fn remove_login(&self, mxid: &UserId) -> Option<Arc<LoginSession>> {
+        self.lock_logins().remove(mxid)
+    }
+
+
+    fn lock_logins(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedUserId, Arc<LoginSession>>> {
+        self.logins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an event for a portal; waits while that portal's queue is full.
+    pub(crate) async fn enqueue(&self, key: PortalKey, event: PortalEvent) {
+        self.portals.push(key, event).await;
+    }
+
+    pub(crate) fn is_joined(&self, room: &RoomId, user: &UserId) -> bool {
+        self.joined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(room.to_owned(), user.to_owned()))
+    }
+
+    pub(crate) fn mark_joined(&self, room: &RoomId, user: &UserId) {
+        self.joined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((room.to_owned(), user.to_owned()));
+    }
+
+    /// A fresh client id for MSG_SEND: the current time in ms, bumped so
+    /// two sends in one millisecond differ, and negated (as maxrs does) so
+    /// it can never equal the positive time-based cid of the user's own
+    /// MAX apps: the server would take that for a retry and drop one.
+    pub(crate) fn next_cid(&self) -> i64 {
+        let now = now_ms();
+        let mut last = self.last_cid.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self.last_cid.compare_exchange_weak(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return -next,
+                Err(current) => last = current,
+            }
+        }
+    }
+
+    /// Stops every running login (without logging them out of MAX).
+    pub async fn shutdown(&self) {
+        let sessions: Vec<_> = self.lock_logins().drain().map(|(_, s)| s).collect();
+        for session in sessions {
+            session.stop().await;
+        }
+    }
+
+    /// Posts a notice from the bot, logging (not failing) when that fails.
+    pub(crate) async fn bot_notice(&self, room: &RoomId, text: &str) {
+        let content = serde_json::json!({"msgtype": "m.notice", "body": text});
+        let txn = format!("notice-{}", uuid::Uuid::new_v4());
+        if let Err(error) = self
+            .matrix
+            .send_message(&self.bot, room, "m.room.message", &content, &txn, None)
+            .await
+        {
+            tracing::warn!(room = %room, %error, "could not post a bot notice");
+        }
+    }
+
+    /// Tells a user something in their management room, if they have one.
+    pub(crate) async fn tell_user(&self, mxid: &UserId, text: &str) {
+        match self.store.users().get(mxid.as_str()).await {
+            Ok(Some(user)) => {
+                if let Some(room) = user.management_room.as_deref().and_then(room_id) {
+                    self.bot_notice(&room, text).await;
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(user = %mxid, %error, "could not look up management room"),
+        }
+    }
+}
+
+pub(crate) fn room_id(text: &str) -> Option<OwnedRoomId> {
+    OwnedRoomId::try_from(text).ok()
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The appservice side of the bridge: what the homeserver pushes lands here.
+pub struct MatrixHandler {
+    pub bridge: Arc<Bridge>,
+}
+
+impl AppserviceHandler for MatrixHandler {
+    async fn handle_event(&self, event: RoomEvent) {
+        self.bridge.handle_matrix_event(event).await;
+    }
+
+    async fn handle_ephemeral(&self, event: EphemeralEvent) {
+        let _ = event;
+    }
+
+    async fn query_user(&self, user_id: &UserId) -> bool {
+        self.bridge
+            .config
+            .max_user_id_from_ghost(user_id.as_str())
+            .is_some()
+    }
+}
+
+impl Bridge {
+    async fn handle_matrix_event(self: &Arc<Self>, event: RoomEvent) {
+        if self.config.is_bridge_user(event.sender.as_str()) {
+            return;
+        }
+        match event.event_type.as_str() {
+            "m.room.member" => self.handle_membership(event).await,
+            "m.room.message" => self.handle_room_message(event).await,
+            _ => {}
+        }
+    }
+
+    async fn handle_membership(self: &Arc<Self>, event: RoomEvent) {
+        let invited_bot = event.state_key.as_deref() == Some(self.bot.as_str())
+            && event.content.get("membership").and_then(|m| m.as_str()) == Some("invite");
+        if invited_bot {
+            commands::on_bot_invited(self, &event).await;
+        }
+    }
+
+    async fn handle_room_message(self: &Arc<Self>, event: RoomEvent) {
+        let portal = match self.store.portals().get_by_room(event.room_id.as_str()).await {
+            Ok(portal) => portal,
+            Err(error) => {
+                tracing::error!(room = %event.room_id, %error, "portal lookup failed");
+                return;
+            }
+        };
+        if let Some(portal) = portal {
+            let key = PortalKey {
+                chat_id: portal.chat_id,
+                receiver: portal.receiver,
+            };
+            self.enqueue(key, PortalEvent::Matrix(Box::new(event))).await;
+            return;
+        }
+        commands::on_room_message(self, &event).await;
+    }
+}

@@ -1,0 +1,618 @@
+//! The bridge's YAML configuration: parsing with key-naming errors, defaults,
+//! semantic validation, permission resolution and ghost naming. The appservice
+//! registration (and its tokens) lives in [`registration`].
+
+mod registration;
+
+pub use registration::{Namespace, Namespaces, Registration, Secret, generate_registration};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+/// Why a configuration (or registration) file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML at all.
+    #[error("{path}: invalid YAML: {message}")]
+    Yaml { path: PathBuf, message: String },
+    /// The YAML does not have the expected shape; `key` is the dotted path.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("cannot serialize the registration: {0}")]
+    Serialize(String),
+}
+
+impl ConfigError {
+    /// The dotted key path the error is about, when it is about one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Placeholder of [`BridgeConfig::username_template`].
+pub const USERID_PLACEHOLDER: &str = "{userid}";
+/// Placeholder of [`BridgeConfig::displayname_template`].
+pub const DISPLAYNAME_PLACEHOLDER: &str = "{displayname}";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub homeserver: HomeserverConfig,
+    pub appservice: AppserviceConfig,
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub max: MaxConfig,
+    #[serde(default)]
+    pub bridge: BridgeConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeserverConfig {
+    /// Client-server API base URL, e.g. `http://127.0.0.1:8008`.
+    #[serde(deserialize_with = "de_url")]
+    pub address: Url,
+    /// Server name: the part after `:` in user ids.
+    pub domain: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppserviceConfig {
+    /// Where the homeserver reaches the bridge (the registration's `url`).
+    #[serde(deserialize_with = "de_url")]
+    pub address: Url,
+    /// Interface the appservice HTTP server listens on.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Appservice id, unique per homeserver.
+    #[serde(default = "default_appservice_id")]
+    pub id: String,
+    #[serde(default)]
+    pub bot: BotConfig,
+    /// Path of the registration file that holds `as_token` / `hs_token`.
+    #[serde(default = "default_registration_path")]
+    pub registration: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotConfig {
+    #[serde(default = "default_bot_username")]
+    pub username: String,
+    #[serde(default = "default_bot_displayname")]
+    pub displayname: String,
+    /// `mxc://` URI, or empty for none.
+    #[serde(default)]
+    pub avatar: String,
+}
+
+impl Default for BotConfig {
+    fn default() -> Self {
+        Self {
+            username: default_bot_username(),
+            displayname: default_bot_displayname(),
+            avatar: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/dbname`.
+    pub url: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// The URL with its password (if any) replaced, so it can be logged.
+fn redact_url_password(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            // Cannot fail: a URL with a password already has a host.
+            let _ = url.set_password(Some("redacted"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "[unparseable]".to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireFormat {
+    Json,
+    Binary,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxConfig {
+    /// WebSocket endpoint of the MAX API.
+    #[serde(default = "default_max_endpoint", deserialize_with = "de_url")]
+    pub endpoint: Url,
+    #[serde(default = "default_wire_format")]
+    pub wire_format: WireFormat,
+    /// `Origin` header of the WebSocket upgrade; MAX refuses upgrades without it.
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    /// `User-Agent` header; also sent as `headerUserAgent` in the handshake.
+    #[serde(default = "default_user_agent")]
+    pub user_agent: String,
+    #[serde(default)]
+    pub device: DeviceConfig,
+}
+
+impl Default for MaxConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: default_max_endpoint(),
+            wire_format: default_wire_format(),
+            origin: default_origin(),
+            user_agent: default_user_agent(),
+            device: DeviceConfig::default(),
+        }
+    }
+}
+
+/// The device the bridge claims to be in the MAX handshake (`userAgent` of opcode 6).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    pub device_type: String,
+    pub locale: String,
+    pub device_locale: String,
+    pub os_version: String,
+    pub device_name: String,
+    pub app_version: String,
+    pub screen: String,
+    pub timezone: String,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            device_type: "WEB".to_owned(),
+            locale: "ru".to_owned(),
+            device_locale: "ru".to_owned(),
+            os_version: "Linux".to_owned(),
+            device_name: "Chrome".to_owned(),
+            app_version: "26.9.8".to_owned(),
+            screen: "1080x1920 1.0x".to_owned(),
+            timezone: "Europe/Moscow".to_owned(),
+        }
+    }
+}
+
+/// What a Matrix user may do with the bridge. Ordered: `None < User < Admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// May not use the bridge (useful to block one user of an allowed domain).
+    None,
+    /// May log in and bridge their own MAX account.
+    User,
+    /// May also run administrative commands.
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// Localpart template of ghost users; must contain `{userid}`.
+    #[serde(default = "default_username_template")]
+    pub username_template: String,
+    /// Display name template of ghost users; must contain `{displayname}`.
+    #[serde(default = "default_displayname_template")]
+    pub displayname_template: String,
+    /// Prefix of bot commands in rooms other than the management room.
+    #[serde(default = "default_command_prefix")]
+    pub command_prefix: String,
+    /// Keys: `"*"`, a server name, or a full user id. Values: none, user, admin.
+    #[serde(default)]
+    pub permissions: BTreeMap<String, Permission>,
+    /// Seconds to wait for MAX to acknowledge a message sent from Matrix.
+    #[serde(default = "default_message_send_timeout")]
+    pub message_send_timeout: u64,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            username_template: default_username_template(),
+            displayname_template: default_displayname_template(),
+            command_prefix: default_command_prefix(),
+            permissions: BTreeMap::new(),
+            message_send_timeout: default_message_send_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// A `tracing_subscriber::EnvFilter` directive string.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
+    }
+}
+
+fn de_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    Url::parse(&raw).map_err(|e| serde::de::Error::custom(format!("invalid URL {raw:?}: {e}")))
+}
+
+fn default_hostname() -> String {
+    "127.0.0.1".to_owned()
+}
+fn default_port() -> u16 {
+    29340
+}
+fn default_appservice_id() -> String {
+    "max".to_owned()
+}
+fn default_registration_path() -> PathBuf {
+    PathBuf::from("registration.yaml")
+}
+fn default_bot_username() -> String {
+    "maxbot".to_owned()
+}
+fn default_bot_displayname() -> String {
+    "MAX bridge bot".to_owned()
+}
+fn default_max_connections() -> u32 {
+    10
+}
+fn default_max_endpoint() -> Url {
+    Url::parse("wss://ws-api.oneme.ru/websocket").expect("constant URL is valid")
+}
+fn default_wire_format() -> WireFormat {
+    WireFormat::Json
+}
+fn default_origin() -> String {
+    "https://web.max.ru".to_owned()
+}
+fn default_user_agent() -> String {
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+     Chrome/140.0.0.0 Safari/537.36"
+        .to_owned()
+}
+fn default_username_template() -> String {
+    "max_{userid}".to_owned()
+}
+fn default_displayname_template() -> String {
+    "{displayname} (MAX)".to_owned()
+}
+fn default_command_prefix() -> String {
+    "!max".to_owned()
+}
+fn default_message_send_timeout() -> u64 {
+    30
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Pretty
+}
+
+impl Config {
+    /// Reads, parses and validates the configuration file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `origin` only labels errors.
+    pub fn parse(text: &str, origin: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let origin = origin.as_ref();
+        // Going through a JSON value lets serde_path_to_error name the failing key.
+        let value: serde_json::Value =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
+                path: origin.to_owned(),
+                message: e.to_string(),
+            })?;
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Invalid {
+                path: origin.to_owned(),
+                key,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: origin.to_owned(),
+                key: key.to_owned(),
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: returns the offending key and why.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let domain = &self.homeserver.domain;
+        if domain.trim().is_empty() {
+            return Err(("homeserver.domain", "must not be empty".to_owned()));
+        }
+        if ruma::ServerName::parse(domain).is_err() {
+            return Err((
+                "homeserver.domain",
+                format!("{domain:?} is not a valid server name"),
+            ));
+        }
+        require_http("homeserver.address", &self.homeserver.address)?;
+        require_http("appservice.address", &self.appservice.address)?;
+        if self.appservice.hostname.trim().is_empty() {
+            return Err(("appservice.hostname", "must not be empty".to_owned()));
+        }
+        if self.appservice.id.trim().is_empty() {
+            return Err(("appservice.id", "must not be empty".to_owned()));
+        }
+        if self.appservice.registration.as_os_str().is_empty() {
+            return Err(("appservice.registration", "must not be empty".to_owned()));
+        }
+        if !is_valid_localpart(&self.appservice.bot.username) {
+            return Err((
+                "appservice.bot.username",
+                format!(
+                    "{:?} is not a valid Matrix localpart",
+                    self.appservice.bot.username
+                ),
+            ));
+        }
+        let avatar = &self.appservice.bot.avatar;
+        if !avatar.is_empty() && <&ruma::MxcUri>::from(avatar.as_str()).validate().is_err() {
+            return Err((
+                "appservice.bot.avatar",
+                format!("{avatar:?} is not an mxc:// URI"),
+            ));
+        }
+        if self.database.url.trim().is_empty() {
+            return Err(("database.url", "must not be empty".to_owned()));
+        }
+        match Url::parse(&self.database.url) {
+            Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") => {}
+            Ok(url) => {
+                return Err((
+                    "database.url",
+                    format!(
+                        "scheme {:?} is not supported, use postgres://",
+                        url.scheme()
+                    ),
+                ));
+            }
+            Err(e) => return Err(("database.url", format!("invalid URL: {e}"))),
+        }
+        if self.database.max_connections == 0 {
+            return Err(("database.max_connections", "must be at least 1".to_owned()));
+        }
+        if !matches!(self.max.endpoint.scheme(), "ws" | "wss") {
+            return Err((
+                "max.endpoint",
+                format!("must be a ws:// or wss:// URL, got {}", self.max.endpoint),
+            ));
+        }
+        if self.max.user_agent.trim().is_empty() {
+            return Err(("max.user_agent", "must not be empty".to_owned()));
+        }
+        self.validate_templates()?;
+        if self.bridge.command_prefix.trim().is_empty() {
+            return Err(("bridge.command_prefix", "must not be empty".to_owned()));
+        }
+        for key in self.bridge.permissions.keys() {
+            validate_permission_key(key).map_err(|why| ("bridge.permissions", why))?;
+        }
+        if self.bridge.message_send_timeout == 0 {
+            return Err((
+                "bridge.message_send_timeout",
+                "must be at least 1 second".to_owned(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
+            return Err(("logging.level", format!("invalid filter: {e}")));
+        }
+        Ok(())
+    }
+
+    fn validate_templates(&self) -> Result<(), (&'static str, String)> {
+        let template = &self.bridge.username_template;
+        if template.matches(USERID_PLACEHOLDER).count() != 1 {
+            return Err((
+                "bridge.username_template",
+                format!("must contain {USERID_PLACEHOLDER} exactly once"),
+            ));
+        }
+        if !is_valid_localpart(&self.ghost_localpart(1234567890))
+            || ruma::UserId::parse(self.ghost_user_id(1234567890)).is_err()
+        {
+            return Err((
+                "bridge.username_template",
+                format!("{template:?} does not produce valid Matrix localparts"),
+            ));
+        }
+        if self.max_user_id_from_ghost(&self.bot_user_id()).is_some() {
+            return Err((
+                "bridge.username_template",
+                "ghost ids would collide with the bot's user id".to_owned(),
+            ));
+        }
+        if !self
+            .bridge
+            .displayname_template
+            .contains(DISPLAYNAME_PLACEHOLDER)
+        {
+            return Err((
+                "bridge.displayname_template",
+                format!("must contain {DISPLAYNAME_PLACEHOLDER}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Permission of a Matrix user: an exact user id entry wins over the
+    /// user's server name, which wins over `"*"`; unlisted users get `None`.
+    pub fn permission_for(&self, mxid: &str) -> Permission {
+        let permissions = &self.bridge.permissions;
+        if let Some(p) = permissions.get(mxid) {
+            return *p;
+        }
+        // The server name is everything after the first ':' (it may hold a port).
+        let server = mxid.split_once(':').map(|(_, server)| server);
+        if let Some(p) = server
+            .filter(|s| !s.is_empty())
+            .and_then(|s| permissions.get(s))
+        {
+            return *p;
+        }
+        permissions.get("*").copied().unwrap_or(Permission::None)
+    }
+
+    /// Localpart of the ghost of a MAX user, from `bridge.username_template`.
+    pub fn ghost_localpart(&self, max_user_id: i64) -> String {
+        self.bridge
+            .username_template
+            .replace(USERID_PLACEHOLDER, &max_user_id.to_string())
+    }
+
+    /// Full Matrix user id of the ghost of a MAX user.
+    pub fn ghost_user_id(&self, max_user_id: i64) -> String {
+        format!(
+            "@{}:{}",
+            self.ghost_localpart(max_user_id),
+            self.homeserver.domain
+        )
+    }
+
+    /// The MAX user id a ghost's Matrix id stands for, or `None` if `mxid`
+    /// is not one of our ghosts.
+    pub fn max_user_id_from_ghost(&self, mxid: &str) -> Option<i64> {
+        let rest = mxid.strip_prefix('@')?;
+        let localpart = rest.strip_suffix(self.homeserver.domain.as_str())?;
+        let localpart = localpart.strip_suffix(':')?;
+        let (prefix, suffix) = self
+            .bridge
+            .username_template
+            .split_once(USERID_PLACEHOLDER)?;
+        let digits = localpart.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        // Only the canonical decimal form, so each MAX user has one ghost.
+        let id: i64 = digits.parse().ok()?;
+        (id.to_string() == digits).then_some(id)
+    }
+
+    /// Display name of a ghost, from `bridge.displayname_template`.
+    pub fn ghost_displayname(&self, name: &str) -> String {
+        self.bridge
+            .displayname_template
+            .replace(DISPLAYNAME_PLACEHOLDER, name)
+    }
+
+    /// Full Matrix user id of the bridge bot.
+    pub fn bot_user_id(&self) -> String {
+        format!(
+            "@{}:{}",
+            self.appservice.bot.username, self.homeserver.domain
+        )
+    }
+
+    /// Whether `mxid` is the bot or one of the ghosts (events from them are ours).
+    pub fn is_bridge_user(&self, mxid: &str) -> bool {
+        mxid == self.bot_user_id() || self.max_user_id_from_ghost(mxid).is_some()
+    }
+
+    /// How long to wait for MAX to acknowledge a message sent from Matrix.
+    pub fn message_send_timeout(&self) -> Duration {
+        Duration::from_secs(self.bridge.message_send_timeout)
+    }
+}
+
+fn require_http(key: &'static str, url: &Url) -> Result<(), (&'static str, String)> {
+    if matches!(url.scheme(), "http" | "https") && url.has_host() {
+        Ok(())
+    } else {
+        Err((key, format!("must be an http(s):// URL, got {url}")))
+    }
+}
+
+/// Whether `localpart` is allowed for newly registered users (the spec's
+/// strict grammar; homeservers refuse anything else at registration).
+fn is_valid_localpart(localpart: &str) -> bool {
+    !localpart.is_empty()
+        && localpart
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/+".contains(&b))
+}
+
+fn validate_permission_key(key: &str) -> Result<(), String> {
+    if key == "*" {
+        return Ok(());
+    }
+    if key.starts_with('@') {
+        return ruma::UserId::parse(key)
+            .map(|_| ())
+            .map_err(|e| format!("{key:?} is not a valid user id: {e}"));
+    }
+    ruma::ServerName::parse(key)
+        .map(|_| ())
+        .map_err(|_| format!("{key:?} is neither \"*\", a server name nor a user id"))
+}

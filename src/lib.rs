@@ -1,0 +1,15 @@
+//! maxbridge: a Matrix application-service bridge to the MAX messenger.
+//!
+//! - [`matrix`]: the appservice layer (HTTP server, homeserver client); knows nothing of MAX.
+//! - [`bridge`]: the core joining MAX (the `maxproto` crate) and Matrix: logins, portals, ghosts, commands.
+//! - [`store`]: PostgreSQL storage, one module per table.
+//! - [`config`]: the YAML configuration and the appservice registration.
+//! - [`queue`]: per-key ordered work queues used on both sides.
+//! - [`app`]: starting and stopping a bridge.
+
+pub mod app;
+pub mod bridge;
+pub mod config;
+pub mod matrix;
+pub mod queue;
+pub mod store;

@@ -1,0 +1,137 @@
+//! The `messages` table: which Matrix event(s) each bridged MAX message became,
+//! for replies, edits, deletions and resuming backfill.
+
+use sqlx::PgPool;
+
+use super::StoreError;
+
+/// One part of a bridged MAX message (a MAX message may become several events).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MessageRow {
+    pub chat_id: i64,
+    pub receiver: i64,
+    pub max_message_id: i64,
+    /// 0 for the first (or only) event of the message.
+    pub part: i32,
+    pub event_id: String,
+    pub room_id: String,
+    /// MAX user id of the author.
+    pub sender: i64,
+    /// MAX timestamp, milliseconds since the epoch.
+    pub timestamp_ms: i64,
+}
+
+/// A `SELECT` of every [`MessageRow`] column, followed by `$rest`.
+macro_rules! select {
+    ($rest:literal) => {
+        concat!(
+            "SELECT chat_id, receiver, max_message_id, part, event_id, room_id, sender, \
+             timestamp_ms FROM messages ",
+            $rest
+        )
+    };
+}
+
+pub struct Messages<'a> {
+    pool: &'a PgPool,
+}
+
+impl<'a> Messages<'a> {
+    pub(super) fn new(pool: &'a PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Records a bridged message part. Fails with [`StoreError::Conflict`] if
+    /// the part or the event id is already recorded, and with
+    /// [`StoreError::MissingReference`] if the portal does not exist.
+    pub async fn insert(&self, message: &MessageRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
+               sender, timestamp_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(message.chat_id)
+        .bind(message.receiver)
+        .bind(message.max_message_id)
+        .bind(message.part)
+        .bind(&message.event_id)
+        .bind(&message.room_id)
+        .bind(message.sender)
+        .bind(message.timestamp_ms)
+        .execute(self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every part of a MAX message, in part order (empty if not bridged).
+    pub async fn by_max_id(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+        max_message_id: i64,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let rows = sqlx::query_as(select!(
+            "WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3 ORDER BY part"
+        ))
+        .bind(chat_id)
+        .bind(receiver)
+        .bind(max_message_id)
+        .fetch_all(self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    pub async fn by_event_id(&self, event_id: &str) -> Result<Option<MessageRow>, StoreError> {
+        let row = sqlx::query_as(select!(
+            "WHERE event_id = $1 ORDER BY max_message_id, part LIMIT 1"
+        ))
+            .bind(event_id)
+            .fetch_optional(self.pool)
+            .await?;
+        Ok(row)
+    }
+
+    /// The most recent bridged message part of a portal (by MAX timestamp).
+    pub async fn latest_in_portal(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+    ) -> Result<Option<MessageRow>, StoreError> {
+        let row = sqlx::query_as(select!(
+            "WHERE chat_id = $1 AND receiver = $2 \
+             ORDER BY timestamp_ms DESC, max_message_id DESC, part DESC LIMIT 1"
+        ))
+        .bind(chat_id)
+        .bind(receiver)
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    /// Forgets every part of a MAX message; returns how many were removed.
+    pub async fn delete_by_max_id(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+        max_message_id: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM messages WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3",
+        )
+        .bind(chat_id)
+        .bind(receiver)
+        .bind(max_message_id)
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Forgets one event's mapping. Returns whether it existed.
+    pub async fn delete_by_event_id(&self, event_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM messages WHERE event_id = $1")
+            .bind(event_id)
+            .execute(self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

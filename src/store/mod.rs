@@ -1,0 +1,102 @@
+//! PostgreSQL storage of the bridge: the pool, embedded migrations, and one
+//! module per table, each with its row type and the operations the bridge
+//! needs. Queries are runtime-checked so building needs no database.
+
+mod error;
+mod ghosts;
+mod kv;
+mod logins;
+mod messages;
+mod portals;
+mod transactions;
+mod users;
+
+pub use error::StoreError;
+pub use ghosts::{GhostRow, Ghosts};
+pub use kv::Kv;
+pub use logins::{LoginRow, Logins};
+pub use messages::{MessageRow, Messages};
+pub use portals::{PortalKind, PortalRow, Portals, UnknownPortalKind};
+pub use transactions::Transactions;
+pub use users::{UserRow, Users};
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How long to wait for a pooled connection before giving up.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handle to the bridge database; cheap to clone (shares one pool).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects to `url` and applies pending migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(StoreError::Connect)?;
+        let store = Store::from_pool(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Wraps an existing pool without migrating (see [`Store::migrate`]).
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    /// Applies pending migrations; a no-op when the schema is current.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        tracing::debug!("database schema is up to date");
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes every pooled connection; later queries fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub fn users(&self) -> Users<'_> {
+        Users::new(&self.pool)
+    }
+
+    pub fn logins(&self) -> Logins<'_> {
+        Logins::new(&self.pool)
+    }
+
+    pub fn portals(&self) -> Portals<'_> {
+        Portals::new(&self.pool)
+    }
+
+    pub fn ghosts(&self) -> Ghosts<'_> {
+        Ghosts::new(&self.pool)
+    }
+
+    pub fn messages(&self) -> Messages<'_> {
+        Messages::new(&self.pool)
+    }
+
+    pub fn transactions(&self) -> Transactions<'_> {
+        Transactions::new(&self.pool)
+    }
+
+    pub fn kv(&self) -> Kv<'_> {
+        Kv::new(&self.pool)
+    }
+}

@@ -1,0 +1,86 @@
+//! The `users` table: Matrix users known to the bridge and their management room.
+
+use sqlx::PgPool;
+
+use super::StoreError;
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UserRow {
+    pub mxid: String,
+    /// The room where this user talks to the bridge bot.
+    pub management_room: Option<String>,
+}
+
+pub struct Users<'a> {
+    pool: &'a PgPool,
+}
+
+impl<'a> Users<'a> {
+    pub(super) fn new(pool: &'a PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Records the user if unknown; an existing row is left as it is.
+    pub async fn ensure(&self, mxid: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO users (mxid) VALUES ($1) ON CONFLICT (mxid) DO NOTHING")
+            .bind(mxid)
+            .execute(self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, mxid: &str) -> Result<Option<UserRow>, StoreError> {
+        let row = sqlx::query_as("SELECT mxid, management_room FROM users WHERE mxid = $1")
+            .bind(mxid)
+            .fetch_optional(self.pool)
+            .await?;
+        Ok(row)
+    }
+
+    /// The user whose management room `room_id` is.
+    pub async fn get_by_management_room(
+        &self,
+        room_id: &str,
+    ) -> Result<Option<UserRow>, StoreError> {
+        let row =
+            sqlx::query_as("SELECT mxid, management_room FROM users WHERE management_room = $1")
+                .bind(room_id)
+                .fetch_optional(self.pool)
+                .await?;
+        Ok(row)
+    }
+
+    /// Sets (or clears) the user's management room, creating the user if
+    /// needed. A room can be the management room of one user only.
+    pub async fn set_management_room(
+        &self,
+        mxid: &str,
+        room_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (mxid, management_room) VALUES ($1, $2) \
+             ON CONFLICT (mxid) DO UPDATE SET management_room = EXCLUDED.management_room",
+        )
+        .bind(mxid)
+        .bind(room_id)
+        .execute(self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn all(&self) -> Result<Vec<UserRow>, StoreError> {
+        let rows = sqlx::query_as("SELECT mxid, management_room FROM users ORDER BY mxid")
+            .fetch_all(self.pool)
+            .await?;
+        Ok(rows)
+    }
+
+    /// Forgets the user together with their login. Returns whether a row existed.
+    pub async fn delete(&self, mxid: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM users WHERE mxid = $1")
+            .bind(mxid)
+            .execute(self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

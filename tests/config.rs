@@ -1,0 +1,431 @@
+//! Configuration parsing, validation, permissions, ghost naming and the
+//! appservice registration file.
+
+use std::path::{Path, PathBuf};
+
+use maxbridge::config::{
+    Config, ConfigError, LogFormat, Permission, Registration, WireFormat, generate_registration,
+};
+
+const MINIMAL: &str = "
+homeserver:
+  address: http://127.0.0.1:8008
+  domain: example.org
+appservice:
+  address: http://127.0.0.1:29340
+database:
+  url: postgres://postgres@127.0.0.1:5432/maxbridge
+";
+
+fn example_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml.example")
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.yaml")
+}
+
+/// The minimal config with `extra` YAML appended (top-level sections).
+fn minimal_with(extra: &str) -> Result<Config, ConfigError> {
+    parse(&format!("{MINIMAL}{extra}"))
+}
+
+/// The minimal config with `lines` added to its `appservice` section.
+fn with_appservice(lines: &str) -> String {
+    let address = "  address: http://127.0.0.1:29340\n";
+    MINIMAL.replace(address, &format!("{address}{lines}"))
+}
+
+fn invalid_key(result: Result<Config, ConfigError>) -> (String, String) {
+    match result {
+        Err(ConfigError::Invalid { key, message, .. }) => (key, message),
+        Err(other) => panic!("expected an error naming a key, got {other}"),
+        Ok(_) => panic!("expected the config to be rejected"),
+    }
+}
+
+#[test]
+fn example_config_parses_with_its_documented_values() {
+    let config = Config::load(example_path()).expect("config.yaml.example must load");
+    assert_eq!(config.homeserver.domain, "example.org");
+    assert_eq!(config.appservice.port, 29340);
+    assert_eq!(config.appservice.bot.username, "maxbot");
+    assert_eq!(
+        config.appservice.registration,
+        PathBuf::from("registration.yaml")
+    );
+    assert_eq!(config.max.wire_format, WireFormat::Json);
+    assert_eq!(
+        config.max.endpoint.as_str(),
+        "wss://ws-api.oneme.ru/websocket"
+    );
+    assert_eq!(config.max.device.app_version, "26.9.8");
+    assert_eq!(config.bridge.command_prefix, "!max");
+    assert_eq!(config.logging.format, LogFormat::Pretty);
+    assert_eq!(
+        config.permission_for("@admin:example.org"),
+        Permission::Admin
+    );
+    assert_eq!(config.permission_for("@bob:example.org"), Permission::User);
+    assert_eq!(
+        config.permission_for("@eve:elsewhere.net"),
+        Permission::None
+    );
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = parse(MINIMAL).expect("minimal config");
+    assert_eq!(config.appservice.hostname, "127.0.0.1");
+    assert_eq!(config.appservice.id, "max");
+    assert_eq!(config.appservice.bot.avatar, "");
+    assert_eq!(config.database.max_connections, 10);
+    assert_eq!(config.max.origin, "https://web.max.ru");
+    assert!(config.max.user_agent.contains("Chrome"));
+    assert_eq!(config.max.device.device_type, "WEB");
+    assert_eq!(config.max.device.timezone, "Europe/Moscow");
+    assert_eq!(config.bridge.username_template, "max_{userid}");
+    assert_eq!(config.bridge.displayname_template, "{displayname} (MAX)");
+    assert_eq!(config.logging.level, "info");
+    assert_eq!(config.message_send_timeout().as_secs(), 30);
+    // No permissions configured: nobody may use the bridge.
+    assert_eq!(config.permission_for("@bob:example.org"), Permission::None);
+}
+
+#[test]
+fn missing_required_key_is_named() {
+    let (key, message) = invalid_key(parse(
+        "homeserver: {address: http://127.0.0.1:8008, domain: example.org}\n\
+         database: {url: postgres://localhost/db}\n",
+    ));
+    assert_eq!(key, ".", "top-level missing field: {message}");
+    assert!(message.contains("appservice"), "{message}");
+}
+
+#[test]
+fn typo_in_a_key_is_named() {
+    let (key, message) = invalid_key(parse(&MINIMAL.replace("domain:", "domian:")));
+    assert_eq!(key, "homeserver.domian", "{message}");
+    assert!(message.contains("domian"), "{message}");
+}
+
+#[test]
+fn wrong_type_names_the_key_path() {
+    let (key, message) = invalid_key(minimal_with("max:\n  device:\n    locale: [ru]\n"));
+    assert_eq!(key, "max.device.locale", "{message}");
+
+    let (key, _) = invalid_key(parse(&with_appservice("  port: many\n")));
+    assert_eq!(key, "appservice.port");
+}
+
+#[test]
+fn unknown_enum_value_names_the_key_and_the_choices() {
+    let (key, message) = invalid_key(minimal_with(
+        "bridge:\n  permissions:\n    example.org: owner\n",
+    ));
+    assert_eq!(key, "bridge.permissions.example.org");
+    assert!(message.contains("owner"), "{message}");
+    assert!(message.contains("admin"), "{message}");
+
+    let (key, _) = invalid_key(minimal_with("max:\n  wire_format: xml\n"));
+    assert_eq!(key, "max.wire_format");
+}
+
+#[test]
+fn error_display_includes_file_and_key() {
+    let error = minimal_with("logging:\n  format: fancy\n").unwrap_err();
+    let shown = error.to_string();
+    assert!(shown.starts_with("test.yaml: logging.format: "), "{shown}");
+    assert_eq!(error.key(), Some("logging.format"));
+}
+
+#[test]
+fn semantic_errors_name_the_key() {
+    let cases = [
+        (
+            MINIMAL.replace("domain: example.org", "domain: \"\""),
+            "homeserver.domain",
+        ),
+        (
+            MINIMAL.replace("http://127.0.0.1:8008", "not a url"),
+            "homeserver.address",
+        ),
+        (
+            MINIMAL.replace("http://127.0.0.1:29340", "ftp://127.0.0.1"),
+            "appservice.address",
+        ),
+        (
+            MINIMAL.replace("postgres://postgres@", "mysql://root@"),
+            "database.url",
+        ),
+        (
+            format!("{MINIMAL}bridge:\n  username_template: max_user\n"),
+            "bridge.username_template",
+        ),
+        (
+            format!("{MINIMAL}bridge:\n  username_template: \"MAX {{userid}}\"\n"),
+            "bridge.username_template",
+        ),
+        (
+            format!("{MINIMAL}bridge:\n  displayname_template: \"{{name}}\"\n"),
+            "bridge.displayname_template",
+        ),
+        (
+            format!("{MINIMAL}bridge:\n  permissions:\n    \"@bad\": user\n"),
+            "bridge.permissions",
+        ),
+        (
+            format!("{MINIMAL}max:\n  endpoint: https://ws-api.oneme.ru/websocket\n"),
+            "max.endpoint",
+        ),
+        (
+            with_appservice("  bot:\n    avatar: http://x/y.png\n"),
+            "appservice.bot.avatar",
+        ),
+        (
+            format!("{MINIMAL}logging:\n  level: \"info,[[[\"\n"),
+            "logging.level",
+        ),
+    ];
+    for (text, expected) in cases {
+        match parse(&text) {
+            Err(ConfigError::Invalid { key, message, .. }) => {
+                assert_eq!(key, expected, "{message}\n--- config ---\n{text}");
+            }
+            other => panic!("expected an error on {expected}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn invalid_yaml_is_reported() {
+    let error = parse("homeserver: [unclosed").unwrap_err();
+    assert!(matches!(error, ConfigError::Yaml { .. }), "{error}");
+}
+
+#[test]
+fn missing_file_is_reported_with_its_path() {
+    let error = Config::load("/nonexistent/maxbridge.yaml").unwrap_err();
+    assert!(matches!(error, ConfigError::Read { .. }));
+    assert!(error.to_string().contains("/nonexistent/maxbridge.yaml"));
+}
+
+#[test]
+fn most_specific_permission_wins() {
+    let config = minimal_with(
+        "bridge:\n  permissions:\n    \"*\": user\n    example.org: admin\n    \
+         \"@mallory:example.org\": none\n    \"@carol:other.net\": admin\n    \
+         \"matrix.org:8448\": none\n",
+    )
+    .expect("config");
+    assert_eq!(
+        config.permission_for("@alice:example.org"),
+        Permission::Admin
+    );
+    assert_eq!(
+        config.permission_for("@mallory:example.org"),
+        Permission::None
+    );
+    assert_eq!(config.permission_for("@carol:other.net"), Permission::Admin);
+    assert_eq!(config.permission_for("@dave:other.net"), Permission::User);
+    assert_eq!(
+        config.permission_for("@erin:matrix.org:8448"),
+        Permission::None
+    );
+    assert_eq!(config.permission_for("@erin:matrix.org"), Permission::User);
+    assert!(Permission::Admin > Permission::User && Permission::User > Permission::None);
+}
+
+#[test]
+fn ghost_and_bot_naming() {
+    let config = parse(MINIMAL).expect("config");
+    assert_eq!(config.ghost_localpart(42), "max_42");
+    assert_eq!(config.ghost_user_id(42), "@max_42:example.org");
+    assert_eq!(config.ghost_displayname("Ivan"), "Ivan (MAX)");
+    assert_eq!(config.bot_user_id(), "@maxbot:example.org");
+
+    assert_eq!(
+        config.max_user_id_from_ghost("@max_123456789012:example.org"),
+        Some(123456789012)
+    );
+    assert_eq!(config.max_user_id_from_ghost("@max_42:other.org"), None);
+    assert_eq!(config.max_user_id_from_ghost("@max_abc:example.org"), None);
+    assert_eq!(config.max_user_id_from_ghost("@max_042:example.org"), None);
+    assert_eq!(config.max_user_id_from_ghost("@alice:example.org"), None);
+    assert!(config.is_bridge_user("@maxbot:example.org"));
+    assert!(config.is_bridge_user("@max_7:example.org"));
+    assert!(!config.is_bridge_user("@alice:example.org"));
+}
+
+#[test]
+fn ghost_template_with_suffix_round_trips() {
+    let config = minimal_with("bridge:\n  username_template: \"m.{userid}.x\"\n").expect("config");
+    assert_eq!(config.ghost_user_id(5), "@m.5.x:example.org");
+    assert_eq!(config.max_user_id_from_ghost("@m.5.x:example.org"), Some(5));
+    assert_eq!(config.max_user_id_from_ghost("@m.5:example.org"), None);
+}
+
+#[test]
+fn debug_of_config_hides_the_database_password() {
+    let config = parse(&MINIMAL.replace("postgres@", "postgres:hunter2@")).expect("config");
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("127.0.0.1"), "{shown}");
+}
+
+/// A config whose registration file lives in `dir`.
+fn config_in(dir: &Path) -> Config {
+    let path = dir.join("registration.yaml");
+    parse(&with_appservice(&format!(
+        "  registration: {}\n",
+        path.display()
+    )))
+    .expect("config")
+}
+
+#[test]
+fn registration_fields_follow_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_in(dir.path());
+    let registration = generate_registration(&config).expect("generate");
+    assert_eq!(registration.id, "max");
+    // No trailing slash: homeservers append `/_matrix/app/...` to it.
+    assert_eq!(registration.url, "http://127.0.0.1:29340");
+    assert_eq!(registration.sender_localpart, "maxbot");
+    assert!(!registration.rate_limited);
+    assert!(registration.receive_ephemeral);
+    assert!(registration.push_ephemeral);
+    assert_eq!(registration.as_token.expose().len(), 64);
+    assert_eq!(registration.hs_token.expose().len(), 64);
+    assert_ne!(registration.as_token, registration.hs_token);
+    assert!(registration.namespaces.users.iter().all(|ns| ns.exclusive));
+    assert!(
+        registration
+            .namespaces
+            .aliases
+            .iter()
+            .all(|ns| ns.exclusive)
+    );
+}
+
+#[test]
+fn regenerating_the_registration_keeps_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_in(dir.path());
+    let path = &config.appservice.registration;
+
+    let first = generate_registration(&config).expect("generate");
+    first.save(path).expect("save");
+    let second = generate_registration(&config).expect("regenerate");
+    assert_eq!(second.as_token, first.as_token);
+    assert_eq!(second.hs_token, first.hs_token);
+
+    // A registration for a fresh location gets new tokens.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let fresh = generate_registration(&config_in(elsewhere.path())).expect("generate");
+    assert_ne!(fresh.as_token, first.as_token);
+    assert_ne!(fresh.hs_token, first.hs_token);
+
+    let loaded = Registration::load(path).expect("load");
+    assert_eq!(loaded.as_token, first.as_token);
+    assert_eq!(loaded.hs_token, first.hs_token);
+    assert_eq!(loaded.namespaces, first.namespaces);
+    assert!(loaded.push_ephemeral);
+}
+
+#[test]
+fn saved_registration_is_what_synapse_expects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_in(dir.path());
+    let registration = generate_registration(&config).expect("generate");
+    registration
+        .save(&config.appservice.registration)
+        .expect("save");
+    let text = std::fs::read_to_string(&config.appservice.registration).expect("read");
+    for key in [
+        "id:",
+        "url:",
+        "as_token:",
+        "hs_token:",
+        "sender_localpart:",
+        "namespaces:",
+        "rate_limited: false",
+        "receive_ephemeral: true",
+        "de.sorunome.msc2409.push_ephemeral: true",
+    ] {
+        assert!(text.contains(key), "{key} missing from\n{text}");
+    }
+    assert!(text.contains(registration.as_token.expose()));
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&config.appservice.registration)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "registration readable by others: {mode:o}");
+    }
+}
+
+#[test]
+fn corrupt_registration_is_an_error_not_new_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_in(dir.path());
+    std::fs::write(&config.appservice.registration, "id: [").expect("write");
+    assert!(generate_registration(&config).is_err());
+}
+
+#[test]
+fn debug_of_registration_hides_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registration = generate_registration(&config_in(dir.path())).expect("generate");
+    let shown = format!("{registration:?} {}", registration.as_token);
+    assert!(!shown.contains(registration.as_token.expose()), "{shown}");
+    assert!(!shown.contains(registration.hs_token.expose()), "{shown}");
+    assert!(
+        registration
+            .hs_token
+            .matches(registration.hs_token.expose())
+    );
+    assert!(
+        !registration
+            .hs_token
+            .matches(registration.as_token.expose())
+    );
+}
+
+#[test]
+fn namespace_regexes_match_ghosts_and_bot_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_in(dir.path());
+    let registration = generate_registration(&config).expect("generate");
+    // Homeservers anchor namespace regexes at the start; anchor both ends to be strict.
+    let users: Vec<regex::Regex> = registration
+        .namespaces
+        .users
+        .iter()
+        .map(|ns| regex::Regex::new(&format!("^(?:{})$", ns.regex)).expect("valid regex"))
+        .collect();
+    let claimed = |mxid: &str| users.iter().any(|re| re.is_match(mxid));
+
+    assert!(claimed(&config.ghost_user_id(1)));
+    assert!(claimed(&config.ghost_user_id(9_007_199_254_740_993)));
+    assert!(claimed(&config.bot_user_id()));
+    assert!(!claimed("@alice:example.org"));
+    assert!(!claimed("@max_1:example.com"));
+    assert!(
+        !claimed("@max_1:exampleXorg"),
+        "dots in the domain must be escaped"
+    );
+    assert!(!claimed("@maxbot2:example.org"));
+
+    let aliases: Vec<regex::Regex> = registration
+        .namespaces
+        .aliases
+        .iter()
+        .map(|ns| regex::Regex::new(&format!("^(?:{})$", ns.regex)).expect("valid regex"))
+        .collect();
+    assert!(aliases.iter().any(|re| re.is_match("#max_123:example.org")));
+    assert!(!aliases.iter().any(|re| re.is_match("#general:example.org")));
+}

@@ -1,0 +1,623 @@
+//! Storage round trips against a real PostgreSQL: every table, its uniqueness
+//! rules, and surviving a restart.
+
+mod support;
+
+use std::time::Duration;
+
+use maxbridge::store::{GhostRow, LoginRow, MessageRow, PortalKind, PortalRow, Store, StoreError};
+use maxproto::Token;
+use support::pg::TestDb;
+
+async fn fresh() -> (TestDb, Store) {
+    let db = TestDb::create().await;
+    let store = Store::connect(db.url(), 4)
+        .await
+        .expect("connect and migrate");
+    (db, store)
+}
+
+fn login(mxid: &str, max_user_id: i64, token: &str) -> LoginRow {
+    LoginRow {
+        mxid: mxid.to_owned(),
+        max_user_id,
+        token: Token::new(token),
+        device_id: "3f0c1e9a-4a52-4d6e-9a39-5d2b8f1f7c10".to_owned(),
+        state: "connected".to_owned(),
+        display_name: Some("Ivan Petrov".to_owned()),
+        phone: Some("+79990000000".to_owned()),
+    }
+}
+
+fn message(chat_id: i64, max_message_id: i64, part: i32, ts: i64) -> MessageRow {
+    MessageRow {
+        chat_id,
+        receiver: 100,
+        max_message_id,
+        part,
+        event_id: format!("$ev_{max_message_id}_{part}"),
+        room_id: "!room:example.org".to_owned(),
+        sender: 200,
+        timestamp_ms: ts,
+    }
+}
+
+fn assert_conflict(result: Result<impl std::fmt::Debug, StoreError>, constraint_part: &str) {
+    match result {
+        Err(StoreError::Conflict { constraint }) => {
+            assert!(
+                constraint.contains(constraint_part),
+                "constraint {constraint}"
+            )
+        }
+        other => panic!("expected a conflict on {constraint_part}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn users_and_management_rooms() {
+    let (db, store) = fresh().await;
+    let users = store.users();
+
+    users.ensure("@alice:example.org").await.unwrap();
+    users.ensure("@alice:example.org").await.unwrap();
+    let alice = users.get("@alice:example.org").await.unwrap().unwrap();
+    assert_eq!(alice.management_room, None);
+
+    users
+        .set_management_room("@alice:example.org", Some("!mgmt_a"))
+        .await
+        .unwrap();
+    // ensure() must not wipe an existing management room.
+    users.ensure("@alice:example.org").await.unwrap();
+    let by_room = users
+        .get_by_management_room("!mgmt_a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_room.mxid, "@alice:example.org");
+
+    // set_management_room creates unknown users.
+    users
+        .set_management_room("@bob:example.org", Some("!mgmt_b"))
+        .await
+        .unwrap();
+    assert_conflict(
+        users
+            .set_management_room("@bob:example.org", Some("!mgmt_a"))
+            .await,
+        "management_room",
+    );
+    assert_eq!(users.all().await.unwrap().len(), 2);
+
+    users
+        .set_management_room("@alice:example.org", None)
+        .await
+        .unwrap();
+    assert!(
+        users
+            .get_by_management_room("!mgmt_a")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(users.get("@nobody:example.org").await.unwrap().is_none());
+
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn logins_round_trip_and_uniqueness() {
+    let (db, store) = fresh().await;
+    let logins = store.logins();
+
+    // upsert creates the user row the login hangs off.
+    logins
+        .upsert(&login("@alice:example.org", 1001, "tok-alice"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .users()
+            .get("@alice:example.org")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let got = logins.get("@alice:example.org").await.unwrap().unwrap();
+    assert_eq!(got.max_user_id, 1001);
+    assert_eq!(got.token.expose(), "tok-alice");
+    assert_eq!(got.device_id, "3f0c1e9a-4a52-4d6e-9a39-5d2b8f1f7c10");
+    assert_eq!(got.state, "connected");
+    assert_eq!(got.display_name.as_deref(), Some("Ivan Petrov"));
+    assert_eq!(got.phone.as_deref(), Some("+79990000000"));
+    let by_max = logins.get_by_max_user_id(1001).await.unwrap().unwrap();
+    assert_eq!(by_max.mxid, "@alice:example.org");
+
+    // Same MAX account for a second Matrix user is refused, without leaking the token.
+    let err = logins
+        .upsert(&login("@bob:example.org", 1001, "tok-bob-secret"))
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert!(!err.to_string().contains("tok-bob-secret"));
+    assert!(!format!("{err:?}").contains("tok-bob-secret"));
+
+    // Re-login of the same Matrix user replaces the row.
+    let mut relogin = login("@alice:example.org", 1002, "tok-alice-2");
+    relogin.display_name = None;
+    logins.upsert(&relogin).await.unwrap();
+    let got = logins.get("@alice:example.org").await.unwrap().unwrap();
+    assert_eq!(got.max_user_id, 1002);
+    assert_eq!(got.token.expose(), "tok-alice-2");
+    assert_eq!(got.display_name, None);
+    assert!(logins.get_by_max_user_id(1001).await.unwrap().is_none());
+
+    assert!(
+        logins
+            .set_state("@alice:example.org", "logged_out")
+            .await
+            .unwrap()
+    );
+    assert!(
+        logins
+            .set_token("@alice:example.org", &Token::new("tok-alice-3"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        logins
+            .set_profile("@alice:example.org", Some("Ivan"), None)
+            .await
+            .unwrap()
+    );
+    let got = logins.get("@alice:example.org").await.unwrap().unwrap();
+    assert_eq!(got.state, "logged_out");
+    assert_eq!(got.token.expose(), "tok-alice-3");
+    assert_eq!(got.display_name.as_deref(), Some("Ivan"));
+    assert_eq!(got.phone, None);
+    assert!(
+        !logins
+            .set_state("@nobody:example.org", "connected")
+            .await
+            .unwrap()
+    );
+
+    logins
+        .upsert(&login("@bob:example.org", 2001, "tok-bob"))
+        .await
+        .unwrap();
+    let all: Vec<String> = logins
+        .all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.mxid)
+        .collect();
+    assert_eq!(all, ["@alice:example.org", "@bob:example.org"]);
+
+    assert!(logins.delete("@bob:example.org").await.unwrap());
+    assert!(!logins.delete("@bob:example.org").await.unwrap());
+    assert!(logins.get("@bob:example.org").await.unwrap().is_none());
+
+    // Forgetting a user forgets their login.
+    assert!(store.users().delete("@alice:example.org").await.unwrap());
+    assert!(logins.get("@alice:example.org").await.unwrap().is_none());
+
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn debug_of_a_login_hides_the_token() {
+    let (db, store) = fresh().await;
+    let row = login("@alice:example.org", 1001, "very-secret-token-value");
+    assert!(!format!("{row:?}").contains("very-secret-token-value"));
+    store.logins().upsert(&row).await.unwrap();
+    let loaded = store
+        .logins()
+        .get("@alice:example.org")
+        .await
+        .unwrap()
+        .unwrap();
+    let shown = format!("{loaded:?}");
+    assert!(!shown.contains("very-secret-token-value"), "{shown}");
+    assert!(shown.contains("@alice:example.org"), "{shown}");
+
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn portals_round_trip_and_uniqueness() {
+    let (db, store) = fresh().await;
+    let portals = store.portals();
+
+    let mut dialog = PortalRow::new(555, 100, PortalKind::Dialog);
+    dialog.other_user_id = Some(200);
+    dialog.name = Some("Ivan".to_owned());
+    portals.upsert(&dialog).await.unwrap();
+    assert_eq!(portals.get(555, 100).await.unwrap().unwrap(), dialog);
+
+    // The same MAX chat seen by another login is another portal.
+    let mut group = PortalRow::new(777, 100, PortalKind::Chat);
+    group.name = Some("Team".to_owned());
+    group.topic = Some("Work talk".to_owned());
+    group.avatar_url = Some("https://i.oneme.ru/a.jpg".to_owned());
+    group.avatar_mxc = Some("mxc://example.org/abc".to_owned());
+    group.room_id = Some("!team_for_100".to_owned());
+    portals.upsert(&group).await.unwrap();
+    let mut group_b = PortalRow::new(777, 300, PortalKind::Chat);
+    group_b.room_id = Some("!team_for_300".to_owned());
+    portals.upsert(&group_b).await.unwrap();
+    assert_eq!(portals.get(777, 100).await.unwrap().unwrap(), group);
+    assert_eq!(portals.get(777, 300).await.unwrap().unwrap(), group_b);
+    assert_eq!(
+        portals.get_by_room("!team_for_300").await.unwrap().unwrap(),
+        group_b
+    );
+
+    // Room not yet created, then created.
+    assert!(
+        portals
+            .get(555, 100)
+            .await
+            .unwrap()
+            .unwrap()
+            .room_id
+            .is_none()
+    );
+    assert!(portals.set_room(555, 100, Some("!dm")).await.unwrap());
+    assert_eq!(
+        portals.get_by_room("!dm").await.unwrap().unwrap().chat_id,
+        555
+    );
+    assert!(!portals.set_room(1, 1, Some("!nowhere")).await.unwrap());
+
+    // One room cannot be two portals.
+    assert_conflict(
+        portals.set_room(555, 100, Some("!team_for_100")).await,
+        "room_id",
+    );
+    let mut clash = PortalRow::new(888, 100, PortalKind::Channel);
+    clash.room_id = Some("!team_for_300".to_owned());
+    assert_conflict(portals.upsert(&clash).await, "room_id");
+
+    let found = portals.find_dialog(100, 200).await.unwrap().unwrap();
+    assert_eq!(found.chat_id, 555);
+    assert!(portals.find_dialog(300, 200).await.unwrap().is_none());
+
+    let mine: Vec<i64> = portals
+        .for_receiver(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.chat_id)
+        .collect();
+    assert_eq!(mine, [555, 777]);
+
+    // Upsert replaces details.
+    group.name = Some("Team (renamed)".to_owned());
+    group.kind = PortalKind::Channel;
+    portals.upsert(&group).await.unwrap();
+    let got = portals.get(777, 100).await.unwrap().unwrap();
+    assert_eq!(got.name.as_deref(), Some("Team (renamed)"));
+    assert_eq!(got.kind, PortalKind::Channel);
+
+    assert!(portals.delete(777, 300).await.unwrap());
+    assert!(portals.get(777, 300).await.unwrap().is_none());
+    assert!(!portals.delete(777, 300).await.unwrap());
+
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn ghosts_round_trip_and_uniqueness() {
+    let (db, store) = fresh().await;
+    let ghosts = store.ghosts();
+
+    let ghost = GhostRow::new(200, "@max_200:example.org");
+    ghosts.upsert(&ghost).await.unwrap();
+    assert_eq!(ghosts.get(200).await.unwrap().unwrap(), ghost);
+    assert!(!ghost.registered);
+
+    assert!(ghosts.mark_registered(200).await.unwrap());
+    assert!(!ghosts.mark_registered(201).await.unwrap());
+    let mut got = ghosts
+        .get_by_mxid("@max_200:example.org")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.registered);
+
+    got.display_name = Some("Ivan (MAX)".to_owned());
+    got.avatar_url = Some("https://i.oneme.ru/u.jpg".to_owned());
+    got.avatar_mxc = Some("mxc://example.org/u".to_owned());
+    got.name_set = true;
+    got.avatar_set = true;
+    ghosts.upsert(&got).await.unwrap();
+    assert_eq!(ghosts.get(200).await.unwrap().unwrap(), got);
+
+    assert_conflict(
+        ghosts
+            .upsert(&GhostRow::new(201, "@max_200:example.org"))
+            .await,
+        "mxid",
+    );
+    assert!(ghosts.get(201).await.unwrap().is_none());
+
+    assert!(ghosts.delete(200).await.unwrap());
+    assert!(ghosts.get(200).await.unwrap().is_none());
+
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn messages_map_both_ways() {
+    let (db, store) = fresh().await;
+    store
+        .portals()
+        .upsert(&PortalRow::new(555, 100, PortalKind::Chat))
+        .await
+        .unwrap();
+    let messages = store.messages();
+
+    assert!(messages.latest_in_portal(555, 100).await.unwrap().is_none());
+
+    let text = message(555, 9_007_199_254_740_993, 0, 1_000);
+    let photo = message(555, 9_007_199_254_740_993, 1, 1_000);
+    let later = message(555, 9_007_199_254_740_999, 0, 2_000);
+    // Insert out of order: lookups must not depend on insertion order.
+    for row in [&photo, &later, &text] {
+        messages.insert(row).await.unwrap();
+    }
+
+    let parts = messages
+        .by_max_id(555, 100, 9_007_199_254_740_993)
+        .await
+        .unwrap();
+    assert_eq!(parts, [text.clone(), photo.clone()]);
+    assert!(
+        messages
+            .by_max_id(555, 300, 9_007_199_254_740_993)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_eq!(
+        messages
+            .by_event_id(&photo.event_id)
+            .await
+            .unwrap()
+            .unwrap(),
+        photo
+    );
+    assert!(messages.by_event_id("$unknown").await.unwrap().is_none());
+
+    assert_eq!(
+        messages.latest_in_portal(555, 100).await.unwrap().unwrap(),
+        later
+    );
+
+    // A long Matrix message goes out as several MAX messages of one event;
+    // looking the event up gives its first MAX message. Each part still
+    // maps to one event.
+    let mut split = message(555, 9_007_199_254_741_000, 0, 3_000);
+    split.event_id = text.event_id.clone();
+    messages.insert(&split).await.unwrap();
+    assert_eq!(
+        messages.by_event_id(&text.event_id).await.unwrap().unwrap().max_message_id,
+        text.max_message_id.min(split.max_message_id)
+    );
+    messages.delete_by_max_id(555, 100, split.max_message_id).await.unwrap();
+    let mut dup_part = text.clone();
+    dup_part.event_id = "$other".to_owned();
+    assert_conflict(messages.insert(&dup_part).await, "pkey");
+
+    // Messages need their portal.
+    match messages.insert(&message(999, 1, 0, 1)).await {
+        Err(StoreError::MissingReference { .. }) => {}
+        other => panic!("expected a missing portal, got {other:?}"),
+    }
+
+    assert_eq!(
+        messages
+            .delete_by_max_id(555, 100, 9_007_199_254_740_993)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(
+        messages
+            .by_event_id(&text.event_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(messages.delete_by_event_id(&later.event_id).await.unwrap());
+    assert!(!messages.delete_by_event_id(&later.event_id).await.unwrap());
+
+    // Deleting a portal forgets its messages.
+    messages.insert(&later).await.unwrap();
+    store.portals().delete(555, 100).await.unwrap();
+    assert!(
+        messages
+            .by_event_id(&later.event_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn transactions_are_handled_once() {
+    let (db, store) = fresh().await;
+    let txns = store.transactions();
+
+    assert!(!txns.is_handled("1").await.unwrap());
+    assert!(txns.mark_handled("1").await.unwrap());
+    assert!(!txns.mark_handled("1").await.unwrap());
+    assert!(txns.is_handled("1").await.unwrap());
+    assert!(!txns.is_handled("2").await.unwrap());
+
+    assert!(txns.mark_handled("old").await.unwrap());
+    sqlx::query(
+        "UPDATE transactions SET handled_at = now() - interval '2 days' WHERE txn_id = 'old'",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let pruned = txns
+        .prune_older_than(Duration::from_secs(24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    assert!(!txns.is_handled("old").await.unwrap());
+    assert!(txns.is_handled("1").await.unwrap());
+
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn kv_round_trip() {
+    let (db, store) = fresh().await;
+    let kv = store.kv();
+
+    assert_eq!(kv.get("login/@a:x/chats_sync").await.unwrap(), None);
+    kv.set("login/@a:x/chats_sync", "0").await.unwrap();
+    kv.set("login/@a:x/chats_sync", "1782000000000")
+        .await
+        .unwrap();
+    assert_eq!(
+        kv.get("login/@a:x/chats_sync").await.unwrap().as_deref(),
+        Some("1782000000000")
+    );
+    assert!(kv.delete("login/@a:x/chats_sync").await.unwrap());
+    assert!(!kv.delete("login/@a:x/chats_sync").await.unwrap());
+    assert_eq!(kv.get("login/@a:x/chats_sync").await.unwrap(), None);
+
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn data_survives_a_restart_and_migrations_are_idempotent() {
+    let db = TestDb::create().await;
+
+    let store = Store::connect(db.url(), 2).await.expect("first start");
+    store
+        .logins()
+        .upsert(&login("@alice:example.org", 1001, "tok"))
+        .await
+        .unwrap();
+    let mut portal = PortalRow::new(555, 1001, PortalKind::Dialog);
+    portal.room_id = Some("!dm".to_owned());
+    store.portals().upsert(&portal).await.unwrap();
+    store
+        .messages()
+        .insert(&MessageRow {
+            receiver: 1001,
+            ..message(555, 7, 0, 5)
+        })
+        .await
+        .unwrap();
+    store
+        .ghosts()
+        .upsert(&GhostRow::new(200, "@max_200:example.org"))
+        .await
+        .unwrap();
+    store.transactions().mark_handled("txn-1").await.unwrap();
+    store.close().await;
+
+    // Two restarts: the second also re-runs migrations on a current schema.
+    for _ in 0..2 {
+        let store = Store::connect(db.url(), 2).await.expect("restart");
+        let login = store
+            .logins()
+            .get("@alice:example.org")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(login.token.expose(), "tok");
+        assert_eq!(
+            store.portals().get_by_room("!dm").await.unwrap().unwrap(),
+            portal
+        );
+        assert_eq!(
+            store
+                .messages()
+                .latest_in_portal(555, 1001)
+                .await
+                .unwrap()
+                .unwrap()
+                .max_message_id,
+            7
+        );
+        assert!(store.ghosts().get(200).await.unwrap().is_some());
+        assert!(store.transactions().is_handled("txn-1").await.unwrap());
+        store.close().await;
+    }
+
+    let store = Store::connect(db.url(), 1).await.expect("restart");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
+    assert_eq!(applied, i64::try_from(shipped).unwrap());
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn connecting_to_a_missing_database_is_an_error() {
+    let db = TestDb::create().await;
+    let url = db.url().replace(db.name(), "maxbridge_test_does_not_exist");
+    match Store::connect(&url, 1).await {
+        Err(StoreError::Connect(_)) => {}
+        other => panic!("expected a connection error, got {other:?}"),
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn dropping_a_test_db_removes_it() {
+    let db = TestDb::create().await;
+    let name = db.name().to_owned();
+    let admin = Store::connect(db.url(), 1).await.unwrap();
+    let exists = |store: Store, name: String| async move {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+        )
+        .bind(name)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    };
+    assert!(exists(admin.clone(), name.clone()).await);
+    // Dropped by the sync fallback, with the store's connection still open.
+    let other = TestDb::create().await;
+    let other_name = other.name().to_owned();
+    let other_store = Store::connect(other.url(), 1).await.unwrap();
+    drop(other);
+    assert!(!exists(admin.clone(), other_name).await);
+    drop(other_store);
+    admin.close().await;
+    db.drop_db().await;
+}

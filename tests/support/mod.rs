@@ -1,0 +1,8 @@
+//! Shared scaffolding for the integration tests: real PostgreSQL, real Synapse,
+//! a real Matrix client acting as the human.
+#![allow(dead_code)]
+
+pub mod bridge;
+pub mod human;
+pub mod pg;
+pub mod synapse;
