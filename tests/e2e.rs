@@ -154,3 +154,179 @@ async fn sms_login_creates_portals_and_text_flows_both_ways() {
         "no echo of Matrix-sent messages"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
+    let mut env = Env::start().await;
+    let (human, management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let control = env.sim.control().clone();
+    let boris = env.ghost(fixture_ids::BORIS);
+    let send = |text: &str| {
+        control
+            .send(
+                fixture_ids::BORIS,
+                fixture_ids::DIALOG_ALICE_BORIS,
+                Outgoing::text(text),
+            )
+            .expect("Boris sends");
+    };
+    send("before restart");
+    human.wait_for_text(&dm, "before restart").await;
+    human.send_text(&dm, "my answer").await;
+    control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| m.text == "my answer")
+        .await
+        .expect("reaches MAX");
+    let rooms_before = human.client().rooms().len();
+
+    env.stop_bridge().await;
+    // Sent while the bridge is down: caught up from the LOGIN answer.
+    send("while you were away");
+    env.start_bridge().await;
+    human.wait_for_text(&dm, "while you were away").await;
+    send("after restart");
+    human.wait_for_text(&dm, "after restart").await;
+    human.send_text(&dm, "still here").await;
+    control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| m.text == "still here")
+        .await
+        .expect("reaches MAX after the restart");
+
+    let from_boris = texts_from(&human, &dm, &boris);
+    assert_eq!(
+        from_boris,
+        ["before restart", "while you were away", "after restart"],
+        "each message once, in order"
+    );
+    assert_eq!(
+        texts_from(&human, &dm, human.user_id()),
+        ["my answer", "still here"]
+    );
+    // No new portal rooms or invites appeared for the same chats.
+    assert!(
+        human
+            .invites()
+            .iter()
+            .all(|i| i.inviter.as_ref() != Some(&boris) || i.room_id == dm),
+        "no second portal for the dialog"
+    );
+    assert_eq!(human.client().rooms().len(), rooms_before);
+    let listing = env.command(&human, &management, "list", "Bridged chats").await;
+    assert!(listing.contains(dm.as_str()), "{listing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appservice_api_rejects_wrong_tokens_and_refuses_unpermitted_users() {
+    let env = Env::start().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/_matrix/app/v1/transactions/evil1", env.appservice_url());
+    let body = serde_json::json!({"events": []});
+    let missing = http.put(&url).json(&body).send().await.expect("answers");
+    assert_eq!(missing.status(), 401);
+    let wrong = http
+        .put(&url)
+        .bearer_auth("not-the-hs-token")
+        .json(&body)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(wrong.status(), 403);
+    let right = http
+        .put(&url)
+        .bearer_auth(env.hs_token())
+        .json(&body)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(right.status(), 200);
+
+    // Mallory is blocked by `permissions`: the bot refuses politely and leaves.
+    let mallory = Human::register(&env.synapse, "mallory").await;
+    let room = mallory.create_dm(&env.bot()).await;
+    let bot = env.bot();
+    let refusal = mallory
+        .wait_for_message(&room, |m| m.sender == bot)
+        .await;
+    assert!(refusal.body.contains("not allowed"), "{}", refusal.body);
+    mallory.wait_for_membership(&room, &bot, "leave").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
+    let env = Env::start().await;
+    let (human, management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let control = env.sim.control();
+    let bot = env.bot();
+
+    assert!(control.drop_connections(Some(fixture_ids::ALICE)) > 0);
+    human
+        .wait_for_message(&management, |m| {
+            m.sender == bot && m.body.contains("Lost the connection")
+        })
+        .await;
+    human
+        .wait_for_message(&management, |m| {
+            m.sender == bot && m.body.contains("Reconnected")
+        })
+        .await;
+    let pong = env.command(&human, &management, "ping", "Logged in to MAX").await;
+    assert!(pong.contains("connected"), "{pong}");
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            Outgoing::text("after the drop"),
+        )
+        .expect("Boris sends");
+    human.wait_for_text(&dm, "after the drop").await;
+
+    // MAX refuses a send: the user sees why, in the room.
+    control.fail_opcode(64, Some("chat.not.access"));
+    human.send_text(&dm, "this one fails").await;
+    let notice = human
+        .wait_for_message(&dm, |m| m.sender == bot && m.body.contains("not delivered"))
+        .await;
+    assert!(notice.body.contains("chat.not.access"), "{}", notice.body);
+    control.fail_opcode(64, None);
+
+    // The server revokes the token: the user is told to log in again.
+    control.revoke_tokens(fixture_ids::ALICE);
+    human
+        .wait_for_message(&management, |m| {
+            m.sender == bot && m.body.contains("logged you out")
+        })
+        .await;
+    let pong = env.command(&human, &management, "ping", "login").await;
+    assert!(pong.contains("Not connected") || pong.contains("not logged in"), "{pong}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_matrix_users_bridge_their_own_accounts() {
+    let env = Env::start().await;
+    let (alice, _, alice_dm) = alice_with_boris_dm(&env, "alice").await;
+    let (bob, bob_management) = env.user_with_management_room("bob").await;
+    env.command(
+        &bob,
+        &bob_management,
+        &format!("login-token {}", fixture_ids::BORIS_TOKEN),
+        "Logged in to MAX as Boris",
+    )
+    .await;
+    let alice_ghost = env.ghost(fixture_ids::ALICE);
+    let bob_dm = bob
+        .wait_for_invite(|i| i.inviter.as_ref() == Some(&alice_ghost))
+        .await
+        .room_id;
+    bob.join(&bob_dm).await;
+    assert_ne!(alice_dm, bob_dm, "each login has its own portal");
+
+    alice.send_text(&alice_dm, "hello Bob, via two bridges").await;
+    let got = bob.wait_for_text(&bob_dm, "hello Bob, via two bridges").await;
+    assert_eq!(got.sender, alice_ghost);
+    bob.send_text(&bob_dm, "hi Alice!").await;
+    let got = alice.wait_for_text(&alice_dm, "hi Alice!").await;
+    assert_eq!(got.sender, env.ghost(fixture_ids::BORIS));
+    // Each side sees the other's message once and its own once.
+    assert_eq!(texts_from(&alice, &alice_dm, alice.user_id()), ["hello Bob, via two bridges"]);
+    assert_eq!(texts_from(&bob, &bob_dm, bob.user_id()), ["hi Alice!"]);
+}

@@ -287,6 +287,7 @@ impl Bridge {
                 }
                 ConnectionState::LoggedOut { reason } => {
                     tracing::warn!(user = %session.mxid, %reason, "MAX logged the account out");
+                    self.forget_login(&session);
                     if let Err(error) = self
                         .store
                         .logins()

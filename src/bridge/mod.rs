@@ -120,6 +120,18 @@ impl Bridge {
     }
 
 
+    /// Drops `session` from the running logins, unless a newer login of the
+    /// same user replaced it meanwhile.
+    pub(crate) fn forget_login(&self, session: &Arc<LoginSession>) {
+        let mut logins = self.lock_logins();
+        if logins
+            .get(&session.mxid)
+            .is_some_and(|current| Arc::ptr_eq(current, session))
+        {
+            logins.remove(&session.mxid);
+        }
+    }
+
     fn lock_logins(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedUserId, Arc<LoginSession>>> {
         self.logins.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -409,7 +409,10 @@ impl Control {
             first_name: new.first_name,
             last_name: new.last_name,
             phone: new.phone,
-            sms_code: Some(new.sms_code.unwrap_or_else(|| format!("{:06}", id % 1_000_000))),
+            sms_code: Some(
+                new.sms_code
+                    .unwrap_or_else(|| format!("{:06}", id % 1_000_000)),
+            ),
             contacts: new.contacts,
             options: vec!["TT".into(), "ONEME".into()],
             photo_id: Some(id),
@@ -449,11 +452,18 @@ impl Control {
 
     /// Send as `account`, exactly as MSG_SEND (64) would; every session of
     /// every member (the sender's included) gets the 128 push.
-    pub fn send(&self, account: i64, chat_id: i64, msg: Outgoing) -> Result<SimMessage, ControlError> {
+    pub fn send(
+        &self,
+        account: i64,
+        chat_id: i64,
+        msg: Outgoing,
+    ) -> Result<SimMessage, ControlError> {
         self.require_account(account)?;
         let link = match (msg.reply_to, msg.forward) {
             (Some(id), _) => Some(json!({"type": "REPLY", "messageId": id})),
-            (None, Some((chat, id))) => Some(json!({"type": "FORWARD", "messageId": id, "chatId": chat})),
+            (None, Some((chat, id))) => {
+                Some(json!({"type": "FORWARD", "messageId": id, "chatId": chat}))
+            }
             (None, None) => None,
         };
         let sent = self.sim.send(
@@ -510,7 +520,9 @@ impl Control {
         for_me: bool,
     ) -> Result<(), ControlError> {
         self.require_account(account)?;
-        Ok(self.sim.delete(actor(account), chat_id, message_ids, for_me)?)
+        Ok(self
+            .sim
+            .delete(actor(account), chat_id, message_ids, for_me)?)
     }
 
     /// Set (`Some`) or remove (`None`) `account`'s reaction.
@@ -522,7 +534,9 @@ impl Control {
         reaction: Option<&str>,
     ) -> Result<Value, ControlError> {
         self.require_account(account)?;
-        Ok(self.sim.react(actor(account), chat_id, message_id, reaction)?)
+        Ok(self
+            .sim
+            .react(actor(account), chat_id, message_id, reaction)?)
     }
 
     pub fn typing(&self, account: i64, chat_id: i64) -> Result<(), ControlError> {
@@ -531,7 +545,12 @@ impl Control {
     }
 
     /// Mark `chat_id` read up to `message_id` as `account` (130 to others).
-    pub fn mark_read(&self, account: i64, chat_id: i64, message_id: i64) -> Result<(), ControlError> {
+    pub fn mark_read(
+        &self,
+        account: i64,
+        chat_id: i64,
+        message_id: i64,
+    ) -> Result<(), ControlError> {
         self.require_account(account)?;
         self.sim
             .mark(actor(account), chat_id, Some(message_id), None, false)?;
@@ -555,8 +574,13 @@ impl Control {
             UploadKind::File => MediaKind::File,
         };
         let (id, token) = self.sim.new_upload(account, media);
-        self.sim
-            .store_upload(id, &token, data.into(), name.to_owned(), content_type.to_owned());
+        self.sim.store_upload(
+            id,
+            &token,
+            data.into(),
+            name.to_owned(),
+            content_type.to_owned(),
+        );
         if let Some(u) = self.sim.state().uploads.get_mut(&id) {
             u.ready = true;
         }
@@ -684,7 +708,11 @@ impl Control {
         let held = {
             let mut f = self.sim.faults();
             f.hold_attach = hold;
-            if hold { Vec::new() } else { std::mem::take(&mut f.held) }
+            if hold {
+                Vec::new()
+            } else {
+                std::mem::take(&mut f.held)
+            }
         };
         for id in held {
             self.sim.finish_upload(id);
@@ -702,7 +730,11 @@ impl Control {
 
     /// Push an opcode no client knows (default 399) to `account`.
     pub fn send_unknown_push(&self, account: i64, opcode: Option<u16>) -> usize {
-        self.push(account, Opcode(opcode.unwrap_or(399)), json!({"simulated": true}))
+        self.push(
+            account,
+            Opcode(opcode.unwrap_or(399)),
+            json!({"simulated": true}),
+        )
     }
 
     /// Push any opcode/payload (with the connection's next push seq).

@@ -4,7 +4,10 @@
 use crate::fixture::ChatKind;
 use crate::hub::{Conn, Phase};
 use crate::model::{ChatKey, MediaKind, State, as_i64, now_ms, random_token};
-use crate::sim::{Actor, EDIT_TIMEOUT_S, MAX_MSG_LENGTH, ProtoError, REACTIONS_MAX, REACTIONS_MENU, SendRequest, Sim};
+use crate::sim::{
+    Actor, EDIT_TIMEOUT_S, MAX_MSG_LENGTH, ProtoError, REACTIONS_MAX, REACTIONS_MENU, SendRequest,
+    Sim,
+};
 use maxproto::{Frame, Opcode};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -30,10 +33,16 @@ fn ok(v: Value) -> HResult {
 pub(crate) fn handle(sim: &Arc<Sim>, conn: &Arc<Conn>, frame: &Frame) -> HResult {
     let op = frame.opcode;
     if let Some(key) = sim.faults().fail_opcode.get(&op.0).cloned() {
-        return Err(ProtoError::new(&key, format!("Injected failure of opcode {}", op.0)));
+        return Err(ProtoError::new(
+            &key,
+            format!("Injected failure of opcode {}", op.0),
+        ));
     }
     if op.name().is_none() || op.is_push_only() || op == Opcode::RECONNECT {
-        return Err(ProtoError::new("proto.opcode", format!("Unknown opcode {}", op.0)));
+        return Err(ProtoError::new(
+            "proto.opcode",
+            format!("Unknown opcode {}", op.0),
+        ));
     }
     let phase = conn.session().phase;
     match phase {
@@ -148,12 +157,16 @@ pub(crate) fn handle(sim: &Arc<Sim>, conn: &Arc<Conn>, frame: &Frame) -> HResult
         82 => {
             let (id, token) = sim.new_upload(user, MediaKind::Video);
             let base = sim.state().base_url.clone();
-            ok(json!({"info": [{"url": format!("{base}/upload/video?id={id}&sig={token}"), "videoId": id, "token": token}]}))
+            ok(
+                json!({"info": [{"url": format!("{base}/upload/video?id={id}&sig={token}"), "videoId": id, "token": token}]}),
+            )
         }
         87 => {
             let (id, token) = sim.new_upload(user, MediaKind::File);
             let base = sim.state().base_url.clone();
-            ok(json!({"info": [{"url": format!("{base}/upload/file?id={id}&sig={token}"), "fileId": id, "token": token}]}))
+            ok(
+                json!({"info": [{"url": format!("{base}/upload/file?id={id}&sig={token}"), "fileId": id, "token": token}]}),
+            )
         }
         83 => {
             let id = req_i64(p, "videoId")?;
@@ -163,7 +176,10 @@ pub(crate) fn handle(sim: &Arc<Sim>, conn: &Arc<Conn>, frame: &Frame) -> HResult
         88 => {
             let id = req_i64(p, "fileId")?;
             let (url, name) = download_url(sim, id, MediaKind::File)?;
-            let unsafe_file = name.rsplit('.').next().is_some_and(|e| e.eq_ignore_ascii_case("exe"));
+            let unsafe_file = name
+                .rsplit('.')
+                .next()
+                .is_some_and(|e| e.eq_ignore_ascii_case("exe"));
             ok(json!({"url": url, "unsafe": unsafe_file}))
         }
         96 => sessions(sim, conn, user),
@@ -192,7 +208,9 @@ pub(crate) fn handle(sim: &Arc<Sim>, conn: &Arc<Conn>, frame: &Frame) -> HResult
         181 => reactions_detailed(sim, user, p),
         198 => common_chats(sim, user, p),
         208 | 209 => ok(json!({})),
-        272 => ok(json!({"folders": [], "foldersOrder": [], "folderSync": now_ms(), "allFilterExcludeFolders": []})),
+        272 => ok(
+            json!({"folders": [], "foldersOrder": [], "folderSync": now_ms(), "allFilterExcludeFolders": []}),
+        ),
         302 => ok(json!({"banners": [], "updateTime": 0, "showTime": 0})),
         other => Err(ProtoError::new(
             "proto.opcode",
@@ -210,7 +228,9 @@ fn field<'a>(p: &'a Value, name: &str) -> Option<&'a Value> {
 fn req_i64(p: &Value, name: &str) -> Result<i64, ProtoError> {
     match field(p, name) {
         None => Err(ProtoError::missing(name)),
-        Some(v) => as_i64(v).ok_or_else(|| ProtoError::payload(format!("Expected number at {name}"))),
+        Some(v) => {
+            as_i64(v).ok_or_else(|| ProtoError::payload(format!("Expected number at {name}")))
+        }
     }
 }
 
@@ -245,7 +265,9 @@ fn req_ids(p: &Value, name: &str) -> Result<Vec<i64>, ProtoError> {
         None => Err(ProtoError::missing(name)),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| as_i64(v).ok_or_else(|| ProtoError::payload(format!("Expected number at {name}"))))
+            .map(|v| {
+                as_i64(v).ok_or_else(|| ProtoError::payload(format!("Expected number at {name}")))
+            })
             .collect(),
         Some(_) => Err(ProtoError::payload(format!("Expected array at {name}"))),
     }
@@ -440,7 +462,10 @@ fn login(sim: &Sim, conn: &Conn, p: &Value) -> HResult {
             if let Some(i) = p.get("interactive").and_then(Value::as_bool) {
                 s.interactive = i;
             }
-            (s.user_agent.clone().unwrap_or(Value::Null), s.device_id.clone())
+            (
+                s.user_agent.clone().unwrap_or(Value::Null),
+                s.device_id.clone(),
+            )
         };
         if let Some(a) = st.accounts.get_mut(&user) {
             a.rotate_on_login = false;
@@ -460,7 +485,9 @@ fn login(sim: &Sim, conn: &Conn, p: &Value) -> HResult {
     let limit = usize::try_from(chats_count).unwrap_or(0);
     let mut page: Vec<ChatKey> = keys.iter().take(limit).copied().collect();
     let chat_marker = if total > page.len() {
-        page.last().map(|k| st.chats[k].last_event_time()).unwrap_or(0)
+        page.last()
+            .map(|k| st.chats[k].last_event_time())
+            .unwrap_or(0)
     } else {
         0
     };
@@ -672,7 +699,11 @@ fn sessions(sim: &Sim, conn: &Conn, user: i64) -> HResult {
         .map(|c| {
             let s = c.session();
             let ua = s.user_agent.clone().unwrap_or(Value::Null);
-            let device = ua.get("deviceType").and_then(Value::as_str).unwrap_or("WEB").to_owned();
+            let device = ua
+                .get("deviceType")
+                .and_then(Value::as_str)
+                .unwrap_or("WEB")
+                .to_owned();
             json!({
                 "client": format!("MAX {device}"),
                 "info": ua.get("deviceName").and_then(Value::as_str).unwrap_or("Simulator"),
@@ -726,7 +757,10 @@ fn members(sim: &Sim, user: i64, p: &Value) -> HResult {
     if p.get("type").and_then(Value::as_str) == Some("JOIN_REQUEST") {
         return ok(json!({"members": []}));
     }
-    let query = p.get("query").and_then(Value::as_str).map(str::to_lowercase);
+    let query = p
+        .get("query")
+        .and_then(Value::as_str)
+        .map(str::to_lowercase);
     let mut st = sim.state();
     let key = st
         .member_chat(user, chat_id)
@@ -793,7 +827,8 @@ fn msg_send(sim: &Sim, actor: Actor, p: &Value) -> HResult {
         chat_id: opt_i64(p, "chatId")?,
         user_id: opt_i64(p, "userId")?,
         text,
-        cid: opt_i64(&m, "cid").map_err(|_| ProtoError::payload("Expected number at message.cid"))?,
+        cid: opt_i64(&m, "cid")
+            .map_err(|_| ProtoError::payload("Expected number at message.cid"))?,
         elements: opt_array(&m, "elements")?.unwrap_or_default(),
         attaches: opt_array(&m, "attaches")?.unwrap_or_default(),
         link,
@@ -813,9 +848,13 @@ fn history(sim: &Sim, user: i64, p: &Value) -> HResult {
     let chat = &st.chats[&key];
     let mut out = json!({"messages": []});
     if p.get("itemType").and_then(Value::as_str) != Some("DELAYED") {
-        let visible: Vec<&crate::model::Message> =
-            chat.messages.iter().filter(|m| m.visible_to(user)).collect();
-        let before: Vec<&&crate::model::Message> = visible.iter().filter(|m| m.time <= from).collect();
+        let visible: Vec<&crate::model::Message> = chat
+            .messages
+            .iter()
+            .filter(|m| m.visible_to(user))
+            .collect();
+        let before: Vec<&&crate::model::Message> =
+            visible.iter().filter(|m| m.time <= from).collect();
         let mut page: Vec<Value> = before
             .iter()
             .skip(before.len().saturating_sub(backward))
@@ -824,7 +863,13 @@ fn history(sim: &Sim, user: i64, p: &Value) -> HResult {
         page.extend(
             visible
                 .iter()
-                .filter(|m| if backward > 0 { m.time > from } else { m.time >= from })
+                .filter(|m| {
+                    if backward > 0 {
+                        m.time > from
+                    } else {
+                        m.time >= from
+                    }
+                })
                 .take(forward)
                 .map(|m| m.to_json(true)),
         );
@@ -869,7 +914,13 @@ fn chat_media(sim: &Sim, user: i64, p: &Value) -> HResult {
         .skip(before.len().saturating_sub(backward))
         .map(|m| m.to_json(true))
         .collect();
-    page.extend(media.iter().filter(|m| m.id > anchor).take(forward).map(|m| m.to_json(true)));
+    page.extend(
+        media
+            .iter()
+            .filter(|m| m.id > anchor)
+            .take(forward)
+            .map(|m| m.to_json(true)),
+    );
     ok(json!({"messages": page, "total": media.len()}))
 }
 

@@ -60,8 +60,14 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route("/upload/file", post(upload_file))
         .route("/media/{id}", get(media))
         .route("/i", get(image))
-        .route("/qr", get(|| async { "Scan this QR code with the MAX app (simulated)." }))
-        .route("/captcha", get(|| async { "Captcha (simulated): nothing to solve." }))
+        .route(
+            "/qr",
+            get(|| async { "Scan this QR code with the MAX app (simulated)." }),
+        )
+        .route(
+            "/captcha",
+            get(|| async { "Captcha (simulated): nothing to solve." }),
+        )
         .with_state(sim)
         .nest("/_sim", api)
         .layer(DefaultBodyLimit::max(limit))
@@ -93,7 +99,14 @@ async fn upload_photo(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Ok(id) = q.photo_ids.split(',').next().unwrap_or_default().trim().parse::<i64>() else {
+    let Ok(id) = q
+        .photo_ids
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse::<i64>()
+    else {
         return bad(StatusCode::BAD_REQUEST, "bad photoIds");
     };
     let (name, ctype, data) = body_file(&headers, body);
@@ -153,7 +166,13 @@ fn body_file(headers: &HeaderMap, body: Bytes) -> (String, String, Bytes) {
     if let Some(boundary) = ctype
         .strip_prefix("multipart/form-data")
         .and_then(|rest| rest.split("boundary=").nth(1))
-        .map(|b| b.split(';').next().unwrap_or(b).trim_matches('"').to_owned())
+        .map(|b| {
+            b.split(';')
+                .next()
+                .unwrap_or(b)
+                .trim_matches('"')
+                .to_owned()
+        })
         && let Some(part) = multipart_file(&body, &boundary)
     {
         let name = part.filename.unwrap_or_else(|| "file".into());
@@ -273,7 +292,11 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn guess_type(name: &str) -> &'static str {
-    let ext = name.rsplit('.').next().unwrap_or_default().to_ascii_lowercase();
+    let ext = name
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     match ext.as_str() {
         "png" => "image/png",
         "jpg" | "jpeg" => "image/jpeg",
@@ -298,7 +321,11 @@ struct SigQuery {
     sig: Option<String>,
 }
 
-async fn media(State(sim): State<Arc<Sim>>, Path(id): Path<i64>, Query(q): Query<SigQuery>) -> Response {
+async fn media(
+    State(sim): State<Arc<Sim>>,
+    Path(id): Path<i64>,
+    Query(q): Query<SigQuery>,
+) -> Response {
     match sim.upload(id) {
         Some(u) if q.sig.as_deref() == Some(u.token.as_str()) => serve_upload(u),
         _ => bad(StatusCode::NOT_FOUND, "no such media"),
@@ -317,7 +344,13 @@ fn serve_upload(u: crate::model::Upload) -> Response {
     let ascii: String = u
         .name
         .chars()
-        .map(|c| if c.is_ascii_graphic() && c != '"' || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
@@ -359,11 +392,17 @@ fn control_result<T: serde::Serialize>(r: Result<T, ControlError>) -> Response {
         Err(e) => {
             let (status, key) = match &e {
                 ControlError::Rejected { key, .. } => (StatusCode::CONFLICT, key.clone()),
-                ControlError::UnknownAccount(_) => (StatusCode::NOT_FOUND, "unknown.account".into()),
+                ControlError::UnknownAccount(_) => {
+                    (StatusCode::NOT_FOUND, "unknown.account".into())
+                }
                 ControlError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid".into()),
                 ControlError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout".into()),
             };
-            (status, Json(json!({"error": key, "message": e.to_string()}))).into_response()
+            (
+                status,
+                Json(json!({"error": key, "message": e.to_string()})),
+            )
+                .into_response()
         }
     }
 }
@@ -386,7 +425,9 @@ async fn account_session(State(c): State<Control>, Path(id): Path<i64>) -> Respo
 
 async fn connections(State(c): State<Control>, Query(q): Query<HashMap<String, i64>>) -> Response {
     match q.get("account") {
-        Some(a) => Json(json!({"account": a, "connections": c.connection_count(*a)})).into_response(),
+        Some(a) => {
+            Json(json!({"account": a, "connections": c.connection_count(*a)})).into_response()
+        }
         None => bad(StatusCode::BAD_REQUEST, "account required"),
     }
 }

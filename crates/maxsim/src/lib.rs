@@ -249,8 +249,8 @@ impl Simulator {
             max_upload_bytes: config.max_upload_bytes,
         };
         let sim = Arc::new(sim::Sim::new(settings, state, faults));
-        let app = http::router(Arc::clone(&sim))
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app =
+            http::router(Arc::clone(&sim)).into_make_service_with_connect_info::<SocketAddr>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let result = axum::serve(listener, app)

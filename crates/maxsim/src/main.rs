@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "maxsim", about = "A local simulator of the MAX messenger's user protocol")]
+#[command(
+    name = "maxsim",
+    about = "A local simulator of the MAX messenger's user protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,9 +79,14 @@ enum Ctl {
         members: Vec<i64>,
     },
     /// Chats of an account.
-    Chats { account: i64 },
+    Chats {
+        account: i64,
+    },
     /// Messages of a chat as stored.
-    Messages { account: i64, chat: i64 },
+    Messages {
+        account: i64,
+        chat: i64,
+    },
     /// Send a message as an account.
     Send {
         account: i64,
@@ -111,8 +119,15 @@ enum Ctl {
         message: i64,
         reaction: Option<String>,
     },
-    Typing { account: i64, chat: i64 },
-    MarkRead { account: i64, chat: i64, message: i64 },
+    Typing {
+        account: i64,
+        chat: i64,
+    },
+    MarkRead {
+        account: i64,
+        chat: i64,
+        message: i64,
+    },
     /// Upload a file as an account; prints the attach to send.
     Upload {
         account: i64,
@@ -123,7 +138,9 @@ enum Ctl {
         content_type: Option<String>,
     },
     /// Abruptly drop an account's connections (or all).
-    Drop { account: Option<i64> },
+    Drop {
+        account: Option<i64>,
+    },
     /// Delay answers (to one opcode or all) by N ms; 0 removes.
     Delay {
         ms: u64,
@@ -149,7 +166,9 @@ enum Ctl {
         account: Option<i64>,
     },
     /// Hand out a new token on the account's next LOGIN.
-    RotateToken { account: i64 },
+    RotateToken {
+        account: i64,
+    },
     /// Answer an opcode with an error key; `--off` to stop.
     FailOpcode {
         opcode: u16,
@@ -159,7 +178,9 @@ enum Ctl {
         off: bool,
     },
     /// Push RECONNECT (3) to an account's connections.
-    Reconnect { account: i64 },
+    Reconnect {
+        account: i64,
+    },
     /// Push an unknown opcode to an account's connections.
     UnknownPush {
         account: i64,
@@ -221,13 +242,32 @@ async fn main() -> Result<()> {
                 ..SimConfig::default()
             })
             .await?;
-            println!("MAX simulator: WebSocket {} HTTP {}", sim.ws_url(), sim.http_url());
-            tokio::signal::ctrl_c().await?;
+            println!(
+                "MAX simulator: WebSocket {} HTTP {}",
+                sim.ws_url(),
+                sim.http_url()
+            );
+            shutdown_signal().await?;
             sim.shutdown().await;
             Ok(())
         }
         Command::Ctl { url, command } => ctl(url.trim_end_matches('/'), command).await,
     }
+}
+
+/// Ctrl-C, or SIGTERM (how containers are stopped).
+async fn shutdown_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
 }
 
 async fn ctl(base: &str, command: Ctl) -> Result<()> {
@@ -351,9 +391,9 @@ async fn ctl(base: &str, command: Ctl) -> Result<()> {
         Ctl::RotateToken { account } => client
             .post(api("rotate-token"))
             .json(&json!({"account": account})),
-        Ctl::FailOpcode { opcode, error, off } => client.post(api("fail-opcode")).json(
-            &json!({"opcode": opcode, "error": if off { None } else { Some(error) }}),
-        ),
+        Ctl::FailOpcode { opcode, error, off } => client
+            .post(api("fail-opcode"))
+            .json(&json!({"opcode": opcode, "error": if off { None } else { Some(error) }})),
         Ctl::Reconnect { account } => client
             .post(api("reconnect"))
             .json(&json!({"account": account})),

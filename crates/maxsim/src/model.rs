@@ -197,10 +197,7 @@ impl Message {
             .get("id")
             .and_then(as_i64)
             .ok_or_else(|| "message without a numeric id".to_owned())?;
-        let time = obj
-            .get("time")
-            .and_then(as_i64)
-            .unwrap_or(id >> 16);
+        let time = obj.get("time").and_then(as_i64).unwrap_or(id >> 16);
         let mut extra = obj.clone();
         for key in [
             "id",
@@ -251,10 +248,7 @@ impl Message {
 }
 
 fn array_of(value: Option<&Value>) -> Vec<Value> {
-    value
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+    value.and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
 /// An integer, or a decimal string holding one (ids on the JSON wire).

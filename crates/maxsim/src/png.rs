@@ -5,7 +5,11 @@
 /// diagonal band so that it is visibly an image.
 pub(crate) fn avatar(seed: i64, size: u32) -> Vec<u8> {
     let h = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let base = [(h >> 16) as u8 | 0x40, (h >> 32) as u8 | 0x40, (h >> 48) as u8 | 0x40];
+    let base = [
+        (h >> 16) as u8 | 0x40,
+        (h >> 32) as u8 | 0x40,
+        (h >> 48) as u8 | 0x40,
+    ];
     let mut raw = Vec::with_capacity(((size * 3 + 1) * size) as usize);
     for y in 0..size {
         raw.push(0); // filter: none

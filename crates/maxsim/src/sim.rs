@@ -150,7 +150,9 @@ impl Sim {
         let now = now_ms();
         let prev = self
             .last_cid
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1)))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
             .unwrap_or(now);
         now.max(prev + 1)
     }
@@ -284,11 +286,7 @@ impl Sim {
             None => None,
         };
         let id = st.next_message_id(now);
-        let kind = if is_channel {
-            "CHANNEL"
-        } else {
-            "USER"
-        };
+        let kind = if is_channel { "CHANNEL" } else { "USER" };
         let message = Message {
             id,
             time: now,
@@ -322,7 +320,12 @@ impl Sim {
         self.fan_out_new(chat, id, actor, created);
         drop(st);
         self.changed();
-        tracing::debug!(user = actor.user, chat = key.wire_id(), message = id, "message sent");
+        tracing::debug!(
+            user = actor.user,
+            chat = key.wire_id(),
+            message = id,
+            "message sent"
+        );
         Ok(Sent {
             response,
             key,
@@ -376,7 +379,9 @@ impl Sim {
         match kind {
             ChatKind::Dialog => {
                 let [peer] = members else {
-                    return Err(ProtoError::payload("a dialog needs exactly one other member"));
+                    return Err(ProtoError::payload(
+                        "a dialog needs exactly one other member",
+                    ));
                 };
                 let now = now_ms();
                 let mut st = self.state();
@@ -384,8 +389,12 @@ impl Sim {
                 if created {
                     let chat = &st.chats[&key];
                     for &u in chat.participants.keys() {
-                        self.hub
-                            .push_user(u, None, Opcode::NOTIF_CHAT, &json!({"chat": chat.to_json(u)}));
+                        self.hub.push_user(
+                            u,
+                            None,
+                            Opcode::NOTIF_CHAT,
+                            &json!({"chat": chat.to_json(u)}),
+                        );
                     }
                 }
                 drop(st);
@@ -466,7 +475,11 @@ impl Sim {
                 "The edit window of this message has passed",
             ));
         }
-        if msg.link.as_ref().and_then(|l| l.get("type")).and_then(Value::as_str)
+        if msg
+            .link
+            .as_ref()
+            .and_then(|l| l.get("type"))
+            .and_then(Value::as_str)
             == Some("FORWARD")
         {
             return Err(ProtoError::new(
@@ -568,10 +581,11 @@ impl Sim {
                 let mut rendered = m.to_json(true);
                 rendered["status"] = json!("REMOVED");
                 let payload = json!({"chatId": chat_id, "message": rendered, "ttl": false});
-                self.hub.push_user_with(user, actor.conn, |format| match format {
-                    WireFormat::Json => Some((Opcode::NOTIF_MESSAGE, payload.clone())),
-                    WireFormat::Binary => None,
-                });
+                self.hub
+                    .push_user_with(user, actor.conn, |format| match format {
+                        WireFormat::Json => Some((Opcode::NOTIF_MESSAGE, payload.clone())),
+                        WireFormat::Binary => None,
+                    });
             }
         }
         drop(st);
@@ -697,7 +711,11 @@ impl Sim {
             return Err(ProtoError::message_not_found(id));
         }
         let slot = chat.participants.entry(actor.user).or_insert(0);
-        *slot = if set_as_unread { mark } else { (*slot).max(mark) };
+        *slot = if set_as_unread {
+            mark
+        } else {
+            (*slot).max(mark)
+        };
         let stored = *slot;
         let unread = chat.unread_for(actor.user);
         let chat = &st.chats[&key];
@@ -725,7 +743,8 @@ impl Sim {
             payload["type"] = json!(k);
         }
         for &user in chat.participants.keys().filter(|u| **u != actor.user) {
-            self.hub.push_user(user, None, Opcode::NOTIF_TYPING, &payload);
+            self.hub
+                .push_user(user, None, Opcode::NOTIF_TYPING, &payload);
         }
         Ok(())
     }
@@ -777,7 +796,10 @@ impl Sim {
                 return Err(ProtoError::payload("Not valid for dialogs"));
             }
             if !chat.is_admin(actor.user) {
-                return Err(ProtoError::new("chat.not.access", "Only admins can change members"));
+                return Err(ProtoError::new(
+                    "chat.not.access",
+                    "Only admins can change members",
+                ));
             }
             let mut affected: BTreeSet<i64> = chat.participants.keys().copied().collect();
             for &u in users {
@@ -792,8 +814,12 @@ impl Sim {
             chat.modified = now_ms();
             let chat = &st.chats[&key];
             for u in affected {
-                self.hub
-                    .push_user(u, None, Opcode::NOTIF_CHAT, &json!({"chat": chat.to_json(u)}));
+                self.hub.push_user(
+                    u,
+                    None,
+                    Opcode::NOTIF_CHAT,
+                    &json!({"chat": chat.to_json(u)}),
+                );
             }
         }
         self.send(
@@ -1006,12 +1032,18 @@ fn resolve_attach(st: &State, attach: &Value) -> Result<Value, ProtoError> {
         .get("_type")
         .and_then(Value::as_str)
         .ok_or_else(|| ProtoError::missing("attaches._type"))?;
-    let minimal = |keys: &[&str]| obj.keys().all(|k| k == "_type" || keys.contains(&k.as_str()));
+    let minimal = |keys: &[&str]| {
+        obj.keys()
+            .all(|k| k == "_type" || keys.contains(&k.as_str()))
+    };
     let base = &st.base_url;
     match kind {
         "PHOTO" => {
             let token = obj.get("photoToken").and_then(Value::as_str);
-            match token.and_then(|t| st.photo_tokens.get(t)).and_then(|id| st.uploads.get(id)) {
+            match token
+                .and_then(|t| st.photo_tokens.get(t))
+                .and_then(|id| st.uploads.get(id))
+            {
                 Some(u) if u.data.is_some() => Ok(json!({
                     "_type": "PHOTO",
                     "photoId": u.id,
@@ -1020,7 +1052,10 @@ fn resolve_attach(st: &State, attach: &Value) -> Result<Value, ProtoError> {
                     "height": u.height,
                     "photoToken": u.token,
                 })),
-                Some(_) => Err(ProtoError::new("attachment.not.ready", "Photo not uploaded yet")),
+                Some(_) => Err(ProtoError::new(
+                    "attachment.not.ready",
+                    "Photo not uploaded yet",
+                )),
                 None if minimal(&["photoToken"]) => Err(ProtoError::payload("Invalid photoToken")),
                 None => Ok(attach.clone()),
             }
@@ -1046,7 +1081,11 @@ fn resolve_attach(st: &State, attach: &Value) -> Result<Value, ProtoError> {
             }
         }
         "VIDEO" | "AUDIO" => {
-            let id_key = if kind == "VIDEO" { "videoId" } else { "audioId" };
+            let id_key = if kind == "VIDEO" {
+                "videoId"
+            } else {
+                "audioId"
+            };
             let id = obj.get(id_key).and_then(as_i64);
             match id.and_then(|id| st.uploads.get(&id)) {
                 Some(u) if u.ready && u.data.is_some() => {
@@ -1054,7 +1093,12 @@ fn resolve_attach(st: &State, attach: &Value) -> Result<Value, ProtoError> {
                     out[id_key] = json!(u.id);
                     out["token"] = json!(u.token);
                     if kind == "VIDEO" {
-                        for (k, v) in [("width", json!(u.width)), ("height", json!(u.height)), ("duration", json!(0)), ("videoType", json!(0))] {
+                        for (k, v) in [
+                            ("width", json!(u.width)),
+                            ("height", json!(u.height)),
+                            ("duration", json!(0)),
+                            ("videoType", json!(0)),
+                        ] {
                             if out.get(k).is_none() {
                                 out[k] = v;
                             }
@@ -1121,7 +1165,12 @@ fn resolve_attach(st: &State, attach: &Value) -> Result<Value, ProtoError> {
 
 /// A request `link` (`{type, messageId, chatId?}`) → the stored link with
 /// the quoted/forwarded message inside.
-fn resolve_link(st: &mut State, user: i64, key: ChatKey, link: &Value) -> Result<Value, ProtoError> {
+fn resolve_link(
+    st: &mut State,
+    user: i64,
+    key: ChatKey,
+    link: &Value,
+) -> Result<Value, ProtoError> {
     let kind = link
         .get("type")
         .and_then(Value::as_str)

@@ -72,7 +72,13 @@ fn websocket_key(headers: &HeaderMap) -> Option<String> {
     if headers.get(header::SEC_WEBSOCKET_VERSION)?.to_str().ok()? != "13" {
         return None;
     }
-    Some(headers.get(header::SEC_WEBSOCKET_KEY)?.to_str().ok()?.to_owned())
+    Some(
+        headers
+            .get(header::SEC_WEBSOCKET_KEY)?
+            .to_str()
+            .ok()?
+            .to_owned(),
+    )
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -110,7 +116,9 @@ async fn run(sim: Arc<Sim>, ws: Ws, peer: SocketAddr) {
             }
             Ok(Some(Ok(msg))) => match msg {
                 Message::Text(text) => on_message(&sim, &conn, WireMessage::Text(text.to_string())),
-                Message::Binary(bytes) => on_message(&sim, &conn, WireMessage::Binary(bytes.to_vec())),
+                Message::Binary(bytes) => {
+                    on_message(&sim, &conn, WireMessage::Binary(bytes.to_vec()))
+                }
                 Message::Close(_) => break,
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             },
@@ -268,7 +276,10 @@ fn numeric_message_ids(value: &mut Value) {
         Value::Object(map) => {
             for (k, v) in map.iter_mut() {
                 match (k.as_str(), &mut *v) {
-                    ("id" | "messageId" | "prevMessageId" | "lastReactedMessageId", Value::String(s)) => {
+                    (
+                        "id" | "messageId" | "prevMessageId" | "lastReactedMessageId",
+                        Value::String(s),
+                    ) => {
                         if let Ok(n) = s.parse::<i64>() {
                             *v = json!(n);
                         }

@@ -413,3 +413,23 @@ async fn logout_ends_the_session_on_the_server() -> Result<()> {
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn dropping_every_handle_closes_the_connection() -> Result<()> {
+    let sim = sim().await?;
+    let (client, events) = login_alice(&sim).await?;
+    let clone = client.clone();
+    sim.control()
+        .wait_for_connections(ALICE, 1, DEADLINE)
+        .await?;
+    drop(client);
+    // One handle left: still connected and usable.
+    clone.ping(false).await?;
+    assert_eq!(sim.control().connection_count(ALICE), 1);
+    drop(clone);
+    drop(events);
+    sim.control()
+        .wait_for_connections(ALICE, 0, DEADLINE)
+        .await?;
+    Ok(())
+}

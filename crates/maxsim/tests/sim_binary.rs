@@ -24,7 +24,9 @@ async fn binary_connection_logs_in_sends_and_gets_numeric_ids() {
     let sent = bot
         .ok(64, json!({"chatId": DIALOG_ALICE_TRANSFERBOT, "message": {"text": "from binary", "cid": 3, "attaches": []}}))
         .await;
-    let id = sent["message"]["id"].as_i64().expect("numeric id on the binary wire");
+    let id = sent["message"]["id"]
+        .as_i64()
+        .expect("numeric id on the binary wire");
     let push = alice.push(128).await;
     assert_eq!(push.ver, 11);
     assert_eq!(push.payload["message"]["id"], id.to_string());
@@ -32,19 +34,33 @@ async fn binary_connection_logs_in_sends_and_gets_numeric_ids() {
 
     // A JSON sender's message reaches the binary client with a numeric id.
     let reply = alice
-        .ok(64, json!({"chatId": DIALOG_ALICE_TRANSFERBOT, "message": {"text": "to binary", "cid": 4}}))
+        .ok(
+            64,
+            json!({"chatId": DIALOG_ALICE_TRANSFERBOT, "message": {"text": "to binary", "cid": 4}}),
+        )
         .await;
-    let incoming = bot.push_where(128, |p| p["message"]["text"] == "to binary").await;
+    let incoming = bot
+        .push_where(128, |p| p["message"]["text"] == "to binary")
+        .await;
     assert_eq!(incoming.ver, 10);
     assert_eq!(
-        incoming.payload["message"]["id"].as_i64().unwrap().to_string(),
+        incoming.payload["message"]["id"]
+            .as_i64()
+            .unwrap()
+            .to_string(),
         reply["message"]["id"].as_str().unwrap()
     );
     // History over binary works and carries the message.
     let hist = bot
         .ok(49, json!({"chatId": DIALOG_ALICE_TRANSFERBOT, "from": i64::MAX / 2, "backward": 5, "forward": 0}))
         .await;
-    assert!(hist["messages"].as_array().unwrap().iter().any(|m| m["text"] == "to binary"));
+    assert!(
+        hist["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["text"] == "to binary")
+    );
 }
 
 #[tokio::test]
@@ -54,7 +70,10 @@ async fn deletions_reach_binary_connections_as_142() {
     let mut boris_bin = Client::logged_in_format(&sim, BORIS_TOKEN, WireFormat::Binary).await;
     let mut boris_json = Client::logged_in(&sim, BORIS_TOKEN).await;
     let sent = alice
-        .ok(64, json!({"chatId": DIALOG_ALICE_BORIS, "message": {"text": "gone soon", "cid": 1}}))
+        .ok(
+            64,
+            json!({"chatId": DIALOG_ALICE_BORIS, "message": {"text": "gone soon", "cid": 1}}),
+        )
         .await;
     let id: i64 = sent["message"]["id"].as_str().unwrap().parse().unwrap();
     alice

@@ -66,12 +66,22 @@ async fn refused_and_rate_limited_logins() {
     let mut c = Client::connect(&sim).await;
     c.init().await;
     sim.control().refuse_logins(Some("service.unavailable"));
-    assert_eq!(c.login(ALICE_TOKEN).await.payload["error"], "service.unavailable");
+    assert_eq!(
+        c.login(ALICE_TOKEN).await.payload["error"],
+        "service.unavailable"
+    );
     sim.control().refuse_logins(None);
     sim.control().rate_limit_logins(true);
-    assert_eq!(c.login(ALICE_TOKEN).await.payload["error"], "error.limit.violate");
     assert_eq!(
-        c.err(17, json!({"phone": ALICE_PHONE, "type": "START_AUTH", "language": "ru"})).await,
+        c.login(ALICE_TOKEN).await.payload["error"],
+        "error.limit.violate"
+    );
+    assert_eq!(
+        c.err(
+            17,
+            json!({"phone": ALICE_PHONE, "type": "START_AUTH", "language": "ru"})
+        )
+        .await,
         "error.limit.violate"
     );
     sim.control().rate_limit_logins(false);
@@ -173,7 +183,14 @@ async fn http_control_api_drives_the_simulator() {
     let mut bot = Client::logged_in(&sim, TRANSFERBOT_TOKEN).await;
     let http = reqwest::Client::new();
     let api = |p: &str| format!("{}/_sim/{p}", sim.http_url());
-    let accounts: Value = http.get(api("accounts")).send().await.unwrap().json().await.unwrap();
+    let accounts: Value = http
+        .get(api("accounts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let alice = accounts
         .as_array()
         .unwrap()
@@ -194,7 +211,10 @@ async fn http_control_api_drives_the_simulator() {
         .unwrap();
     let push = bot.push(128).await;
     assert_eq!(push.payload["message"]["text"], "via http");
-    assert_eq!(msg_id(&push.payload["message"]), sent["id"].as_i64().unwrap());
+    assert_eq!(
+        msg_id(&push.payload["message"]),
+        sent["id"].as_i64().unwrap()
+    );
 
     let refused = http
         .post(api("send"))

@@ -27,8 +27,14 @@ async fn file_upload_ready_push_send_and_download() {
     let http = reqwest::Client::new();
     let resp = http
         .post(url)
-        .header("Content-Disposition", "attachment; filename=%D0%BE%D1%82%D1%87%D1%91%D1%82.pdf")
-        .header("Content-Range", format!("bytes 0-{}/{}", data.len() - 1, data.len()))
+        .header(
+            "Content-Disposition",
+            "attachment; filename=%D0%BE%D1%82%D1%87%D1%91%D1%82.pdf",
+        )
+        .header(
+            "Content-Range",
+            format!("bytes 0-{}/{}", data.len() - 1, data.len()),
+        )
         .body(data.clone())
         .send()
         .await
@@ -55,7 +61,10 @@ async fn file_upload_ready_push_send_and_download() {
     assert_eq!(dl["unsafe"], false);
     let got = http.get(dl["url"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(got.headers()["content-type"], "application/pdf");
-    assert_eq!(got.headers()["content-length"], data.len().to_string().as_str());
+    assert_eq!(
+        got.headers()["content-length"],
+        data.len().to_string().as_str()
+    );
     assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
 }
 
@@ -94,7 +103,9 @@ async fn photo_upload_by_multipart_and_fetch_by_base_url() {
     assert_eq!(attach["_type"], "PHOTO");
     assert_eq!(attach["width"], 2);
     assert_eq!(attach["height"], 1);
-    let got = reqwest::get(attach["baseUrl"].as_str().unwrap()).await.unwrap();
+    let got = reqwest::get(attach["baseUrl"].as_str().unwrap())
+        .await
+        .unwrap();
     assert_eq!(got.headers()["content-type"], "image/png");
     assert_eq!(got.bytes().await.unwrap().as_ref(), png.as_slice());
 }
@@ -110,7 +121,10 @@ async fn video_upload_and_play_url() {
     reqwest::Client::new()
         .post(info["url"].as_str().unwrap())
         .header("Content-Disposition", "attachment; filename=clip.mp4")
-        .header("Content-Range", format!("0-{}/{}", data.len() - 1, data.len()))
+        .header(
+            "Content-Range",
+            format!("0-{}/{}", data.len() - 1, data.len()),
+        )
         .body(data.clone())
         .send()
         .await
@@ -124,10 +138,15 @@ async fn video_upload_and_play_url() {
         .await;
     assert_eq!(sent["message"]["attaches"][0]["videoId"], video_id);
     let play = alice
-        .ok(83, json!({"videoId": video_id, "chatId": TEST_GROUP, "messageId": sent["message"]["id"]}))
+        .ok(
+            83,
+            json!({"videoId": video_id, "chatId": TEST_GROUP, "messageId": sent["message"]["id"]}),
+        )
         .await;
     assert_eq!(play["cache"], true);
-    let got = reqwest::get(play["MP4_720"].as_str().unwrap()).await.unwrap();
+    let got = reqwest::get(play["MP4_720"].as_str().unwrap())
+        .await
+        .unwrap();
     assert_eq!(got.headers()["content-type"], "video/mp4");
     assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
 }
@@ -139,14 +158,24 @@ async fn control_upload_is_sendable_and_downloadable_by_clients() {
     let data = b"plain text body".to_vec();
     let attach = sim
         .control()
-        .upload(BORIS, UploadKind::File, "notes.txt", "text/plain", data.clone())
+        .upload(
+            BORIS,
+            UploadKind::File,
+            "notes.txt",
+            "text/plain",
+            data.clone(),
+        )
         .unwrap();
     let msg = sim
         .control()
-        .send(BORIS, DIALOG_BORIS_TRANSFERBOT, maxsim::Outgoing {
-            attaches: vec![attach],
-            ..Default::default()
-        })
+        .send(
+            BORIS,
+            DIALOG_BORIS_TRANSFERBOT,
+            maxsim::Outgoing {
+                attaches: vec![attach],
+                ..Default::default()
+            },
+        )
         .unwrap();
     let push = bot.push(128).await;
     let file_id = push.payload["message"]["attaches"][0]["fileId"].clone();

@@ -3,8 +3,8 @@
 
 mod sim_support;
 
-use maxsim::fixture_ids::*;
 use maxsim::Outgoing;
+use maxsim::fixture_ids::*;
 use serde_json::{Value, json};
 use sim_support::*;
 use std::time::Duration;
@@ -27,7 +27,10 @@ async fn send_fans_out_to_peer_and_to_senders_other_session() {
     let mut alice2 = Client::logged_in(&sim, ALICE_TOKEN).await;
     let mut bot = Client::logged_in(&sim, TRANSFERBOT_TOKEN).await;
     let ans = alice
-        .ok(64, send_payload(DIALOG_ALICE_TRANSFERBOT, "hello bot", 1_800_000_000_001))
+        .ok(
+            64,
+            send_payload(DIALOG_ALICE_TRANSFERBOT, "hello bot", 1_800_000_000_001),
+        )
         .await;
     assert_eq!(ans["chatId"], DIALOG_ALICE_TRANSFERBOT);
     let message = &ans["message"];
@@ -56,7 +59,9 @@ async fn echo_to_the_sending_connection_can_be_disabled() {
     sim.control().set_echo_to_sender(false);
     let mut alice = Client::logged_in(&sim, ALICE_TOKEN).await;
     let mut alice2 = Client::logged_in(&sim, ALICE_TOKEN).await;
-    alice.ok(64, send_payload(DIALOG_ALICE_BORIS, "no echo", 5)).await;
+    alice
+        .ok(64, send_payload(DIALOG_ALICE_BORIS, "no echo", 5))
+        .await;
     alice2.push(128).await;
     assert!(alice.drain().await.iter().all(|f| f.opcode.0 != 128));
 }
@@ -72,7 +77,9 @@ async fn duplicate_cid_returns_the_original_message() {
     let stored = sim.control().messages(ALICE, TEST_GROUP).unwrap();
     assert_eq!(stored.iter().filter(|m| m.text == "once").count(), 1);
     // The same cid in another chat is a different message.
-    let other = alice.ok(64, send_payload(DIALOG_ALICE_BORIS, "once", 42)).await;
+    let other = alice
+        .ok(64, send_payload(DIALOG_ALICE_BORIS, "once", 42))
+        .await;
     assert_ne!(other["message"]["id"], first["message"]["id"]);
 }
 
@@ -82,7 +89,9 @@ async fn message_ids_strictly_increase() {
     let mut alice = Client::logged_in(&sim, ALICE_TOKEN).await;
     let mut last = 0;
     for i in 0..20 {
-        let ans = alice.ok(64, send_payload(0, &format!("n{i}"), 100 + i)).await;
+        let ans = alice
+            .ok(64, send_payload(0, &format!("n{i}"), 100 + i))
+            .await;
         let id = msg_id(&ans["message"]);
         assert!(id > last);
         last = id;
@@ -96,7 +105,10 @@ async fn text_longer_than_4000_is_refused() {
     let ok = "a".repeat(4000);
     alice.ok(64, send_payload(0, &ok, 1)).await;
     let too_long = "a".repeat(4001);
-    assert_eq!(alice.err(64, send_payload(0, &too_long, 2)).await, "proto.payload");
+    assert_eq!(
+        alice.err(64, send_payload(0, &too_long, 2)).await,
+        "proto.payload"
+    );
     assert!(matches!(
         sim.control().send(ALICE, 0, Outgoing::text(too_long)),
         Err(maxsim::ControlError::Rejected { .. })
@@ -108,7 +120,9 @@ async fn edit_pushes_edited_status_and_only_own_messages_are_editable() {
     let sim = start().await;
     let mut alice = Client::logged_in(&sim, ALICE_TOKEN).await;
     let mut boris = Client::logged_in(&sim, BORIS_TOKEN).await;
-    let sent = alice.ok(64, send_payload(DIALOG_ALICE_BORIS, "typo", 7)).await;
+    let sent = alice
+        .ok(64, send_payload(DIALOG_ALICE_BORIS, "typo", 7))
+        .await;
     let id = sent["message"]["id"].clone();
     boris.push(128).await;
     let edited = alice
@@ -138,29 +152,58 @@ async fn delete_pushes_removed_to_others_but_not_to_the_deleting_connection() {
     let mut alice = Client::logged_in(&sim, ALICE_TOKEN).await;
     let mut alice2 = Client::logged_in(&sim, ALICE_TOKEN).await;
     let mut boris = Client::logged_in(&sim, BORIS_TOKEN).await;
-    let sent = alice.ok(64, send_payload(DIALOG_ALICE_BORIS, "oops", 8)).await;
+    let sent = alice
+        .ok(64, send_payload(DIALOG_ALICE_BORIS, "oops", 8))
+        .await;
     let id = sent["message"]["id"].clone();
     alice.drain().await;
     assert_eq!(
-        boris.err(66, json!({"chatId": DIALOG_ALICE_BORIS, "messageIds": [id], "forMe": false})).await,
+        boris
+            .err(
+                66,
+                json!({"chatId": DIALOG_ALICE_BORIS, "messageIds": [id], "forMe": false})
+            )
+            .await,
         "chat.not.access"
     );
     alice
-        .ok(66, json!({"chatId": DIALOG_ALICE_BORIS, "messageIds": [id], "forMe": false}))
+        .ok(
+            66,
+            json!({"chatId": DIALOG_ALICE_BORIS, "messageIds": [id], "forMe": false}),
+        )
         .await;
     for c in [&mut boris, &mut alice2] {
-        let push = c.push_where(128, |p| p["message"]["status"] == "REMOVED").await;
+        let push = c
+            .push_where(128, |p| p["message"]["status"] == "REMOVED")
+            .await;
         assert_eq!(push.payload["message"]["id"], id);
     }
-    assert!(alice.drain().await.iter().all(|f| f.opcode.0 != 128 && f.opcode.0 != 142));
+    assert!(
+        alice
+            .drain()
+            .await
+            .iter()
+            .all(|f| f.opcode.0 != 128 && f.opcode.0 != 142)
+    );
     assert_eq!(
-        alice.err(66, json!({"chatId": DIALOG_ALICE_BORIS, "messageIds": [id], "forMe": false})).await,
+        alice
+            .err(
+                66,
+                json!({"chatId": DIALOG_ALICE_BORIS, "messageIds": [id], "forMe": false})
+            )
+            .await,
         "message.not.found"
     );
     let history = boris
         .ok(49, json!({"chatId": DIALOG_ALICE_BORIS, "from": i64::MAX / 2, "forward": 0, "backward": 50, "getMessages": true}))
         .await;
-    assert!(history["messages"].as_array().unwrap().iter().all(|m| m["id"] != id));
+    assert!(
+        history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["id"] != id)
+    );
     let stored = sim.control().message(msg_id(&sent["message"])).unwrap();
     assert_eq!(stored.status.as_deref(), Some("REMOVED"));
 }
@@ -171,7 +214,9 @@ async fn history_paging_follows_the_measured_semantics() {
     let control = sim.control();
     let mut ids = Vec::new();
     for i in 0..10 {
-        let m = control.send(ALICE, 0, Outgoing::text(format!("m{i}"))).unwrap();
+        let m = control
+            .send(ALICE, 0, Outgoing::text(format!("m{i}")))
+            .unwrap();
         // History anchors are times: give every message its own millisecond.
         while now_ms() <= m.time {
             tokio::task::yield_now().await;
@@ -187,9 +232,7 @@ async fn history_paging_follows_the_measured_semantics() {
             .map(|m| m["text"].as_str().unwrap().to_owned())
             .collect()
     };
-    let hist = |from: i64, forward: i64, backward: i64| {
-        json!({"chatId": 0, "from": from, "forward": forward, "backward": backward, "getMessages": true})
-    };
+    let hist = |from: i64, forward: i64, backward: i64| json!({"chatId": 0, "from": from, "forward": forward, "backward": backward, "getMessages": true});
     // Latest page, oldest first.
     let latest = alice.ok(49, hist(i64::MAX / 2, 0, 3)).await;
     assert_eq!(page(&latest), ["m7", "m8", "m9"]);
@@ -210,10 +253,18 @@ async fn history_paging_follows_the_measured_semantics() {
     assert_eq!(both.iter().filter(|t| *t == "m4").count(), 1);
     assert_eq!(both.len(), 4);
     let with_chat = alice
-        .ok(49, json!({"chatId": 0, "from": 1, "forward": 1, "backward": 0, "getChat": true}))
+        .ok(
+            49,
+            json!({"chatId": 0, "from": 1, "forward": 1, "backward": 0, "getChat": true}),
+        )
         .await;
     assert_eq!(with_chat["chat"]["id"], 0);
-    assert_eq!(alice.err(49, json!({"chatId": 12345, "from": 1, "backward": 1})).await, "chat.not.found");
+    assert_eq!(
+        alice
+            .err(49, json!({"chatId": 12345, "from": 1, "backward": 1}))
+            .await,
+        "chat.not.found"
+    );
 }
 
 #[tokio::test]
@@ -221,7 +272,9 @@ async fn read_marks_and_typing_reach_the_other_side() {
     let sim = start().await;
     let mut alice = Client::logged_in(&sim, ALICE_TOKEN).await;
     let mut boris = Client::logged_in(&sim, BORIS_TOKEN).await;
-    let sent = alice.ok(64, send_payload(DIALOG_ALICE_BORIS, "read me", 9)).await;
+    let sent = alice
+        .ok(64, send_payload(DIALOG_ALICE_BORIS, "read me", 9))
+        .await;
     let push = boris.push(128).await;
     assert!(push.payload["unread"].as_i64().unwrap() >= 1);
     let mark = boris
@@ -232,7 +285,9 @@ async fn read_marks_and_typing_reach_the_other_side() {
     let notif = alice.push(130).await;
     assert_eq!(notif.payload["userId"], BORIS);
     assert_eq!(notif.payload["mark"], sent["message"]["time"]);
-    boris.ok(65, json!({"chatId": DIALOG_ALICE_BORIS, "type": "TEXT"})).await;
+    boris
+        .ok(65, json!({"chatId": DIALOG_ALICE_BORIS, "type": "TEXT"}))
+        .await;
     let typing = alice.push(129).await;
     assert_eq!(typing.payload["userId"], BORIS);
     assert_eq!(typing.payload["chatId"], DIALOG_ALICE_BORIS);
@@ -244,12 +299,22 @@ async fn reactions_are_validated_and_pushed() {
     let mut alice = Client::logged_in(&sim, ALICE_TOKEN).await;
     let mut alice2 = Client::logged_in(&sim, ALICE_TOKEN).await;
     let mut boris = Client::logged_in(&sim, BORIS_TOKEN).await;
-    let sent = boris.ok(64, send_payload(TEST_GROUP, "react to me", 10)).await;
+    let sent = boris
+        .ok(64, send_payload(TEST_GROUP, "react to me", 10))
+        .await;
     let id = sent["message"]["id"].clone();
     let react = |r: &str| json!({"chatId": TEST_GROUP, "messageId": id, "reaction": {"reactionType": "EMOJI", "id": r}});
-    assert_eq!(alice.err(178, react("🦀")).await, "error.message.like.unknown.reaction");
     assert_eq!(
-        alice.err(178, json!({"chatId": TEST_GROUP, "messageId": id, "reaction": "👍"})).await,
+        alice.err(178, react("🦀")).await,
+        "error.message.like.unknown.reaction"
+    );
+    assert_eq!(
+        alice
+            .err(
+                178,
+                json!({"chatId": TEST_GROUP, "messageId": id, "reaction": "👍"})
+            )
+            .await,
         "proto.payload"
     );
     let info = alice.ok(178, react("👍")).await;
@@ -266,12 +331,21 @@ async fn reactions_are_validated_and_pushed() {
     // A new reaction replaces the old one: still one per user.
     let info = alice.ok(178, react("🔥")).await;
     assert_eq!(info["reactionInfo"]["totalCount"], 1);
-    let bulk = boris.ok(180, json!({"chatId": TEST_GROUP, "messageIds": [id]})).await;
+    let bulk = boris
+        .ok(180, json!({"chatId": TEST_GROUP, "messageIds": [id]}))
+        .await;
     let entry = &bulk["messagesReactions"][id.as_str().unwrap()];
     assert_eq!(entry["counters"][0]["reaction"], "🔥");
-    let detailed = boris.ok(181, json!({"chatId": TEST_GROUP, "messageId": id, "count": 10})).await;
+    let detailed = boris
+        .ok(
+            181,
+            json!({"chatId": TEST_GROUP, "messageId": id, "count": 10}),
+        )
+        .await;
     assert_eq!(detailed["reactions"][0]["userId"], ALICE);
-    let cleared = alice.ok(179, json!({"chatId": TEST_GROUP, "messageId": id})).await;
+    let cleared = alice
+        .ok(179, json!({"chatId": TEST_GROUP, "messageId": id}))
+        .await;
     assert_eq!(cleared["reactionInfo"], json!({}));
 }
 
@@ -284,13 +358,19 @@ async fn creating_a_group_and_a_dialog_by_sending() {
         .ok(64, json!({"message": {"cid": 77, "attaches": [{"_type": "CONTROL", "event": "new", "chatType": "CHAT", "title": "Fresh", "userIds": [BORIS]}]}, "notify": true}))
         .await;
     let chat_id = ans["chatId"].as_i64().unwrap();
-    assert!(chat_id < -10_000_000_000_000, "groups have negative 14-digit ids");
+    assert!(
+        chat_id < -10_000_000_000_000,
+        "groups have negative 14-digit ids"
+    );
     assert_eq!(ans["chat"]["title"], "Fresh");
     let created = boris.push(135).await;
     assert_eq!(created.payload["chat"]["id"], chat_id);
     assert_eq!(created.payload["chat"]["type"], "CHAT");
     let control_msg = boris.push(128).await;
-    assert_eq!(control_msg.payload["message"]["attaches"][0]["event"], "new");
+    assert_eq!(
+        control_msg.payload["message"]["attaches"][0]["event"],
+        "new"
+    );
 
     // A dialog with a user who has none yet: by userId.
     let carol = sim
@@ -301,7 +381,10 @@ async fn creating_a_group_and_a_dialog_by_sending() {
         })
         .unwrap();
     let ans = alice
-        .ok(64, json!({"userId": carol.id, "message": {"text": "hi Carol", "cid": 78}}))
+        .ok(
+            64,
+            json!({"userId": carol.id, "message": {"text": "hi Carol", "cid": 78}}),
+        )
         .await;
     assert_eq!(ans["chatId"], ALICE ^ carol.id);
     let stored = sim.control().messages(carol.id, ALICE ^ carol.id).unwrap();
@@ -319,10 +402,15 @@ async fn reply_link_carries_the_quoted_message_and_channels_are_admin_only() {
     assert_eq!(reply["message"]["link"]["type"], "REPLY");
     assert_eq!(reply["message"]["link"]["message"]["text"], "question");
     assert_eq!(
-        alice.err(64, send_payload(TEST_CHANNEL, "not mine", 13)).await,
+        alice
+            .err(64, send_payload(TEST_CHANNEL, "not mine", 13))
+            .await,
         "chat.not.access"
     );
-    assert_eq!(alice.err(64, send_payload(-1, "nowhere", 14)).await, "chat.not.found");
+    assert_eq!(
+        alice.err(64, send_payload(-1, "nowhere", 14)).await,
+        "chat.not.found"
+    );
 }
 
 #[tokio::test]
@@ -331,16 +419,21 @@ async fn control_send_reaches_clients_and_wait_for_message_sees_client_sends() {
     let mut bot = Client::logged_in(&sim, TRANSFERBOT_TOKEN).await;
     let sent = sim
         .control()
-        .send(BORIS, DIALOG_BORIS_TRANSFERBOT, Outgoing {
-            text: "bold".into(),
-            elements: vec![json!({"type": "STRONG", "from": 0, "length": 4})],
-            ..Default::default()
-        })
+        .send(
+            BORIS,
+            DIALOG_BORIS_TRANSFERBOT,
+            Outgoing {
+                text: "bold".into(),
+                elements: vec![json!({"type": "STRONG", "from": 0, "length": 4})],
+                ..Default::default()
+            },
+        )
         .unwrap();
     let push = bot.push(128).await;
     assert_eq!(msg_id(&push.payload["message"]), sent.id);
     assert_eq!(push.payload["message"]["elements"][0]["type"], "STRONG");
-    bot.ok(64, send_payload(DIALOG_BORIS_TRANSFERBOT, "pong", 15)).await;
+    bot.ok(64, send_payload(DIALOG_BORIS_TRANSFERBOT, "pong", 15))
+        .await;
     let seen = sim
         .control()
         .wait_for_message(Duration::from_secs(5), |m| m.text == "pong")
@@ -348,4 +441,56 @@ async fn control_send_reaches_clients_and_wait_for_message_sees_client_sends() {
         .unwrap();
     assert_eq!(seen.sender, Some(TRANSFERBOT));
     assert_eq!(seen.chat_id, DIALOG_BORIS_TRANSFERBOT);
+}
+
+#[tokio::test]
+async fn members_update_adds_and_removes_with_pushes() {
+    let sim = start().await;
+    let carol = sim
+        .control()
+        .create_account(maxsim::NewAccount {
+            first_name: "Carol".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let token = carol.tokens[0].clone();
+    let mut alice = Client::logged_in(&sim, ALICE_TOKEN).await;
+    let mut boris = Client::logged_in(&sim, BORIS_TOKEN).await;
+    let mut carol_c = Client::logged_in(&sim, &token).await;
+    assert_eq!(
+        boris
+            .err(77, json!({"chatId": TEST_GROUP, "userIds": [carol.id], "operation": "add", "showHistory": true}))
+            .await,
+        "chat.not.access"
+    );
+    let ans = alice
+        .ok(77, json!({"chatId": TEST_GROUP, "userIds": [carol.id], "operation": "add", "showHistory": true}))
+        .await;
+    assert!(
+        ans["chat"]["participants"]
+            .get(carol.id.to_string())
+            .is_some()
+    );
+    let added = carol_c.push(135).await;
+    assert_eq!(added.payload["chat"]["id"], TEST_GROUP);
+    let service = boris
+        .push_where(128, |p| p["message"]["attaches"][0]["event"] == "add")
+        .await;
+    assert_eq!(
+        service.payload["message"]["attaches"][0]["userIds"],
+        json!([carol.id])
+    );
+    alice
+        .ok(77, json!({"chatId": TEST_GROUP, "userIds": [carol.id], "operation": "remove", "cleanMsgPeriod": 0}))
+        .await;
+    carol_c
+        .push_where(135, |p| {
+            p["chat"]["participants"]
+                .get(carol.id.to_string())
+                .is_none()
+        })
+        .await;
+    // CHAT_INFO omits chats you are not a member of.
+    let info = carol_c.ok(48, json!({"chatIds": [TEST_GROUP]})).await;
+    assert_eq!(info["chats"], json!([]));
 }

@@ -13,11 +13,18 @@ use tokio_tungstenite::tungstenite::Message;
 async fn nothing_but_session_init_before_init_and_only_auth_before_login() {
     let sim = start().await;
     let mut c = Client::connect(&sim).await;
-    assert_eq!(c.err(19, json!({"token": TRANSFERBOT_TOKEN})).await, "proto.state");
+    assert_eq!(
+        c.err(19, json!({"token": TRANSFERBOT_TOKEN})).await,
+        "proto.state"
+    );
     assert_eq!(c.err(1, json!({"interactive": true})).await, "proto.state");
     c.init().await;
     assert_eq!(c.err(48, json!({"chatIds": [0]})).await, "proto.state");
-    assert_eq!(c.err(64, json!({"chatId": 0, "message": {"text": "x"}})).await, "proto.state");
+    assert_eq!(
+        c.err(64, json!({"chatId": 0, "message": {"text": "x"}}))
+            .await,
+        "proto.state"
+    );
     // PING is allowed before LOGIN and answered with a null payload.
     let ping = c.request(1, json!({"interactive": false})).await;
     assert_eq!(ping.cmd, Cmd::Ok);
@@ -37,7 +44,11 @@ async fn unknown_and_push_only_opcodes_are_proto_opcode_and_acks_are_ignored() {
     assert_eq!(c.err(128, json!({})).await, "proto.opcode");
     assert_eq!(c.err(155, json!({})).await, "proto.opcode");
     // A cmd 1 frame from the client (an ack) gets no answer at all.
-    let mut ack = Frame::request(77, Opcode::NOTIF_MESSAGE, json!({"chatId": 1, "messageId": "1"}));
+    let mut ack = Frame::request(
+        77,
+        Opcode::NOTIF_MESSAGE,
+        json!({"chatId": 1, "messageId": "1"}),
+    );
     ack.cmd = Cmd::Ok;
     c.send_frame(&ack).await;
     assert!(c.drain().await.is_empty());
@@ -52,7 +63,9 @@ async fn schema_violations_name_the_field() {
     assert_eq!(f.payload["error"], "proto.payload");
     assert!(f.payload["message"].as_str().unwrap().contains("userAgent"));
     c.init().await;
-    let f = c.request(19, json!({"token": TRANSFERBOT_TOKEN, "chatsCount": 200})).await;
+    let f = c
+        .request(19, json!({"token": TRANSFERBOT_TOKEN, "chatsCount": 200}))
+        .await;
     assert_eq!(f.payload["error"], "proto.payload");
     assert_eq!(f.payload["message"], "'chatsCount' out of range");
     c.login(TRANSFERBOT_TOKEN).await;
@@ -72,7 +85,9 @@ async fn malformed_frame_closes_with_policy_violation() {
 }
 
 fn keys(v: &Value) -> BTreeSet<String> {
-    v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    v.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -85,7 +100,11 @@ async fn login_answer_has_the_structure_of_the_captured_seed() {
     let ans = c.login(TRANSFERBOT_TOKEN).await;
     assert_eq!(ans.cmd, Cmd::Ok);
     let p = &ans.payload;
-    assert!(keys(p).is_superset(&keys(&seed)), "top-level keys: {:?}", keys(p));
+    assert!(
+        keys(p).is_superset(&keys(&seed)),
+        "top-level keys: {:?}",
+        keys(p)
+    );
     assert_eq!(p["profile"]["contact"]["id"], TRANSFERBOT);
     assert_eq!(p["profile"]["contact"]["phone"], 79965433117i64);
     assert_eq!(p["profile"]["contact"]["names"][0]["name"], "TransferBot");
@@ -110,8 +129,14 @@ async fn login_answer_has_the_structure_of_the_captured_seed() {
         assert_eq!(mine["title"], seed_chat["title"]);
         assert_eq!(mine["participants"], seed_chat["participants"]);
         assert_eq!(mine["lastMessage"]["id"], seed_chat["lastMessage"]["id"]);
-        assert_eq!(mine["lastMessage"]["text"], seed_chat["lastMessage"]["text"]);
-        assert_eq!(mine["lastMessage"]["attaches"], seed_chat["lastMessage"]["attaches"]);
+        assert_eq!(
+            mine["lastMessage"]["text"],
+            seed_chat["lastMessage"]["text"]
+        );
+        assert_eq!(
+            mine["lastMessage"]["attaches"],
+            seed_chat["lastMessage"]["attaches"]
+        );
         let missing: Vec<_> = keys(seed_chat).difference(&keys(mine)).cloned().collect();
         // prevMessageId refers to history the capture did not include.
         assert!(
@@ -161,27 +186,50 @@ async fn sms_flow_issues_a_working_token() {
     let mut c = Client::connect(&sim).await;
     c.init().await;
     assert_eq!(
-        c.err(17, json!({"phone": "+79990000000", "type": "START_AUTH", "language": "ru"})).await,
+        c.err(
+            17,
+            json!({"phone": "+79990000000", "type": "START_AUTH", "language": "ru"})
+        )
+        .await,
         "error.phone.wrong"
     );
     let req = c
-        .ok(17, json!({"phone": ALICE_PHONE, "type": "START_AUTH", "language": "ru"}))
+        .ok(
+            17,
+            json!({"phone": ALICE_PHONE, "type": "START_AUTH", "language": "ru"}),
+        )
         .await;
     assert_eq!(req["codeLength"], 6);
     let track = req["token"].as_str().unwrap().to_owned();
     assert_eq!(
-        c.err(18, json!({"token": track, "verifyCode": "999999", "authTokenType": "CHECK_CODE"})).await,
+        c.err(
+            18,
+            json!({"token": track, "verifyCode": "999999", "authTokenType": "CHECK_CODE"})
+        )
+        .await,
         "error.code.wrong"
     );
     let ans = c
-        .ok(18, json!({"token": track, "verifyCode": ALICE_SMS, "authTokenType": "CHECK_CODE"}))
+        .ok(
+            18,
+            json!({"token": track, "verifyCode": ALICE_SMS, "authTokenType": "CHECK_CODE"}),
+        )
         .await;
     assert_eq!(ans["profile"]["contact"]["id"], ALICE);
-    let token = ans["tokenAttrs"]["LOGIN"]["token"].as_str().unwrap().to_owned();
+    let token = ans["tokenAttrs"]["LOGIN"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let login = c.login(&token).await;
     assert_eq!(login.cmd, Cmd::Ok);
     assert_eq!(login.payload["profile"]["contact"]["id"], ALICE);
-    assert!(sim.control().account(ALICE).unwrap().tokens.contains(&token));
+    assert!(
+        sim.control()
+            .account(ALICE)
+            .unwrap()
+            .tokens
+            .contains(&token)
+    );
 }
 
 #[tokio::test]
@@ -193,15 +241,24 @@ async fn qr_flow_logs_in_after_approval() {
     let track = qr["trackId"].as_str().unwrap().to_owned();
     let status = c.ok(289, json!({"trackId": track})).await;
     assert!(status["status"].get("loginAvailable").is_none());
-    assert_eq!(c.err(291, json!({"trackId": track})).await, "track.not.found");
+    assert_eq!(
+        c.err(291, json!({"trackId": track})).await,
+        "track.not.found"
+    );
     sim.control()
         .approve_qr(qr["qrLink"].as_str().unwrap(), BORIS)
         .unwrap();
     let status = c.ok(289, json!({"trackId": track})).await;
     assert_eq!(status["status"]["loginAvailable"], true);
     let ans = c.ok(291, json!({"trackId": track})).await;
-    let token = ans["tokenAttrs"]["LOGIN"]["token"].as_str().unwrap().to_owned();
-    assert_eq!(c.login(&token).await.payload["profile"]["contact"]["id"], BORIS);
+    let token = ans["tokenAttrs"]["LOGIN"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        c.login(&token).await.payload["profile"]["contact"]["id"],
+        BORIS
+    );
 }
 
 #[tokio::test]
@@ -236,7 +293,12 @@ async fn web_tab_requests_after_login_get_well_formed_answers() {
     }
     let by_phone = c.ok(46, json!({"phone": BORIS_PHONE})).await;
     assert_eq!(by_phone["contact"]["id"], BORIS);
-    let members = c.ok(59, json!({"chatId": TEST_GROUP, "type": "MEMBER", "count": 2})).await;
+    let members = c
+        .ok(
+            59,
+            json!({"chatId": TEST_GROUP, "type": "MEMBER", "count": 2}),
+        )
+        .await;
     assert_eq!(members["members"].as_array().unwrap().len(), 2);
     let rest = c
         .ok(59, json!({"chatId": TEST_GROUP, "type": "MEMBER", "marker": members["marker"], "count": 2}))

@@ -242,6 +242,8 @@ async fn write_loop(
     let start = tokio::time::Instant::now() + ping_interval;
     let mut ping = tokio::time::interval_at(start, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A server that never answers PINGs must not fill the pending table.
+    let mut last_ping: Option<Registration> = None;
     loop {
         let message = tokio::select! {
             next = out.recv() => match next {
@@ -253,10 +255,18 @@ async fn write_loop(
                     return;
                 }
             },
-            _ = ping.tick() => match keepalive_ping(&conn, interactive) {
-                Some(message) => message,
-                None => continue,
-            },
+            _ = ping.tick() => {
+                if let Some(previous) = last_ping.take() {
+                    conn.router.forget(previous);
+                }
+                match keepalive_ping(&conn, interactive) {
+                    Some((registration, message)) => {
+                        last_ping = Some(registration);
+                        message
+                    }
+                    None => continue,
+                }
+            }
         };
         let message = match message {
             WireMessage::Text(text) => Message::Text(text.into()),
@@ -272,7 +282,7 @@ async fn write_loop(
 
 /// The periodic PING (§1.7). Its answer is awaited by nobody: any frame
 /// proves liveness, which the reader's watchdog checks.
-fn keepalive_ping(conn: &Conn, interactive: bool) -> Option<WireMessage> {
+fn keepalive_ping(conn: &Conn, interactive: bool) -> Option<(Registration, WireMessage)> {
     let (tx, _rx) = oneshot::channel();
     let registration = conn.router.register(Opcode::PING, tx).ok()?;
     let frame = Frame::request(
@@ -282,7 +292,7 @@ fn keepalive_ping(conn: &Conn, interactive: bool) -> Option<WireMessage> {
     );
     router::trace_frame("send", &frame);
     match conn.format.encode(&frame) {
-        Ok(message) => Some(message),
+        Ok(message) => Some((registration, message)),
         Err(error) => {
             conn.router.forget(registration);
             tracing::warn!(%error, "cannot encode PING");

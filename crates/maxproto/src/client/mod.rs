@@ -23,7 +23,7 @@ mod router;
 mod session;
 
 pub use auth::{AuthSession, SmsChallenge, SmsLoginOutcome};
-pub use config::{ClientConfig, ReconnectPolicy};
+pub use config::{BINARY_ENDPOINT, ClientConfig, JSON_ENDPOINT, ReconnectPolicy, WEB_ORIGIN};
 pub use error::ClientError;
 pub use router::ServerPush;
 #[doc(hidden)]

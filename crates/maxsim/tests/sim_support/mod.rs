@@ -141,13 +141,20 @@ impl Client {
     /// Request that must fail; returns the error key.
     pub async fn err(&mut self, opcode: u16, payload: Value) -> String {
         let f = self.request(opcode, payload).await;
-        assert_eq!(f.cmd, Cmd::Error, "opcode {opcode} should fail: {}", f.payload);
+        assert_eq!(
+            f.cmd,
+            Cmd::Error,
+            "opcode {opcode} should fail: {}",
+            f.payload
+        );
         f.payload["error"].as_str().unwrap_or_default().to_owned()
     }
 
     async fn read_frame(&mut self, deadline: tokio::time::Instant) -> Option<Frame> {
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             let wire = match msg.ok()? {
                 Message::Text(t) => WireMessage::Text(t.to_string()),
                 Message::Binary(b) => WireMessage::Binary(b.to_vec()),
@@ -203,9 +210,7 @@ impl Client {
                 Ok(Some(Err(_))) => return Ended::Abrupt,
                 Ok(Some(Ok(Message::Close(frame)))) => {
                     return Ended::Closed(
-                        frame
-                            .map(|f: CloseFrame| u16::from(f.code))
-                            .unwrap_or(1005),
+                        frame.map(|f: CloseFrame| u16::from(f.code)).unwrap_or(1005),
                     );
                 }
                 Ok(Some(Ok(Message::Text(t)))) => {
