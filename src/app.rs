@@ -26,7 +26,9 @@ pub enum StartError {
         "the homeserver cannot reach the bridge at {url} (appservice ping failed: {source}); check appservice.address and that the homeserver loaded registration.yaml"
     )]
     Ping { url: String, source: MatrixError },
-    #[error("the homeserver refused the bridge's as_token ({0}); is registration.yaml loaded by the homeserver?")]
+    #[error(
+        "the homeserver refused the bridge's as_token ({0}); is registration.yaml loaded by the homeserver?"
+    )]
     AsToken(MatrixError),
     #[error("appservice listener on {addr}: {source}")]
     Listen {
@@ -171,7 +173,10 @@ async fn check_homeserver(
         Err(error) if error.errcode() == Some("M_UNRECOGNIZED") => {
             tracing::warn!("homeserver has no appservice ping endpoint; skipping the check")
         }
-        Err(error) if error.errcode() == Some("M_UNKNOWN_TOKEN") || error.errcode() == Some("M_FORBIDDEN") => {
+        Err(error)
+            if error.errcode() == Some("M_UNKNOWN_TOKEN")
+                || error.errcode() == Some("M_FORBIDDEN") =>
+        {
             return Err(StartError::AsToken(error));
         }
         Err(source) => {
@@ -196,8 +201,8 @@ async fn check_homeserver(
             }
         }
     }
-    if let Ok(avatar) = ruma::OwnedMxcUri::try_from(config.appservice.bot.avatar.as_str())
-        && avatar.is_valid()
+    let avatar = ruma::OwnedMxcUri::from(config.appservice.bot.avatar.as_str());
+    if avatar.is_valid()
         && let Err(error) = matrix.set_avatar_url(&bot, &avatar).await
     {
         tracing::warn!(%error, "could not set the bot's avatar");

@@ -19,7 +19,9 @@ async fn alice_with_boris_dm(env: &Env, localpart: &str) -> (Human, OwnedRoomId,
     env.login_sms(&human, &management, ALICE_PHONE, ALICE_CODE)
         .await;
     let boris = env.ghost(fixture_ids::BORIS);
-    let invite = human.wait_for_invite(|i| i.inviter.as_ref() == Some(&boris)).await;
+    let invite = human
+        .wait_for_invite(|i| i.inviter.as_ref() == Some(&boris))
+        .await;
     assert!(invite.is_direct, "a MAX dialog becomes a direct room");
     human.join(&invite.room_id).await;
     (human, management, invite.room_id)
@@ -150,7 +152,10 @@ async fn sms_login_creates_portals_and_text_flows_both_ways() {
     let from_boris = texts_from(&human, &dm, &boris);
     assert_eq!(from_boris, [&incoming[..], &["done"]].concat());
     assert!(
-        human.messages(&dm).iter().all(|m| m.sender != own || m.body == "from my phone"),
+        human
+            .messages(&dm)
+            .iter()
+            .all(|m| m.sender != own || m.body == "from my phone"),
         "no echo of Matrix-sent messages"
     );
 }
@@ -174,7 +179,9 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
     human.wait_for_text(&dm, "before restart").await;
     human.send_text(&dm, "my answer").await;
     control
-        .wait_for_message(std::time::Duration::from_secs(30), |m| m.text == "my answer")
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.text == "my answer"
+        })
         .await
         .expect("reaches MAX");
     let rooms_before = human.client().rooms().len();
@@ -188,7 +195,9 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
     human.wait_for_text(&dm, "after restart").await;
     human.send_text(&dm, "still here").await;
     control
-        .wait_for_message(std::time::Duration::from_secs(30), |m| m.text == "still here")
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.text == "still here"
+        })
         .await
         .expect("reaches MAX after the restart");
 
@@ -211,7 +220,9 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
         "no second portal for the dialog"
     );
     assert_eq!(human.client().rooms().len(), rooms_before);
-    let listing = env.command(&human, &management, "list", "Bridged chats").await;
+    let listing = env
+        .command(&human, &management, "list", "Bridged chats")
+        .await;
     assert!(listing.contains(dm.as_str()), "{listing}");
 }
 
@@ -244,9 +255,7 @@ async fn appservice_api_rejects_wrong_tokens_and_refuses_unpermitted_users() {
     let mallory = Human::register(&env.synapse, "mallory").await;
     let room = mallory.create_dm(&env.bot()).await;
     let bot = env.bot();
-    let refusal = mallory
-        .wait_for_message(&room, |m| m.sender == bot)
-        .await;
+    let refusal = mallory.wait_for_message(&room, |m| m.sender == bot).await;
     assert!(refusal.body.contains("not allowed"), "{}", refusal.body);
     mallory.wait_for_membership(&room, &bot, "leave").await;
 }
@@ -269,7 +278,9 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
             m.sender == bot && m.body.contains("Reconnected")
         })
         .await;
-    let pong = env.command(&human, &management, "ping", "Logged in to MAX").await;
+    let pong = env
+        .command(&human, &management, "ping", "Logged in to MAX")
+        .await;
     assert!(pong.contains("connected"), "{pong}");
     control
         .send(
@@ -297,7 +308,10 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
         })
         .await;
     let pong = env.command(&human, &management, "ping", "login").await;
-    assert!(pong.contains("Not connected") || pong.contains("not logged in"), "{pong}");
+    assert!(
+        pong.contains("Not connected") || pong.contains("not logged in"),
+        "{pong}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,13 +334,20 @@ async fn two_matrix_users_bridge_their_own_accounts() {
     bob.join(&bob_dm).await;
     assert_ne!(alice_dm, bob_dm, "each login has its own portal");
 
-    alice.send_text(&alice_dm, "hello Bob, via two bridges").await;
-    let got = bob.wait_for_text(&bob_dm, "hello Bob, via two bridges").await;
+    alice
+        .send_text(&alice_dm, "hello Bob, via two bridges")
+        .await;
+    let got = bob
+        .wait_for_text(&bob_dm, "hello Bob, via two bridges")
+        .await;
     assert_eq!(got.sender, alice_ghost);
     bob.send_text(&bob_dm, "hi Alice!").await;
     let got = alice.wait_for_text(&alice_dm, "hi Alice!").await;
     assert_eq!(got.sender, env.ghost(fixture_ids::BORIS));
     // Each side sees the other's message once and its own once.
-    assert_eq!(texts_from(&alice, &alice_dm, alice.user_id()), ["hello Bob, via two bridges"]);
+    assert_eq!(
+        texts_from(&alice, &alice_dm, alice.user_id()),
+        ["hello Bob, via two bridges"]
+    );
     assert_eq!(texts_from(&bob, &bob_dm, bob.user_id()), ["hi Alice!"]);
 }

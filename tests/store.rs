@@ -411,10 +411,18 @@ async fn messages_map_both_ways() {
     split.event_id = text.event_id.clone();
     messages.insert(&split).await.unwrap();
     assert_eq!(
-        messages.by_event_id(&text.event_id).await.unwrap().unwrap().max_message_id,
+        messages
+            .by_event_id(&text.event_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .max_message_id,
         text.max_message_id.min(split.max_message_id)
     );
-    messages.delete_by_max_id(555, 100, split.max_message_id).await.unwrap();
+    messages
+        .delete_by_max_id(555, 100, split.max_message_id)
+        .await
+        .unwrap();
     let mut dup_part = text.clone();
     dup_part.event_id = "$other".to_owned();
     assert_conflict(messages.insert(&dup_part).await, "pkey");

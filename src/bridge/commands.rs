@@ -113,7 +113,10 @@ pub(crate) async fn on_room_message(bridge: &Arc<Bridge>, event: &RoomEvent) {
     };
     if bridge.config.permission_for(event.sender.as_str()) < Permission::User {
         bridge
-            .bot_notice(&event.room_id, "Sorry, you are not allowed to use this bridge.")
+            .bot_notice(
+                &event.room_id,
+                "Sorry, you are not allowed to use this bridge.",
+            )
             .await;
         return;
     }
@@ -144,8 +147,10 @@ async fn run_command(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, te
         "" | "help" => reply(HELP.to_owned()).await,
         "login" => {
             if bridge.login_of(user).is_some() {
-                reply("You are already logged in. Send `logout` first to switch accounts.".to_owned())
-                    .await;
+                reply(
+                    "You are already logged in. Send `logout` first to switch accounts.".to_owned(),
+                )
+                .await;
                 return;
             }
             match args.first() {
@@ -173,7 +178,10 @@ async fn run_command(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, te
         "list" => list(bridge, room, user).await,
         "cancel" => reply("Nothing to cancel.".to_owned()).await,
         other => {
-            reply(format!("Unknown command `{other}`. Send `help` for the list.")).await
+            reply(format!(
+                "Unknown command `{other}`. Send `help` for the list."
+            ))
+            .await
         }
     }
 }
@@ -203,7 +211,10 @@ async fn start_sms(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, phon
         Ok(session) => session,
         Err(error) => {
             bridge
-                .bot_notice(room, &format!("❌ Could not reach MAX: {}", describe(&error)))
+                .bot_notice(
+                    room,
+                    &format!("❌ Could not reach MAX: {}", describe(&error)),
+                )
                 .await;
             return;
         }
@@ -214,18 +225,14 @@ async fn start_sms(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, phon
                 .code_length
                 .map(|n| format!("{n}-digit "))
                 .unwrap_or_default();
-            bridge
-                .pending_logins
-                .lock()
-                .await
-                .insert(
-                    user.clone(),
-                    PendingLogin::Code {
-                        session,
-                        challenge,
-                        device_id,
-                    },
-                );
+            bridge.pending_logins.lock().await.insert(
+                user.clone(),
+                PendingLogin::Code {
+                    session,
+                    challenge,
+                    device_id,
+                },
+            );
             bridge
                 .bot_notice(
                     room,
@@ -236,7 +243,10 @@ async fn start_sms(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, phon
         Err(error) => {
             session.close().await;
             bridge
-                .bot_notice(room, &format!("❌ MAX refused the phone number: {}", describe(&error)))
+                .bot_notice(
+                    room,
+                    &format!("❌ MAX refused the phone number: {}", describe(&error)),
+                )
                 .await;
         }
     }
@@ -279,7 +289,11 @@ async fn continue_login(
                         challenge,
                         device_id,
                     };
-                    bridge.pending_logins.lock().await.insert(user.clone(), retry);
+                    bridge
+                        .pending_logins
+                        .lock()
+                        .await
+                        .insert(user.clone(), retry);
                 }
             }
         }
@@ -304,7 +318,11 @@ async fn continue_login(
                     track_id,
                     device_id,
                 };
-                bridge.pending_logins.lock().await.insert(user.clone(), retry);
+                bridge
+                    .pending_logins
+                    .lock()
+                    .await
+                    .insert(user.clone(), retry);
             }
         },
     }
@@ -336,7 +354,9 @@ async fn on_outcome(
             bridge
                 .bot_notice(
                     room,
-                    &format!("Your MAX account has a cloud password{hint}. Send it here (or `cancel`)."),
+                    &format!(
+                        "Your MAX account has a cloud password{hint}. Send it here (or `cancel`)."
+                    ),
                 )
                 .await;
         }
@@ -385,7 +405,9 @@ async fn logout(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
         Ok(deleted) => deleted,
         Err(error) => {
             tracing::error!(%error, "could not delete the login");
-            bridge.bot_notice(room, "❌ Logout failed: database error.").await;
+            bridge
+                .bot_notice(room, "❌ Logout failed: database error.")
+                .await;
             return;
         }
     };
@@ -417,7 +439,10 @@ async fn ping(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
     let state = match &*session.client.state().borrow() {
         ConnectionState::Connected => "connected".to_owned(),
         ConnectionState::Connecting => "connecting".to_owned(),
-        ConnectionState::Reconnecting { attempt, last_error } => {
+        ConnectionState::Reconnecting {
+            attempt,
+            last_error,
+        } => {
             format!("reconnecting (attempt {attempt}, last error: {last_error})")
         }
         ConnectionState::LoggedOut { reason } => format!("logged out: {reason}"),
@@ -436,7 +461,9 @@ async fn ping(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
 
 async fn sync(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
     let Some(session) = bridge.login_of(user) else {
-        bridge.bot_notice(room, "You are not logged in to MAX.").await;
+        bridge
+            .bot_notice(room, "You are not logged in to MAX.")
+            .await;
         return;
     };
     let request = maxproto::types::ChatsListRequest {
@@ -446,7 +473,11 @@ async fn sync(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
     };
     match session.client.call(&request).await {
         Ok(answer) => {
-            let count = answer.chats.iter().filter(|c| !c.is_saved_messages()).count();
+            let count = answer
+                .chats
+                .iter()
+                .filter(|c| !c.is_saved_messages())
+                .count();
             bridge
                 .sync_chats(&session, &answer.chats, &Default::default())
                 .await;
@@ -456,7 +487,10 @@ async fn sync(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
         }
         Err(error) => {
             bridge
-                .bot_notice(room, &format!("❌ Could not read chats: {}", describe(&error)))
+                .bot_notice(
+                    room,
+                    &format!("❌ Could not read chats: {}", describe(&error)),
+                )
                 .await;
         }
     }
@@ -466,7 +500,9 @@ async fn list(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
     let login = match bridge.store.logins().get(user.as_str()).await {
         Ok(Some(login)) => login,
         Ok(None) => {
-            bridge.bot_notice(room, "You are not logged in to MAX.").await;
+            bridge
+                .bot_notice(room, "You are not logged in to MAX.")
+                .await;
             return;
         }
         Err(error) => {

@@ -84,7 +84,10 @@ fn describe_attach(attach: &Attach) -> String {
             (Some(title), None) => format!("[link: {title}]"),
             (None, None) => "[link]".to_owned(),
         },
-        other => format!("[{} attachment — not bridged yet]", other.kind().to_lowercase()),
+        other => format!(
+            "[{} attachment — not bridged yet]",
+            other.kind().to_lowercase()
+        ),
     }
 }
 
@@ -324,7 +327,10 @@ mod tests {
         assert_eq!(matrix_text(&content).as_deref(), Some("new text"));
         let emote = json!({"msgtype": "m.emote", "body": "waves"});
         assert_eq!(matrix_text(&emote).as_deref(), Some("* waves"));
-        assert_eq!(matrix_text(&json!({"msgtype": "m.image", "body": "x"})), None);
+        assert_eq!(
+            matrix_text(&json!({"msgtype": "m.image", "body": "x"})),
+            None
+        );
     }
 
     #[test]

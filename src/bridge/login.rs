@@ -7,7 +7,9 @@ use super::Bridge;
 use super::portal::{PortalEvent, PortalKey};
 use crate::config::{Config, WireFormat as ConfigWireFormat};
 use crate::store::LoginRow;
-use maxproto::client::{Client, ClientConfig, ClientError, ClientEvent, ClientEvents, ConnectionState};
+use maxproto::client::{
+    Client, ClientConfig, ClientError, ClientEvent, ClientEvents, ConnectionState,
+};
 use maxproto::types::{Chat, ChatId, Message, Push, User};
 use maxproto::{Token, WireFormat};
 use ruma::OwnedUserId;
@@ -29,7 +31,6 @@ pub struct LoginSession {
     contacts: Mutex<HashMap<i64, User>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
-
 
 impl std::fmt::Debug for LoginSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,7 +158,8 @@ impl Bridge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend([pump, watch]);
-        self.sync_chats(&session, &login.chats, &login.messages).await;
+        self.sync_chats(&session, &login.chats, &login.messages)
+            .await;
         tracing::info!(user = %mxid, max_user = me, "MAX login running");
         Ok(session)
     }
@@ -208,8 +210,15 @@ impl Bridge {
                     }
                 },
                 ClientEvent::TokenReplaced(token) => {
-                    match self.store.logins().set_token(session.mxid.as_str(), &token).await {
-                        Ok(_) => tracing::info!(user = %session.mxid, "stored the replacement MAX token"),
+                    match self
+                        .store
+                        .logins()
+                        .set_token(session.mxid.as_str(), &token)
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(user = %session.mxid, "stored the replacement MAX token")
+                        }
                         Err(error) => {
                             tracing::error!(user = %session.mxid, %error, "could not store the replacement MAX token")
                         }
@@ -217,7 +226,8 @@ impl Bridge {
                 }
                 ClientEvent::Reconnected(login) => {
                     session.remember_contacts(login.contacts.iter().cloned());
-                    self.sync_chats(&session, &login.chats, &login.messages).await;
+                    self.sync_chats(&session, &login.chats, &login.messages)
+                        .await;
                 }
             }
         }
@@ -259,7 +269,9 @@ impl Bridge {
                     session.remember_contacts([contact]);
                 }
             }
-            other => tracing::trace!(user = %session.mxid, push = ?std::mem::discriminant(&other), "push not bridged"),
+            other => {
+                tracing::trace!(user = %session.mxid, push = ?std::mem::discriminant(&other), "push not bridged")
+            }
         }
     }
 
@@ -283,7 +295,8 @@ impl Bridge {
                 ConnectionState::Connected if reported_drop => {
                     reported_drop = false;
                     tracing::info!(user = %session.mxid, "MAX connection restored");
-                    self.tell_user(&session.mxid, "✅ Reconnected to MAX.").await;
+                    self.tell_user(&session.mxid, "✅ Reconnected to MAX.")
+                        .await;
                 }
                 ConnectionState::LoggedOut { reason } => {
                     tracing::warn!(user = %session.mxid, %reason, "MAX logged the account out");
@@ -298,9 +311,7 @@ impl Bridge {
                     }
                     self.tell_user(
                         &session.mxid,
-                        &format!(
-                            "❌ MAX logged you out: {reason}. Send `login` to log in again."
-                        ),
+                        &format!("❌ MAX logged you out: {reason}. Send `login` to log in again."),
                     )
                     .await;
                     return;

@@ -111,14 +111,12 @@ impl Bridge {
     }
 
     pub(crate) fn set_login(&self, session: Arc<LoginSession>) -> Option<Arc<LoginSession>> {
-        self.lock_logins()
-            .insert(session.mxid.clone(), session)
+        self.lock_logins().insert(session.mxid.clone(), session)
     }
 
     pub(crate) fn remove_login(&self, mxid: &UserId) -> Option<Arc<LoginSession>> {
         self.lock_logins().remove(mxid)
     }
-
 
     /// Drops `session` from the running logins, unless a newer login of the
     /// same user replaced it meanwhile.
@@ -265,7 +263,12 @@ impl Bridge {
     }
 
     async fn handle_room_message(self: &Arc<Self>, event: RoomEvent) {
-        let portal = match self.store.portals().get_by_room(event.room_id.as_str()).await {
+        let portal = match self
+            .store
+            .portals()
+            .get_by_room(event.room_id.as_str())
+            .await
+        {
             Ok(portal) => portal,
             Err(error) => {
                 tracing::error!(room = %event.room_id, %error, "portal lookup failed");
@@ -277,7 +280,8 @@ impl Bridge {
                 chat_id: portal.chat_id,
                 receiver: portal.receiver,
             };
-            self.enqueue(key, PortalEvent::Matrix(Box::new(event))).await;
+            self.enqueue(key, PortalEvent::Matrix(Box::new(event)))
+                .await;
             return;
         }
         commands::on_room_message(self, &event).await;

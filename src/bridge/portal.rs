@@ -92,7 +92,11 @@ impl Bridge {
         chat: &Chat,
         create: bool,
     ) -> Result<(), PortalError> {
-        let existing = self.store.portals().get(chat.id.0, session.max_user_id).await?;
+        let existing = self
+            .store
+            .portals()
+            .get(chat.id.0, session.max_user_id)
+            .await?;
         match existing {
             Some(portal) if portal.room_id.is_some() => {
                 self.refresh_portal(session, portal, chat).await?;
@@ -111,11 +115,15 @@ impl Bridge {
         session: &Arc<LoginSession>,
         chat_id: i64,
     ) -> Result<(PortalRow, OwnedRoomId), PortalError> {
-        if let Some(portal) = self.store.portals().get(chat_id, session.max_user_id).await?
+        if let Some(portal) = self
+            .store
+            .portals()
+            .get(chat_id, session.max_user_id)
+            .await?
             && let Some(room) = portal.room_id.clone()
         {
-            let room = OwnedRoomId::try_from(room.as_str())
-                .map_err(|_| PortalError::BadRoomId(room))?;
+            let room =
+                OwnedRoomId::try_from(room.as_str()).map_err(|_| PortalError::BadRoomId(room))?;
             return Ok((portal, room));
         }
         let chat = self.fetch_chat(session, chat_id).await;
@@ -167,7 +175,9 @@ impl Bridge {
                    "content": {"service_members": [self.bot.as_str()]}}),
         ];
         let room = if kind == PortalKind::Dialog {
-            let other = chat.other_participant(maxproto::types::UserId(me)).map(|u| u.0);
+            let other = chat
+                .other_participant(maxproto::types::UserId(me))
+                .map(|u| u.0);
             let other = other.unwrap_or(chat.id.0 ^ me);
             portal.other_user_id = Some(other);
             let ghost = self.ensure_ghost(session, other).await?;
@@ -467,7 +477,10 @@ impl Bridge {
             content["formatted_body"] = json!(html);
         }
         let edit_time = message.update_time.unwrap_or(message.time);
-        let txn = format!("max-edit-{}-{}-{}-{edit_time}", key.receiver, key.chat_id, message.id.0);
+        let txn = format!(
+            "max-edit-{}-{}-{}-{edit_time}",
+            key.receiver, key.chat_id, message.id.0
+        );
         let ts = u64::try_from(edit_time).ok().filter(|t| *t > 0);
         self.matrix
             .send_message(&author, &room, "m.room.message", &content, &txn, ts)
@@ -496,17 +509,30 @@ impl Bridge {
             // Someone else's portal: only its owner speaks for it on MAX.
             return Ok(());
         }
-        if self.store.messages().by_event_id(event.event_id.as_str()).await?.is_some() {
+        if self
+            .store
+            .messages()
+            .by_event_id(event.event_id.as_str())
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
-        if event.content.pointer("/m.relates_to/rel_type").and_then(Value::as_str)
+        if event
+            .content
+            .pointer("/m.relates_to/rel_type")
+            .and_then(Value::as_str)
             == Some("m.replace")
         {
             // Edits from Matrix are bridged by a later version.
             return Ok(());
         }
         let Some(text) = convert::matrix_text(&event.content) else {
-            let msgtype = event.content.get("msgtype").and_then(Value::as_str).unwrap_or("?");
+            let msgtype = event
+                .content
+                .get("msgtype")
+                .and_then(Value::as_str)
+                .unwrap_or("?");
             self.bot_notice(
                 &event.room_id,
                 &format!("⚠️ Your {msgtype} message was not sent: this kind of message is not bridged to MAX yet."),
@@ -536,28 +562,35 @@ impl Bridge {
                 outgoing.link = reply_link.clone();
             }
             let request = MsgSendRequest::new(maxproto::types::ChatId(key.chat_id), outgoing);
-            match tokio::time::timeout(self.config.message_send_timeout(), session.client.call(&request)).await {
+            match tokio::time::timeout(
+                self.config.message_send_timeout(),
+                session.client.call(&request),
+            )
+            .await
+            {
                 Ok(Ok(answer)) => {
                     self.store
-                            .messages()
-                            .insert(&MessageRow {
-                                chat_id: key.chat_id,
-                                receiver: key.receiver,
-                                max_message_id: answer.message.id.0,
-                                part: 0,
-                                event_id: event.event_id.to_string(),
-                                room_id: event.room_id.to_string(),
-                                sender: session.max_user_id,
-                                timestamp_ms: answer.message.time,
-                            })
-                            .await?;
+                        .messages()
+                        .insert(&MessageRow {
+                            chat_id: key.chat_id,
+                            receiver: key.receiver,
+                            max_message_id: answer.message.id.0,
+                            part: 0,
+                            event_id: event.event_id.to_string(),
+                            room_id: event.room_id.to_string(),
+                            sender: session.max_user_id,
+                            timestamp_ms: answer.message.time,
+                        })
+                        .await?;
                 }
                 Ok(Err(error)) => {
-                    self.send_failed(event, &error.to_string(), index, last).await;
+                    self.send_failed(event, &error.to_string(), index, last)
+                        .await;
                     return Ok(());
                 }
                 Err(_) => {
-                    self.send_failed(event, "MAX did not answer in time", index, last).await;
+                    self.send_failed(event, "MAX did not answer in time", index, last)
+                        .await;
                     return Ok(());
                 }
             }

@@ -85,9 +85,9 @@ impl<'a> Messages<'a> {
         let row = sqlx::query_as(select!(
             "WHERE event_id = $1 ORDER BY max_message_id, part LIMIT 1"
         ))
-            .bind(event_id)
-            .fetch_optional(self.pool)
-            .await?;
+        .bind(event_id)
+        .fetch_optional(self.pool)
+        .await?;
         Ok(row)
     }
 

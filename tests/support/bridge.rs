@@ -47,7 +47,9 @@ impl Env {
     pub async fn start_with(sim_config: SimConfig, extra_bridge_yaml: &str) -> Env {
         init_tracing();
         let db = TestDb::create().await;
-        let sim = Simulator::start(sim_config).await.expect("simulator starts");
+        let sim = Simulator::start(sim_config)
+            .await
+            .expect("simulator starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         // Synapse needs the registration (with the bridge's URL) at start,
@@ -170,7 +172,9 @@ logging:
         let room = human.create_dm(&self.bot()).await;
         let bot = self.bot();
         human
-            .wait_for_message(&room, |m| m.sender == bot && m.body.contains("Send `login`"))
+            .wait_for_message(&room, |m| {
+                m.sender == bot && m.body.contains("Send `login`")
+            })
             .await;
         (human, room)
     }

@@ -290,10 +290,7 @@ mod tests {
         let body = Mp::Map(vec![
             (Mp::from("messageId"), Mp::Ext(1, inner)),
             (Mp::from(-70000000000001i64), Mp::from("x")),
-            (
-                Mp::from("raw8"),
-                Mp::Ext(1, 5i64.to_be_bytes().to_vec()),
-            ),
+            (Mp::from("raw8"), Mp::Ext(1, 5i64.to_be_bytes().to_vec())),
         ]);
         let mut raw = Vec::new();
         rmpv::encode::write_value(&mut raw, &body).unwrap();
@@ -326,7 +323,10 @@ mod tests {
 
     #[test]
     fn hostile_frames_are_errors() {
-        assert!(matches!(decode(&[10, 0, 0]), Err(CodecError::ShortHeader(3))));
+        assert!(matches!(
+            decode(&[10, 0, 0]),
+            Err(CodecError::ShortHeader(3))
+        ));
         // Announces 5 bytes, carries 1.
         assert!(matches!(
             decode(&[10, 0, 0, 1, 0, 1, 0, 0, 0, 5, 0x80]),

@@ -83,7 +83,11 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_everything() {
-        let frame = Frame::request(7, Opcode::MSG_SEND, json!({"chatId": 1, "x": {"unknown": [1, "a"]}}));
+        let frame = Frame::request(
+            7,
+            Opcode::MSG_SEND,
+            json!({"chatId": 1, "x": {"unknown": [1, "a"]}}),
+        );
         let back = decode(&encode(&frame).unwrap()).unwrap();
         assert_eq!(back, frame);
     }
