@@ -19,6 +19,17 @@ use std::time::{Duration, Instant};
 const DISTINCT: usize = 1024;
 const DECODE_ROUNDS: usize = 300_000;
 
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+/// binary without it, and then one percent of the work is enough to prove
+/// that the benchmark still runs.
+fn scaled(full: usize) -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        full
+    } else {
+        (full / 100).max(1)
+    }
+}
+
 fn realistic_push(i: usize) -> Frame {
     let id = 116_785_152_327_680_001_u64 + i as u64;
     let time = 1_782_000_005_000_i64 + i as i64;
@@ -62,7 +73,8 @@ fn decode_and_route(messages: &[WireMessage], typed: bool) -> f64 {
     let router = Router::new(true);
     let start = Instant::now();
     let mut pushes = 0usize;
-    for i in 0..DECODE_ROUNDS {
+    let rounds = scaled(DECODE_ROUNDS);
+    for i in 0..rounds {
         if let Routed::Push { push, ack } = router.route(&messages[i % messages.len()]) {
             black_box(ack);
             if typed {
@@ -76,7 +88,7 @@ fn decode_and_route(messages: &[WireMessage], typed: bool) -> f64 {
         }
     }
     let elapsed = start.elapsed();
-    assert_eq!(pushes, DECODE_ROUNDS, "every frame routes as a push");
+    assert_eq!(pushes, rounds, "every frame routes as a push");
     pushes as f64 / elapsed.as_secs_f64()
 }
 
@@ -109,33 +121,33 @@ async fn round_trips(format: WireFormat) -> anyhow::Result<()> {
         WireFormat::Binary => "binary",
     };
 
-    const SEQUENTIAL: usize = 3_000;
+    let sequential = scaled(3_000);
     let start = Instant::now();
-    for _ in 0..SEQUENTIAL {
+    for _ in 0..sequential {
         client.ping(false).await?;
     }
-    let rate = SEQUENTIAL as f64 / start.elapsed().as_secs_f64();
+    let rate = sequential as f64 / start.elapsed().as_secs_f64();
     println!("round trip {name} PING sequential: {rate:.0} requests/s");
 
-    const SENDS: usize = 1_000;
+    let sends = scaled(1_000);
     let start = Instant::now();
-    for i in 0..SENDS {
+    for i in 0..sends {
         let message = OutgoingMessage::new(1_800_000_000_000 + i as i64, format!("bench {i}"));
         client
             .send_message(DIALOG_ALICE_BORIS.into(), message)
             .await?;
     }
-    let rate = SENDS as f64 / start.elapsed().as_secs_f64();
+    let rate = sends as f64 / start.elapsed().as_secs_f64();
     println!("round trip {name} MSG_SEND sequential: {rate:.0} requests/s");
 
     for concurrency in [16usize, 64] {
-        const PER_TASK: usize = 500;
+        let per_task = scaled(500);
         let start = Instant::now();
         let tasks: Vec<_> = (0..concurrency)
             .map(|_| {
                 let client = client.clone();
                 tokio::spawn(async move {
-                    for _ in 0..PER_TASK {
+                    for _ in 0..per_task {
                         client.ping(false).await?;
                     }
                     anyhow::Ok(())
@@ -145,7 +157,7 @@ async fn round_trips(format: WireFormat) -> anyhow::Result<()> {
         for task in tasks {
             task.await??;
         }
-        let total = concurrency * PER_TASK;
+        let total = concurrency * per_task;
         let rate = total as f64 / start.elapsed().as_secs_f64();
         println!("round trip {name} PING {concurrency} concurrent: {rate:.0} requests/s");
     }

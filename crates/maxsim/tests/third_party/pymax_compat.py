@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import threading
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -226,8 +228,21 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def start_watchdog(seconds: float) -> None:
+    # Backstop for the asyncio deadline: a cancelled scenario still awaits
+    # its cleanup, which could itself block.
+    def expire() -> None:
+        print(f"FAIL watchdog: still running after {seconds}s", flush=True)
+        os._exit(2)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
 async def main() -> int:
     args = parse_args()
+    start_watchdog(args.timeout + 10)
     with tempfile.TemporaryDirectory(prefix="pymax-compat-") as work_dir:
         try:
             await asyncio.wait_for(scenario(args, work_dir), args.timeout)
