@@ -5,8 +5,8 @@
 use crate::bridge::{Bridge, MatrixHandler};
 use crate::config::{Config, Registration};
 use crate::matrix::{
-    AppserviceConfig, AppserviceServer, MatrixClient, MatrixError, Secret, ServerOptions,
-    TransactionLog, TransactionLogError, UserNamespace,
+    AppserviceConfig, AppserviceServer, MatrixClient, MatrixError, ServerOptions, TransactionLog,
+    TransactionLogError, UserNamespace,
 };
 use crate::store::Store;
 use ruma::OwnedServerName;
@@ -94,8 +94,8 @@ pub fn appservice_config(
     Ok(AppserviceConfig {
         homeserver_url: config.homeserver.address.clone(),
         server_name,
-        as_token: Secret::new(registration.as_token.expose()),
-        hs_token: Secret::new(registration.hs_token.expose()),
+        as_token: registration.as_token.clone(),
+        hs_token: registration.hs_token.clone(),
         bot_localpart: registration.sender_localpart.clone(),
         appservice_id: registration.id.clone(),
         user_namespace: UserNamespace::new(move |user| {

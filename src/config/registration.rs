@@ -2,62 +2,15 @@
 //! place the `as_token` / `hs_token` live: the running bridge reads them back
 //! from it, and regeneration keeps them so the homeserver need not be re-told.
 
-use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 
 use super::{Config, ConfigError, USERID_PLACEHOLDER};
+pub use crate::matrix::Secret;
 
 /// Length of freshly generated appservice tokens.
-const TOKEN_LEN: usize = 64;
-
-/// An appservice token. Debug/Display never show the value.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// A fresh random alphanumeric token.
-    pub fn generate() -> Self {
-        let value = rand::rng()
-            .sample_iter(Alphanumeric)
-            .take(TOKEN_LEN)
-            .map(char::from)
-            .collect();
-        Self(value)
-    }
-
-    /// The secret itself, for HTTP headers only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Constant-time comparison, for checking a token presented by a peer.
-    pub fn matches(&self, presented: &str) -> bool {
-        bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {

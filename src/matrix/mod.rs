@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ruma::{IdParseError, OwnedServerName, OwnedUserId, UserId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use url::Url;
 
@@ -24,15 +24,29 @@ pub use server::{
     TransactionLogError,
 };
 
-/// A token that must never appear in logs: `Debug` is redacted and there is no
-/// `Display`.
-#[derive(Clone, Deserialize)]
+/// An appservice token (as_token, hs_token) that must never appear in logs:
+/// `Debug` and `Display` are redacted.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+/// Length of generated tokens (alphanumeric, ~380 bits).
+const TOKEN_LEN: usize = 64;
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
+    }
+
+    /// A fresh random alphanumeric token.
+    pub fn generate() -> Self {
+        use rand::Rng;
+        let value = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(TOKEN_LEN)
+            .map(char::from)
+            .collect();
+        Self(value)
     }
 
     /// The raw token, for putting on the wire.
@@ -49,7 +63,13 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
     }
 }
 
