@@ -50,6 +50,26 @@ async fn sms_login_creates_portals_and_text_flows_both_ways() {
         .find(|m| m.user_id == boris)
         .expect("Boris's ghost is in the DM");
     assert_eq!(ghost.display_name.as_deref(), Some("Boris Petrov (MAX)"));
+    // ... and the MAX avatar, mirrored into the media repository.
+    let member = human
+        .state_event(&dm, "m.room.member", boris.as_str())
+        .await
+        .expect("ghost membership");
+    let avatar = member["avatar_url"].as_str().unwrap_or_default().to_owned();
+    assert!(avatar.starts_with("mxc://localhost/"), "{member}");
+    let (server, media_id) = avatar["mxc://".len()..].split_once('/').expect("mxc");
+    let download = reqwest::Client::new()
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{server}/{media_id}",
+            env.synapse.base_url()
+        ))
+        .bearer_auth(human.client().access_token().expect("logged in"))
+        .send()
+        .await
+        .expect("media answers");
+    assert!(download.status().is_success());
+    let bytes = download.bytes().await.expect("avatar bytes");
+    assert!(bytes.starts_with(b"\x89PNG"), "the simulator's PNG avatar");
 
     // The group portal has MAX's title and the members' ghosts.
     let group = human
@@ -350,4 +370,61 @@ async fn two_matrix_users_bridge_their_own_accounts() {
         ["hello Bob, via two bridges"]
     );
     assert_eq!(texts_from(&bob, &bob_dm, bob.user_id()), ["hi Alice!"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_login_resumes_after_max_refused_it_for_a_while() {
+    let mut env = Env::start().await;
+    let (human, management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let control = env.sim.control().clone();
+    let bot = env.bot();
+
+    env.stop_bridge().await;
+    control.rate_limit_logins(true);
+    env.start_bridge().await;
+    human
+        .wait_for_message(&management, |m| {
+            m.sender == bot && m.body.contains("Could not reconnect to MAX")
+        })
+        .await;
+    control.rate_limit_logins(false);
+    human
+        .wait_for_message(&management, |m| {
+            m.sender == bot && m.body.contains("Reconnected to MAX")
+        })
+        .await;
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            Outgoing::text("you are back"),
+        )
+        .expect("Boris sends");
+    human.wait_for_text(&dm, "you are back").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_names_what_is_wrong_with_the_homeserver() {
+    support::bridge::init_tracing();
+    let db = support::pg::TestDb::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registration = dir.path().join("registration.yaml");
+    let yaml = format!(
+        "homeserver:\n    address: http://127.0.0.1:9\n    domain: localhost\n\
+         appservice:\n    address: http://127.0.0.1:9\n    port: 0\n    registration: {}\n\
+         database:\n    url: {}\n",
+        registration.display(),
+        db.url()
+    );
+    let config = maxbridge::config::Config::parse(&yaml, "test.yaml").expect("config parses");
+    let reg = maxbridge::config::generate_registration(&config).expect("registration");
+    let error = match maxbridge::app::start(config, reg).await {
+        Ok(_) => panic!("a bridge without a homeserver must not start"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("homeserver at http://127.0.0.1:9/ cannot be reached"),
+        "{error}"
+    );
+    db.drop_db().await;
 }

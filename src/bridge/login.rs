@@ -17,6 +17,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 
+/// Resuming a saved login at start: attempts and backoff (about ten
+/// minutes in all before giving up).
+const RESUME_ATTEMPTS: u32 = 10;
+const RESUME_FIRST_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+const RESUME_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Login states kept in the `logins.state` column.
 pub const STATE_CONNECTED: &str = "connected";
 pub const STATE_LOGGED_OUT: &str = "logged_out";
@@ -342,37 +348,66 @@ impl Bridge {
                 tracing::warn!(user = %login.mxid, "saved login has an invalid user id");
                 continue;
             };
-            let bridge = Arc::clone(self);
-            tokio::spawn(async move {
-                match bridge
-                    .start_login(mxid.clone(), login.token, login.device_id)
+            let task =
+                tokio::spawn(Arc::clone(self).resume_login(mxid, login.token, login.device_id));
+            self.track_task(task);
+        }
+    }
+
+    /// Resumes one saved login. A refused token ends it (the user must log
+    /// in again); anything else (MAX unreachable, rate limits) is retried
+    /// with backoff for a while, telling the user once.
+    async fn resume_login(self: Arc<Self>, mxid: OwnedUserId, token: Token, device_id: String) {
+        let mut delay = RESUME_FIRST_DELAY;
+        for attempt in 1..=RESUME_ATTEMPTS {
+            let error = match self
+                .start_login(mxid.clone(), token.clone(), device_id.clone())
+                .await
+            {
+                Ok(_) => {
+                    if attempt > 1 {
+                        self.tell_user(&mxid, "✅ Reconnected to MAX.").await;
+                    }
+                    return;
+                }
+                Err(error) => error,
+            };
+            tracing::warn!(user = %mxid, attempt, %error, "could not resume the MAX login");
+            if error.is_token_rejected() {
+                if let Err(error) = self
+                    .store
+                    .logins()
+                    .set_state(mxid.as_str(), STATE_LOGGED_OUT)
                     .await
                 {
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::error!(user = %mxid, %error, "could not resume the MAX login");
-                        let hint = if error.is_token_rejected() {
-                            if let Err(error) = bridge
-                                .store
-                                .logins()
-                                .set_state(mxid.as_str(), STATE_LOGGED_OUT)
-                                .await
-                            {
-                                tracing::error!(user = %mxid, %error, "could not record the logout");
-                            }
-                            "Send `login` to log in again."
-                        } else {
-                            "Send `ping` to check, or `login` to log in again."
-                        };
-                        bridge
-                            .tell_user(
-                                &mxid,
-                                &format!("❌ Could not reconnect to MAX: {error}. {hint}"),
-                            )
-                            .await;
-                    }
+                    tracing::error!(user = %mxid, %error, "could not record the logout");
                 }
-            });
+                let reason = super::commands::describe(&error);
+                self.tell_user(
+                    &mxid,
+                    &format!("❌ MAX no longer accepts your login ({reason}). Send `login` to log in again."),
+                )
+                .await;
+                return;
+            }
+            if attempt == 1 {
+                let reason = super::commands::describe(&error);
+                self.tell_user(
+                    &mxid,
+                    &format!("⚠️ Could not reconnect to MAX ({reason}). Retrying…"),
+                )
+                .await;
+            }
+            if attempt < RESUME_ATTEMPTS {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RESUME_MAX_DELAY);
+            }
         }
+        tracing::error!(user = %mxid, "gave up resuming the MAX login");
+        self.tell_user(
+            &mxid,
+            "❌ Could not reconnect to MAX after several attempts. Send `ping` to check, or `login` to log in again.",
+        )
+        .await;
     }
 }

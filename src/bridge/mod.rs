@@ -48,6 +48,8 @@ pub struct Bridge {
     /// Memberships known to be in place, so sends skip the join dance.
     joined: Mutex<HashSet<(OwnedRoomId, OwnedUserId)>>,
     last_cid: AtomicI64,
+    /// Background work that must not outlive the bridge (login resumption).
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -89,6 +91,7 @@ impl Bridge {
                 portals,
                 joined: Mutex::new(HashSet::new()),
                 last_cid: AtomicI64::new(0),
+                tasks: Mutex::new(Vec::new()),
             }
         })
     }
@@ -174,8 +177,23 @@ impl Bridge {
         }
     }
 
+    pub(crate) fn track_task(&self, task: tokio::task::JoinHandle<()>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
     /// Stops every running login (without logging them out of MAX).
     pub async fn shutdown(&self) {
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for task in tasks {
+            task.abort();
+        }
         let sessions: Vec<_> = self.lock_logins().drain().map(|(_, s)| s).collect();
         for session in sessions {
             session.stop().await;

@@ -128,8 +128,37 @@ fn decompress(flags: u8, body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Code
 }
 
 /// JSON → MessagePack. Integers stay integers (int64 where they need it).
+///
+/// Message ids travel as decimal strings in JSON, but the binary transports
+/// refuse a string where an id belongs (`proto.payload`, "Expected number"),
+/// so an all-digit string under an id key (`id`, `…Id`, `…Ids`) is sent as
+/// a number.
 pub fn to_msgpack(value: &Value) -> Mp {
+    to_msgpack_under(None, value)
+}
+
+fn is_id_key(key: &str) -> bool {
+    key == "id" || key.ends_with("Id") || key.ends_with("Ids")
+}
+
+fn decimal_id(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn to_msgpack_under(key: Option<&str>, value: &Value) -> Mp {
+    let id_key = key.is_some_and(is_id_key);
     match value {
+        Value::String(s) if id_key => match decimal_id(s) {
+            Some(id) => Mp::from(id),
+            None => Mp::from(s.as_str()),
+        },
+        Value::Array(items) if id_key => {
+            Mp::Array(items.iter().map(|v| to_msgpack_under(key, v)).collect())
+        }
         Value::Null => Mp::Nil,
         Value::Bool(b) => Mp::Boolean(*b),
         Value::Number(n) => {
@@ -145,7 +174,7 @@ pub fn to_msgpack(value: &Value) -> Mp {
         Value::Array(items) => Mp::Array(items.iter().map(to_msgpack).collect()),
         Value::Object(map) => Mp::Map(
             map.iter()
-                .map(|(k, v)| (Mp::from(k.as_str()), to_msgpack(v)))
+                .map(|(k, v)| (Mp::from(k.as_str()), to_msgpack_under(Some(k), v)))
                 .collect(),
         ),
     }
@@ -239,7 +268,7 @@ mod tests {
             opcode: Opcode::LOGIN,
             payload: json!({
                 "profile": {"contact": {"id": 13446207, "names": [{"name": "TransferBot", "type": "ONEME"}]}},
-                "messages": {"-70000000000001": [{"id": "116785152327680001", "text": "привет 👋"}]},
+                "messages": {"-70000000000001": [{"id": 116785152327680001i64, "text": "привет 👋"}]},
                 "time": 1782000005000i64,
                 "ratio": 1.5,
                 "flag": true,
@@ -303,6 +332,32 @@ mod tests {
         assert_eq!(frame.payload["raw8"], 5);
         assert_eq!(frame.seq, 9);
         assert_eq!(frame.opcode, Opcode::NOTIF_MESSAGE);
+    }
+
+    #[test]
+    fn string_message_ids_go_out_as_numbers() {
+        let frame = Frame {
+            ver: VER_BINARY,
+            cmd: Cmd::Request,
+            seq: 4,
+            opcode: Opcode::MSG_REACTION,
+            payload: json!({
+                "chatId": 2770455,
+                "messageId": "116785152327680001",
+                "messageIds": ["116785152327680001", "-5"],
+                "reaction": {"reactionType": "EMOJI", "id": "👍"},
+                "deviceId": "2f1c-uuid",
+                "phone": "79000000001",
+                "text": "12345",
+            }),
+        };
+        let back = decode(&encode(&frame).unwrap()).unwrap().payload;
+        assert_eq!(back["messageId"], json!(116785152327680001i64));
+        assert_eq!(back["messageIds"], json!([116785152327680001i64, -5]));
+        assert_eq!(back["reaction"]["id"], "👍");
+        assert_eq!(back["deviceId"], "2f1c-uuid");
+        assert_eq!(back["phone"], "79000000001");
+        assert_eq!(back["text"], "12345");
     }
 
     #[test]
