@@ -178,6 +178,31 @@ async fn sms_login_creates_portals_and_text_flows_both_ways() {
             .all(|m| m.sender != own || m.body == "from my phone"),
         "no echo of Matrix-sent messages"
     );
+
+    // A chat that appears later gets its portal with its first message.
+    let chat = control
+        .create_chat(
+            fixture_ids::BORIS,
+            maxsim::ChatKind::Chat,
+            "Later group",
+            &[fixture_ids::ALICE],
+        )
+        .expect("Boris creates a group");
+    control
+        .send(
+            fixture_ids::BORIS,
+            chat,
+            Outgoing::text("welcome to the new group"),
+        )
+        .expect("Boris sends");
+    let invite = human
+        .wait_for_invite(|i| i.room_name.as_deref() == Some("Later group"))
+        .await;
+    human.join(&invite.room_id).await;
+    let first = human
+        .wait_for_text(&invite.room_id, "welcome to the new group")
+        .await;
+    assert_eq!(first.sender, boris);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

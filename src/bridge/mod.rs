@@ -252,11 +252,25 @@ impl AppserviceHandler for MatrixHandler {
         let _ = event;
     }
 
+    /// A ghost's id was looked up (someone invited or messaged it): it
+    /// exists if it names a MAX user, and must then be registered before
+    /// the homeserver is told so.
     async fn query_user(&self, user_id: &UserId) -> bool {
-        self.bridge
+        if self
+            .bridge
             .config
             .max_user_id_from_ghost(user_id.as_str())
-            .is_some()
+            .is_none()
+        {
+            return false;
+        }
+        match self.bridge.matrix.register_user(user_id.localpart()).await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(user = %user_id, %error, "could not register a queried ghost");
+                false
+            }
+        }
     }
 }
 

@@ -77,7 +77,20 @@ impl Bridge {
                 recent,
             } => self.catch_up(&session, &chat, recent).await,
             PortalEvent::MaxMessage { session, message } => {
-                self.on_max_message(&session, key, &message).await
+                let result = self.on_max_message(&session, key, &message).await;
+                if let Err(error) = &result {
+                    // Never lose a message silently: the user hears of it.
+                    let preview: String = message.text.chars().take(80).collect();
+                    self.tell_user(
+                        &session.mxid,
+                        &format!(
+                            "⚠️ A MAX message (chat {}, «{preview}») could not be bridged: {error}",
+                            key.chat_id
+                        ),
+                    )
+                    .await;
+                }
+                result
             }
             PortalEvent::Matrix(event) => self.on_matrix_message(key, &event).await,
         };
@@ -99,6 +112,13 @@ impl Bridge {
             .await?;
         match existing {
             Some(portal) if portal.room_id.is_some() => {
+                // A new connection (bridge restart, new login) has no
+                // subscriptions yet; the client restores them on reconnects.
+                if !session.client.subscriptions().contains(&chat.id)
+                    && let Err(error) = session.client.subscribe(chat.id, true).await
+                {
+                    tracing::warn!(chat = chat.id.0, %error, "CHAT_SUBSCRIBE failed");
+                }
                 self.refresh_portal(session, portal, chat).await?;
             }
             _ if create => {
