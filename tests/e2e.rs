@@ -303,6 +303,24 @@ async fn appservice_api_rejects_wrong_tokens_and_refuses_unpermitted_users() {
     let refusal = mallory.wait_for_message(&room, |m| m.sender == bot).await;
     assert!(refusal.body.contains("not allowed"), "{}", refusal.body);
     mallory.wait_for_membership(&room, &bot, "leave").await;
+
+    // A wrong SMS code shows MAX's error, and the flow waits for another try.
+    let (carol, management) = env.user_with_management_room("carol").await;
+    env.command(&carol, &management, "login", "phone number")
+        .await;
+    env.command(&carol, &management, fixture_ids::BORIS_PHONE, "code")
+        .await;
+    let refused = env
+        .command(&carol, &management, "999999", "did not accept the code")
+        .await;
+    assert!(refused.contains("error.code.wrong"), "{refused}");
+    env.command(
+        &carol,
+        &management,
+        fixture_ids::BORIS_SMS,
+        "Logged in to MAX as Boris Petrov",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -275,25 +275,12 @@ async fn continue_login(
             match session.check_sms_code(&challenge, &code).await {
                 Ok(outcome) => on_outcome(bridge, room, user, session, outcome, device_id).await,
                 Err(error) => {
-                    bridge
-                        .bot_notice(
-                            room,
-                            &format!(
-                                "❌ MAX did not accept the code: {}. Send the code again, or `cancel`.",
-                                describe(&error)
-                            ),
-                        )
-                        .await;
                     let retry = PendingLogin::Code {
                         session,
                         challenge,
                         device_id,
                     };
-                    bridge
-                        .pending_logins
-                        .lock()
-                        .await
-                        .insert(user.clone(), retry);
+                    ask_again(bridge, room, user, retry, "code", &error).await;
                 }
             }
         }
@@ -304,28 +291,41 @@ async fn continue_login(
         } => match session.check_password(&track_id, text.trim()).await {
             Ok(outcome) => on_outcome(bridge, room, user, session, outcome, device_id).await,
             Err(error) => {
-                bridge
-                    .bot_notice(
-                        room,
-                        &format!(
-                            "❌ MAX did not accept the password: {}. Send it again, or `cancel`.",
-                            describe(&error)
-                        ),
-                    )
-                    .await;
                 let retry = PendingLogin::Password {
                     session,
                     track_id,
                     device_id,
                 };
-                bridge
-                    .pending_logins
-                    .lock()
-                    .await
-                    .insert(user.clone(), retry);
+                ask_again(bridge, room, user, retry, "password", &error).await;
             }
         },
     }
+}
+
+/// A step was refused (wrong code or password): say why and wait for
+/// another try.
+async fn ask_again(
+    bridge: &Arc<Bridge>,
+    room: &RoomId,
+    user: &OwnedUserId,
+    pending: PendingLogin,
+    what: &str,
+    error: &ClientError,
+) {
+    bridge
+        .bot_notice(
+            room,
+            &format!(
+                "❌ MAX did not accept the {what}: {}. Send it again, or `cancel`.",
+                describe(error)
+            ),
+        )
+        .await;
+    bridge
+        .pending_logins
+        .lock()
+        .await
+        .insert(user.clone(), pending);
 }
 
 async fn on_outcome(

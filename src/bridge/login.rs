@@ -15,7 +15,7 @@ use maxproto::{Token, WireFormat};
 use ruma::OwnedUserId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 /// Resuming a saved login at start: attempts and backoff (about ten
 /// minutes in all before giving up).
@@ -35,7 +35,8 @@ pub struct LoginSession {
     pub client: Client,
     /// Contacts seen in LOGIN and CONTACT_INFO answers, for ghost names.
     contacts: Mutex<HashMap<i64, User>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The push pump and the state watcher.
+    tasks: Mutex<JoinSet<()>>,
 }
 
 impl std::fmt::Debug for LoginSession {
@@ -65,15 +66,10 @@ impl LoginSession {
 
     /// Stops the session's tasks and closes its connection.
     pub async fn stop(&self) {
-        let tasks: Vec<_> = self
-            .tasks
+        self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
-        for task in tasks {
-            task.abort();
-        }
+            .abort_all();
         self.client.close().await;
     }
 
@@ -150,20 +146,18 @@ impl Bridge {
             name,
             client,
             contacts: Mutex::new(HashMap::new()),
-            tasks: Mutex::new(Vec::new()),
+            tasks: Mutex::new(JoinSet::new()),
         });
         session.remember_contacts(login.contacts.iter().cloned());
         session.remember_contacts([login.profile.contact.clone()]);
         if let Some(previous) = self.set_login(Arc::clone(&session)) {
             previous.stop().await;
         }
-        let pump = tokio::spawn(Arc::clone(self).pump(Arc::clone(&session), events));
-        let watch = tokio::spawn(Arc::clone(self).watch_state(Arc::clone(&session)));
-        session
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend([pump, watch]);
+        {
+            let mut tasks = session.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            tasks.spawn(Arc::clone(self).pump(Arc::clone(&session), events));
+            tasks.spawn(Arc::clone(self).watch_state(Arc::clone(&session)));
+        }
         self.sync_chats(&session, &login.chats, &login.messages)
             .await;
         tracing::info!(user = %mxid, max_user = me, "MAX login running");
@@ -348,9 +342,7 @@ impl Bridge {
                 tracing::warn!(user = %login.mxid, "saved login has an invalid user id");
                 continue;
             };
-            let task =
-                tokio::spawn(Arc::clone(self).resume_login(mxid, login.token, login.device_id));
-            self.track_task(task);
+            self.spawn_task(Arc::clone(self).resume_login(mxid, login.token, login.device_id));
         }
     }
 

@@ -49,7 +49,7 @@ pub struct Bridge {
     joined: Mutex<HashSet<(OwnedRoomId, OwnedUserId)>>,
     last_cid: AtomicI64,
     /// Background work that must not outlive the bridge (login resumption).
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -91,7 +91,7 @@ impl Bridge {
                 portals,
                 joined: Mutex::new(HashSet::new()),
                 last_cid: AtomicI64::new(0),
-                tasks: Mutex::new(Vec::new()),
+                tasks: Mutex::new(tokio::task::JoinSet::new()),
             }
         })
     }
@@ -177,23 +177,20 @@ impl Bridge {
         }
     }
 
-    pub(crate) fn track_task(&self, task: tokio::task::JoinHandle<()>) {
+    /// Runs `work` in the background until it ends or the bridge shuts down.
+    pub(crate) fn spawn_task(&self, work: impl Future<Output = ()> + Send + 'static) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(task);
+        // Reap finished tasks so the set does not grow with them.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(work);
     }
 
     /// Stops every running login (without logging them out of MAX).
     pub async fn shutdown(&self) {
-        let tasks: Vec<_> = self
-            .tasks
+        self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
-        for task in tasks {
-            task.abort();
-        }
+            .abort_all();
         let sessions: Vec<_> = self.lock_logins().drain().map(|(_, s)| s).collect();
         for session in sessions {
             session.stop().await;

@@ -347,6 +347,14 @@ fn default_message_send_timeout() -> u64 {
 fn default_log_level() -> String {
     "info".to_owned()
 }
+/// Reads a configuration or registration file, naming it on failure.
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn default_log_format() -> LogFormat {
     LogFormat::Pretty
 }
@@ -355,11 +363,7 @@ impl Config {
     /// Reads, parses and validates the configuration file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&read_file(path)?, path)
     }
 
     /// Parses and validates configuration text; `origin` only labels errors.

@@ -49,11 +49,7 @@ impl Registration {
     /// Reads a registration file.
     pub fn load(path: impl AsRef<Path>) -> Result<Registration, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&super::read_file(path)?, path)
     }
 
     fn parse(text: &str, path: &Path) -> Result<Registration, ConfigError> {

@@ -544,6 +544,21 @@ impl Control {
         Ok(self.sim.typing(actor(account), chat_id, Some("TEXT"))?)
     }
 
+    /// Make `account` online (`true`: held online until released, with or
+    /// without connections) or offline (`false`: released, and its
+    /// connections count as not looked at until their next interactive
+    /// PING). Watchers get 132 NOTIF_PRESENCE when this changes the state.
+    pub fn set_presence(&self, account: i64, online: bool) -> Result<(), ControlError> {
+        self.require_account(account)?;
+        self.sim.set_presence(account, online);
+        Ok(())
+    }
+
+    /// Whether `account` is currently shown online.
+    pub fn is_online(&self, account: i64) -> bool {
+        self.sim.is_online(account)
+    }
+
     /// Mark `chat_id` read up to `message_id` as `account` (130 to others).
     pub fn mark_read(
         &self,

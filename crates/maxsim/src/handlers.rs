@@ -65,8 +65,15 @@ pub(crate) fn handle(sim: &Arc<Sim>, conn: &Arc<Conn>, frame: &Frame) -> HResult
     };
     match op.0 {
         1 => {
-            if let Some(i) = p.get("interactive").and_then(Value::as_bool) {
-                conn.session().interactive = i;
+            let interactive = {
+                let mut s = conn.session();
+                if let Some(i) = p.get("interactive").and_then(Value::as_bool) {
+                    s.interactive = i;
+                }
+                s.interactive
+            };
+            if let Phase::LoggedIn(u) = phase {
+                sim.refresh_presence(u, interactive);
             }
             ok(Value::Null)
         }
@@ -277,15 +284,6 @@ fn config_hash() -> String {
     "497c7ac3-0000000000000000-80000000-0000000000000001-0000000000000000-2-0000019860dbac57".into()
 }
 
-fn presence_of(sim: &Sim, user: i64) -> Value {
-    let now_s = now_ms() / 1000;
-    if sim.hub.is_online(user) {
-        json!({"seen": now_s, "status": 1})
-    } else {
-        json!({"seen": now_s - 600})
-    }
-}
-
 fn chat_json(sim: &Sim, user: i64, chat_id: i64) -> Result<Value, ProtoError> {
     let mut st = sim.state();
     let key = st
@@ -454,6 +452,7 @@ fn login(sim: &Sim, conn: &Conn, p: &Value) -> HResult {
     if rotate {
         token = issue_token(&mut st, user);
     }
+    let previous = conn.user();
     {
         let session = {
             let mut s = conn.session();
@@ -521,10 +520,22 @@ fn login(sim: &Sim, conn: &Conn, p: &Value) -> HResult {
         .filter(|a| a.update_time > contacts_sync || contacts_sync <= 0)
         .map(|a| a.to_json())
         .collect();
+    // Own entry as captured; then contacts and dialog peers as they are now.
     let mut presence = Map::new();
     presence.insert(user.to_string(), json!({"seen": now / 1000, "on": "ON"}));
-    for c in account.map(|a| a.contacts.as_slice()).unwrap_or_default() {
-        presence.insert(c.to_string(), presence_of(sim, *c));
+    let peers = st.chats.values().filter_map(|c| match c.key {
+        ChatKey::Id(id) if c.kind == ChatKind::Dialog && c.is_member(user) => Some(id ^ user),
+        _ => None,
+    });
+    let watched: std::collections::BTreeSet<i64> = account
+        .map(|a| a.contacts.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(peers)
+        .filter(|u| *u != user && st.accounts.contains_key(u))
+        .collect();
+    for u in watched {
+        presence.insert(u.to_string(), st.presence_json(u));
     }
     let answer = json!({
         "profile": profile_json(&st, user),
@@ -547,6 +558,11 @@ fn login(sim: &Sim, conn: &Conn, p: &Value) -> HResult {
     });
     drop(st);
     tracing::info!(user, conn = conn.id, rotated = rotate, "login");
+    if let Some(previous) = previous.filter(|p| *p != user) {
+        sim.refresh_presence(previous, false);
+    }
+    let interactive = conn.session().interactive;
+    sim.refresh_presence(user, interactive);
     sim.changed();
     ok(answer)
 }
@@ -671,9 +687,11 @@ fn contact_update(sim: &Sim, user: i64, p: &Value) -> HResult {
 
 fn presence(sim: &Sim, p: &Value) -> HResult {
     let ids = req_ids(p, "contactIds")?;
+    let st = sim.state();
     let presence: Map<String, Value> = ids
         .iter()
-        .map(|id| (id.to_string(), presence_of(sim, *id)))
+        .filter(|id| st.accounts.contains_key(id))
+        .map(|id| (id.to_string(), st.presence_json(*id)))
         .collect();
     ok(json!({"presence": presence, "time": now_ms()}))
 }
@@ -782,7 +800,7 @@ fn members(sim: &Sim, user: i64, p: &Value) -> HResult {
         .iter()
         .skip(offset)
         .take(count as usize)
-        .map(|(u, mark)| json!({"contact": st.user_json(*u), "presence": presence_of(sim, *u), "readMark": mark}))
+        .map(|(u, mark)| json!({"contact": st.user_json(*u), "presence": st.presence_json(*u), "readMark": mark}))
         .collect();
     let mut out = json!({"members": page});
     if offset + (count as usize) < all.len() {

@@ -38,6 +38,7 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route("/react", post(react))
         .route("/typing", post(typing))
         .route("/mark-read", post(mark_read))
+        .route("/presence", post(presence))
         .route("/upload", post(upload))
         .route("/drop", post(drop_conns))
         .route("/delay", post(delay))
@@ -539,6 +540,16 @@ async fn mark_read(State(c): State<Control>, Json(b): Json<ChatBody>) -> Respons
         return bad(StatusCode::BAD_REQUEST, "messageId required");
     };
     control_result(c.mark_read(b.account, b.chat_id, id).map(|()| json!({})))
+}
+
+#[derive(Deserialize)]
+struct PresenceBody {
+    account: i64,
+    online: bool,
+}
+
+async fn presence(State(c): State<Control>, Json(b): Json<PresenceBody>) -> Response {
+    control_result(c.set_presence(b.account, b.online).map(|()| json!({})))
 }
 
 #[derive(Deserialize)]

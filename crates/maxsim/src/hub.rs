@@ -196,10 +196,6 @@ impl Hub {
         v
     }
 
-    pub fn is_online(&self, user: i64) -> bool {
-        lock(&self.conns).values().any(|c| c.user() == Some(user))
-    }
-
     /// Push to every session of `user` except `exclude`.
     pub fn push_user(&self, user: i64, exclude: Option<u64>, opcode: Opcode, payload: &Value) {
         for c in self.of_user(user) {

@@ -72,6 +72,21 @@
 //!   (`id` as string or number), any order.
 //! - `serverConfig` keys override the built-in `config.server` of LOGIN.
 //!
+//! # Presence
+//!
+//! An account is online while at least one of its connections is
+//! interactive (the last PING, or LOGIN, said `interactive: true`) or while
+//! the control API holds it online ([`Control::set_presence`],
+//! `POST /_sim/presence`, `maxsim ctl presence ID [--offline]`); setting it
+//! offline releases the hold and marks its connections non-interactive until
+//! their next interactive PING. Presence is `{seen, status: 1}` online and
+//! `{seen}` offline, `seen` in seconds (as in the captured LOGIN answer):
+//! the last interactive PING/LOGIN while online, the moment it went
+//! offline. Every change pushes 132 `{userId, presence}` to the accounts
+//! that have the user as a contact or share a chat with them (not to the
+//! user's own connections). CONTACT_PRESENCE (35), CHAT_MEMBERS (59) and
+//! LOGIN's `presence` (contacts and dialog peers) show the same state.
+//!
 //! # HTTP endpoints (same listener)
 //!
 //! - `GET /websocket` — the protocol (optionally requires `Origin: https://web.max.ru`).
@@ -101,6 +116,7 @@
 //! | `POST /_sim/react` | `{account, chatId, messageId, reaction: "👍" \| null}` | `ReactionInfo` |
 //! | `POST /_sim/typing` | `{account, chatId}` | `{}` |
 //! | `POST /_sim/mark-read` | `{account, chatId, messageId}` | `{}` |
+//! | `POST /_sim/presence` | `{account, online}` | `{}` |
 //! | `POST /_sim/upload?account=&kind=photo\|video\|file&name=&contentType=` | raw bytes | outgoing attach JSON |
 //! | `POST /_sim/drop` | `{account?}` | `{dropped}` |
 //! | `POST /_sim/delay` | `{opcode?, ms}` (0 removes) | `{}` |

@@ -128,6 +128,12 @@ enum Ctl {
         chat: i64,
         message: i64,
     },
+    /// Show an account online (held) or, with `--offline`, offline.
+    Presence {
+        account: i64,
+        #[arg(long)]
+        offline: bool,
+    },
     /// Upload a file as an account; prints the attach to send.
     Upload {
         account: i64,
@@ -347,6 +353,9 @@ async fn ctl(base: &str, command: Ctl) -> Result<()> {
         } => client.post(api("mark-read")).json(&json!({
             "account": account, "chatId": chat, "messageId": message,
         })),
+        Ctl::Presence { account, offline } => client
+            .post(api("presence"))
+            .json(&json!({"account": account, "online": !offline})),
         Ctl::Upload {
             account,
             kind,

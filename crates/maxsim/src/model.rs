@@ -439,6 +439,19 @@ pub(crate) struct Upload {
     pub height: u32,
 }
 
+/// Who is online and when everyone was last seen.
+#[derive(Debug, Default)]
+pub(crate) struct Presence {
+    /// Users announced online (the last 132 said so).
+    pub online: BTreeSet<i64>,
+    /// Users kept online by the control API, connections or not.
+    pub held: BTreeSet<i64>,
+    /// Last activity, in seconds.
+    pub seen: HashMap<i64, i64>,
+    /// `seen` of users without activity since the server started.
+    pub default_seen: i64,
+}
+
 /// Everything the server knows. Guarded by one mutex in [`crate::sim::Sim`].
 #[derive(Debug, Default)]
 pub(crate) struct State {
@@ -457,6 +470,7 @@ pub(crate) struct State {
     /// QR track id → approving user, once approved.
     pub qr_tracks: HashMap<String, Option<i64>>,
     pub server_config: Map<String, Value>,
+    pub presence: Presence,
     last_message_id: i64,
     next_group: i64,
     next_user: i64,
@@ -474,6 +488,12 @@ impl State {
     pub fn new(base_url: String) -> State {
         State {
             base_url,
+            presence: Presence {
+                // Somebody who was never seen here was "last seen" a while
+                // before the server started: a stable, plausible value.
+                default_seen: now_ms() / 1000 - 600,
+                ..Presence::default()
+            },
             next_group: 70_000_000_000_100,
             next_user: 30_000_001,
             next_media: 40_000_001,
@@ -685,6 +705,40 @@ impl State {
             .values()
             .find(|a| a.phone == Some(n))
             .map(|a| a.id)
+    }
+
+    /// The wire presence (`{seen, status?}`, `seen` in seconds like the
+    /// captured LOGIN answer) of `user` as last announced.
+    pub fn presence_json(&self, user: i64) -> Value {
+        let seen = self
+            .presence
+            .seen
+            .get(&user)
+            .copied()
+            .unwrap_or(self.presence.default_seen);
+        if self.presence.online.contains(&user) {
+            json!({"seen": seen, "status": 1})
+        } else {
+            json!({"seen": seen})
+        }
+    }
+
+    /// Accounts told about `user`'s presence changes: those that have
+    /// them as a contact or share a chat with them (never `user`).
+    pub fn presence_watchers(&self, user: i64) -> BTreeSet<i64> {
+        let mut watchers: BTreeSet<i64> = self
+            .accounts
+            .values()
+            .filter(|a| a.contacts.contains(&user))
+            .map(|a| a.id)
+            .collect();
+        for chat in self.chats.values() {
+            if matches!(chat.key, ChatKey::Id(_)) && chat.is_member(user) {
+                watchers.extend(chat.participants.keys().copied());
+            }
+        }
+        watchers.remove(&user);
+        watchers
     }
 
     pub fn tokens_of(&self, user: i64) -> Vec<String> {

@@ -749,6 +749,72 @@ impl Sim {
         Ok(())
     }
 
+    // ------------------------------------------------------------ presence
+
+    /// Recompute whether `user` is online (held by the control API, or at
+    /// least one of their connections is interactive) and push 132 to the
+    /// accounts watching them when that changed. `active` means the user
+    /// just did something a human does (an interactive PING or LOGIN), which
+    /// refreshes `seen` while they stay online.
+    pub fn refresh_presence(&self, user: i64, active: bool) {
+        let mut st = self.state();
+        if !st.accounts.contains_key(&user) {
+            return;
+        }
+        // Decided under the state lock so that concurrent refreshes of one
+        // user announce their transitions in order, ending in the truth.
+        let online = st.presence.held.contains(&user)
+            || self
+                .hub
+                .of_user(user)
+                .iter()
+                .any(|c| c.session().interactive);
+        let was = st.presence.online.contains(&user);
+        if online != was || (online && active) {
+            st.presence.seen.insert(user, now_ms() / 1000);
+        }
+        if online == was {
+            return;
+        }
+        if online {
+            st.presence.online.insert(user);
+        } else {
+            st.presence.online.remove(&user);
+        }
+        let payload = json!({"userId": user, "presence": st.presence_json(user)});
+        for watcher in st.presence_watchers(user) {
+            self.hub
+                .push_user(watcher, None, Opcode::NOTIF_PRESENCE, &payload);
+        }
+        drop(st);
+        tracing::debug!(user, online, "presence changed");
+        self.changed();
+    }
+
+    /// Force `user` online (held until released) or offline (released, and
+    /// every connection of theirs counts as not looked at until its next
+    /// interactive PING).
+    pub fn set_presence(&self, user: i64, online: bool) {
+        {
+            let mut st = self.state();
+            if online {
+                st.presence.held.insert(user);
+            } else {
+                st.presence.held.remove(&user);
+            }
+        }
+        if !online {
+            for c in self.hub.of_user(user) {
+                c.session().interactive = false;
+            }
+        }
+        self.refresh_presence(user, true);
+    }
+
+    pub fn is_online(&self, user: i64) -> bool {
+        self.state().presence.online.contains(&user)
+    }
+
     /// Invalidate a login token and close the connections that use it
     /// (except `except`, which closes by itself). Returns how many closed.
     pub fn revoke(&self, token: &str, except: Option<u64>) -> usize {

@@ -125,6 +125,9 @@ async fn run(sim: Arc<Sim>, ws: Ws, peer: SocketAddr) {
         }
     }
     sim.hub.unregister(conn.id);
+    if let Some(user) = conn.user() {
+        sim.refresh_presence(user, false);
+    }
     sim.changed();
     // Dropping both halves without a close frame is what an abrupt drop
     // (1006) looks like to the peer.
