@@ -179,6 +179,55 @@ async fn sms_login_creates_portals_and_text_flows_both_ways() {
         "no echo of Matrix-sent messages"
     );
 
+    // Edits on MAX become replacements, deletions redactions.
+    let done = control
+        .messages(fixture_ids::BORIS, fixture_ids::DIALOG_ALICE_BORIS)
+        .expect("history")
+        .into_iter()
+        .rfind(|m| m.text == "done")
+        .expect("stored on MAX");
+    let done_event = human
+        .messages(&dm)
+        .into_iter()
+        .find(|m| m.body == "done")
+        .expect("bridged")
+        .event_id;
+    control
+        .edit(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            done.id,
+            "done, edited",
+            None,
+        )
+        .expect("Boris edits");
+    let edit = human
+        .wait_for_message(&dm, |m| m.rel_type() == Some("m.replace"))
+        .await;
+    assert_eq!(
+        edit.json["content"]["m.new_content"]["body"],
+        "done, edited"
+    );
+    assert_eq!(
+        edit.json["content"]["m.relates_to"]["event_id"],
+        done_event.as_str()
+    );
+    control
+        .delete(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            &[done.id],
+            false,
+        )
+        .expect("Boris deletes");
+    human
+        .wait_for_event(&dm, |e| {
+            e["type"] == "m.room.redaction"
+                && (e["redacts"] == done_event.as_str()
+                    || e["content"]["redacts"] == done_event.as_str())
+        })
+        .await;
+
     // A chat that appears later gets its portal with its first message.
     let chat = control
         .create_chat(
@@ -231,11 +280,26 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
         .expect("reaches MAX");
     let rooms_before = human.client().rooms().len();
 
+    let group = human
+        .wait_for_invite(|i| i.room_name.as_deref() == Some("Test group"))
+        .await
+        .room_id;
+    human.join(&group).await;
+
     env.stop_bridge().await;
-    // Sent while the bridge is down: caught up from the LOGIN answer.
+    // Sent while the bridge is down: caught up from the LOGIN answer, also
+    // in a portal where nothing was bridged yet.
     send("while you were away");
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::TEST_GROUP,
+            Outgoing::text("group news while away"),
+        )
+        .expect("Boris posts in the group");
     env.start_bridge().await;
     human.wait_for_text(&dm, "while you were away").await;
+    human.wait_for_text(&group, "group news while away").await;
     send("after restart");
     human.wait_for_text(&dm, "after restart").await;
     human.send_text(&dm, "still here").await;
@@ -245,6 +309,7 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
         })
         .await
         .expect("reaches MAX after the restart");
+    human.wait_for_text(&dm, "still here").await;
 
     let from_boris = texts_from(&human, &dm, &boris);
     assert_eq!(
@@ -407,6 +472,7 @@ async fn two_matrix_users_bridge_their_own_accounts() {
     bob.send_text(&bob_dm, "hi Alice!").await;
     let got = alice.wait_for_text(&alice_dm, "hi Alice!").await;
     assert_eq!(got.sender, env.ghost(fixture_ids::BORIS));
+    bob.wait_for_text(&bob_dm, "hi Alice!").await;
     // Each side sees the other's message once and its own once.
     assert_eq!(
         texts_from(&alice, &alice_dm, alice.user_id()),

@@ -17,6 +17,11 @@ use std::sync::Arc;
 /// rest as they speak.
 const MAX_INITIAL_MEMBERS: usize = 200;
 
+/// `kv` key of the time a portal was created, the start of its catch-up.
+fn since_key(chat_id: i64, receiver: i64) -> String {
+    format!("portal_since:{receiver}:{chat_id}")
+}
+
 /// A portal's identity: the MAX chat and the MAX account that sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortalKey {
@@ -218,6 +223,7 @@ impl Bridge {
             self.mark_joined(&room, &ghost);
             self.matrix.join(&self.bot, &room).await?;
             self.mark_joined(&room, &self.bot);
+            self.make_bot_admin(&ghost, &room).await?;
             self.matrix.invite(&ghost, &room, &user, true).await?;
             room
         } else {
@@ -275,11 +281,35 @@ impl Bridge {
         };
         portal.room_id = Some(room.to_string());
         self.store.portals().upsert(&portal).await?;
+        self.store
+            .kv()
+            .set(&since_key(chat.id.0, me), &super::now_ms().to_string())
+            .await?;
         if let Err(error) = session.client.subscribe(chat.id, true).await {
             tracing::warn!(chat = chat.id.0, %error, "CHAT_SUBSCRIBE failed");
         }
         tracing::info!(chat = chat.id.0, room = %room, kind = kind.as_str(), "portal created");
         Ok((portal, room))
+    }
+
+    /// Gives the bot power in a room a ghost created, so that it can redact
+    /// and post notices there. Done after creation by reading the power
+    /// levels, because a creator may not be listed in them in room
+    /// version 12 but must be in older ones.
+    async fn make_bot_admin(&self, creator: &UserId, room: &RoomId) -> Result<(), MatrixError> {
+        let mut levels = self
+            .matrix
+            .get_state_event(creator, room, "m.room.power_levels", "")
+            .await?
+            .unwrap_or_else(|| json!({}));
+        if !levels.get("users").is_some_and(Value::is_object) {
+            levels["users"] = json!({});
+        }
+        levels["users"][self.bot.as_str()] = json!(100);
+        self.matrix
+            .send_state(creator, room, "m.room.power_levels", "", &levels)
+            .await?;
+        Ok(())
     }
 
     /// `m.bridge` state key and content (MSC2346).
@@ -358,14 +388,23 @@ impl Bridge {
         chat: &Chat,
         mut recent: Vec<Message>,
     ) -> Result<(), PortalError> {
-        let Some(latest) = self
+        // Only what is newer than the last bridged message, or than the
+        // portal itself: a new portal starts at its creation (no backfill).
+        let latest = self
             .store
             .messages()
             .latest_in_portal(chat.id.0, session.max_user_id)
+            .await?;
+        let since = self
+            .store
+            .kv()
+            .get(&since_key(chat.id.0, session.max_user_id))
             .await?
-        else {
-            // A new portal starts at its creation; no backfill of old history.
-            return Ok(());
+            .and_then(|t| t.parse::<i64>().ok());
+        let is_new = |m: &Message| match (&latest, since) {
+            (Some(latest), _) => m.id.0 > latest.max_message_id,
+            (None, Some(since)) => m.time >= since,
+            (None, None) => false,
         };
         if let Some(last) = &chat.last_message
             && !recent.iter().any(|m| m.id == last.id)
@@ -374,10 +413,7 @@ impl Bridge {
         }
         recent.sort_by_key(|m| m.id);
         let key = session.portal_key(chat.id.0);
-        for message in recent
-            .into_iter()
-            .filter(|m| m.id.0 > latest.max_message_id)
-        {
+        for message in recent.into_iter().filter(|m| is_new(m)) {
             self.on_max_message(session, key, &message).await?;
         }
         Ok(())
