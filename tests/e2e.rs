@@ -285,6 +285,8 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
         .await
         .room_id;
     human.join(&group).await;
+    // Leaving a portal is undone at the next start: the user is invited again.
+    human.leave(&group).await;
 
     env.stop_bridge().await;
     // Sent while the bridge is down: caught up from the LOGIN answer, also
@@ -299,6 +301,16 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
         .expect("Boris posts in the group");
     env.start_bridge().await;
     human.wait_for_text(&dm, "while you were away").await;
+    // Joining works again only once the bridge has invited us back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(error) = human.client().join_room_by_id(&group).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never invited back into the group portal: {error}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    human.join(&group).await;
     human.wait_for_text(&group, "group news while away").await;
     send("after restart");
     human.wait_for_text(&dm, "after restart").await;

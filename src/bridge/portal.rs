@@ -192,34 +192,31 @@ impl Bridge {
         let mut portal = PortalRow::new(chat.id.0, me, kind);
         let user: OwnedUserId = session.mxid.clone();
         let bridge_info = self.bridge_info(chat);
-        let mut initial_state = vec![
+        let initial_state = vec![
             json!({"type": "m.bridge", "state_key": bridge_info.0, "content": bridge_info.1}),
             json!({"type": "uk.half-shot.bridge", "state_key": bridge_info.0, "content": bridge_info.1}),
             // Element leaves the bot out of room names and avatars.
             json!({"type": "io.element.functional_members", "state_key": "",
                    "content": {"service_members": [self.bot.as_str()]}}),
         ];
+        // The room is recorded as soon as it exists, so that a failure in
+        // the steps after it never leads to a second room for the chat.
         let room = if kind == PortalKind::Dialog {
             let other = chat
                 .other_participant(maxproto::types::UserId(me))
-                .map(|u| u.0);
-            let other = other.unwrap_or(chat.id.0 ^ me);
+                .map_or(chat.id.0 ^ me, |u| u.0);
             portal.other_user_id = Some(other);
             let ghost = self.ensure_ghost(session, other).await?;
             portal.name = session.contact(other).and_then(|c| c.display_name());
-            let room = self
-                .matrix
-                .create_room(
-                    &ghost,
-                    CreateRoomOptions {
-                        is_direct: true,
-                        invite: vec![self.bot.clone()],
-                        preset: Some(RoomPreset::PrivateChat),
-                        initial_state,
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            let options = CreateRoomOptions {
+                is_direct: true,
+                invite: vec![self.bot.clone()],
+                preset: Some(RoomPreset::PrivateChat),
+                initial_state,
+                ..Default::default()
+            };
+            let room = self.matrix.create_room(&ghost, options).await?;
+            self.record_portal(&mut portal, &room).await?;
             self.mark_joined(&room, &ghost);
             self.matrix.join(&self.bot, &room).await?;
             self.mark_joined(&room, &self.bot);
@@ -237,29 +234,22 @@ impl Bridge {
             let mut avatar = None;
             if let Some(url) = chat.base_icon_url.as_deref().filter(|u| !u.is_empty()) {
                 avatar = self.mirror_avatar(url).await;
-                if avatar.is_some() {
+                if let Some(mxc) = &avatar {
                     portal.avatar_url = Some(url.to_owned());
-                    portal.avatar_mxc = avatar.as_ref().map(|m| m.to_string());
+                    portal.avatar_mxc = Some(mxc.to_string());
                 }
             }
-            if avatar.is_none() {
-                initial_state.retain(|e| e["type"] != "m.room.avatar");
-            }
-            let room = self
-                .matrix
-                .create_room(
-                    &self.bot,
-                    CreateRoomOptions {
-                        name: Some(name),
-                        topic: portal.topic.clone(),
-                        avatar_url: avatar,
-                        invite: vec![user.clone()],
-                        preset: Some(RoomPreset::PrivateChat),
-                        initial_state,
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            let options = CreateRoomOptions {
+                name: Some(name),
+                topic: portal.topic.clone(),
+                avatar_url: avatar,
+                invite: vec![user.clone()],
+                preset: Some(RoomPreset::PrivateChat),
+                initial_state,
+                ..Default::default()
+            };
+            let room = self.matrix.create_room(&self.bot, options).await?;
+            self.record_portal(&mut portal, &room).await?;
             self.mark_joined(&room, &self.bot);
             let members: Vec<i64> = chat
                 .participant_ids()
@@ -279,17 +269,29 @@ impl Bridge {
             }
             room
         };
-        portal.room_id = Some(room.to_string());
-        self.store.portals().upsert(&portal).await?;
-        self.store
-            .kv()
-            .set(&since_key(chat.id.0, me), &super::now_ms().to_string())
-            .await?;
         if let Err(error) = session.client.subscribe(chat.id, true).await {
             tracing::warn!(chat = chat.id.0, %error, "CHAT_SUBSCRIBE failed");
         }
         tracing::info!(chat = chat.id.0, room = %room, kind = kind.as_str(), "portal created");
         Ok((portal, room))
+    }
+
+    /// Saves a new portal's room and the time catch-up starts from.
+    async fn record_portal(
+        &self,
+        portal: &mut PortalRow,
+        room: &RoomId,
+    ) -> Result<(), PortalError> {
+        portal.room_id = Some(room.to_string());
+        self.store.portals().upsert(portal).await?;
+        self.store
+            .kv()
+            .set(
+                &since_key(portal.chat_id, portal.receiver),
+                &super::now_ms().to_string(),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Gives the bot power in a room a ghost created, so that it can redact
@@ -335,10 +337,18 @@ impl Bridge {
         let Some(room) = portal.room_id.as_deref().and_then(super::room_id) else {
             return Ok(());
         };
+        let inviter = match (portal.kind, portal.other_user_id) {
+            (PortalKind::Dialog, Some(other)) => self.ensure_ghost(session, other).await?,
+            _ => self.bot.clone(),
+        };
+        self.ensure_user_invited(
+            &room,
+            &inviter,
+            &session.mxid,
+            portal.kind == PortalKind::Dialog,
+        )
+        .await?;
         if portal.kind == PortalKind::Dialog {
-            if let Some(other) = portal.other_user_id {
-                self.ensure_ghost(session, other).await?;
-            }
             return Ok(());
         }
         let mut changed = false;
@@ -365,6 +375,34 @@ impl Bridge {
         if changed {
             self.store.portals().upsert(&portal).await?;
         }
+        Ok(())
+    }
+
+    /// Invites the portal's user again when they are neither in the room
+    /// nor invited (an invite that failed, or a user who left): checked
+    /// once per portal and process.
+    async fn ensure_user_invited(
+        &self,
+        room: &RoomId,
+        inviter: &UserId,
+        user: &UserId,
+        is_direct: bool,
+    ) -> Result<(), MatrixError> {
+        if self.is_joined(room, user) {
+            return Ok(());
+        }
+        let member = self
+            .matrix
+            .get_state_event(&self.bot, room, "m.room.member", user.as_str())
+            .await?;
+        let membership = member
+            .as_ref()
+            .and_then(|m| m.get("membership"))
+            .and_then(Value::as_str);
+        if !matches!(membership, Some("join" | "invite")) {
+            self.matrix.invite(inviter, room, user, is_direct).await?;
+        }
+        self.mark_joined(room, user);
         Ok(())
     }
 
