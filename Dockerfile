@@ -22,7 +22,7 @@ COPY --from=build /src/target/release/maxbridge /usr/local/bin/maxbridge
 USER maxbridge
 WORKDIR /data
 VOLUME /data
-# The appservice port of config.yaml.example.
-EXPOSE 29318
+# The appservice port of config.yaml.example (set appservice.hostname to 0.0.0.0 in a container).
+EXPOSE 29340
 ENTRYPOINT ["/usr/local/bin/maxbridge"]
 CMD ["-c", "/data/config.yaml"]
