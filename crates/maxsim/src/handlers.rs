@@ -286,9 +286,7 @@ fn config_hash() -> String {
 
 fn chat_json(sim: &Sim, user: i64, chat_id: i64) -> Result<Value, ProtoError> {
     let mut st = sim.state();
-    let key = st
-        .member_chat(user, chat_id)
-        .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+    let key = st.require_member_chat(user, chat_id)?;
     Ok(st.chats[&key].to_json(user))
 }
 
@@ -780,9 +778,7 @@ fn members(sim: &Sim, user: i64, p: &Value) -> HResult {
         .and_then(Value::as_str)
         .map(str::to_lowercase);
     let mut st = sim.state();
-    let key = st
-        .member_chat(user, chat_id)
-        .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+    let key = st.require_member_chat(user, chat_id)?;
     let chat = &st.chats[&key];
     let all: Vec<(i64, i64)> = chat
         .participants
@@ -860,9 +856,7 @@ fn history(sim: &Sim, user: i64, p: &Value) -> HResult {
     let forward = opt_i64(p, "forward")?.unwrap_or(0).max(0) as usize;
     let backward = opt_i64(p, "backward")?.unwrap_or(0).max(0) as usize;
     let mut st = sim.state();
-    let key = st
-        .member_chat(user, chat_id)
-        .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+    let key = st.require_member_chat(user, chat_id)?;
     let chat = &st.chats[&key];
     let mut out = json!({"messages": []});
     if p.get("itemType").and_then(Value::as_str) != Some("DELAYED") {
@@ -910,9 +904,7 @@ fn chat_media(sim: &Sim, user: i64, p: &Value) -> HResult {
     let forward = opt_i64(p, "forward")?.unwrap_or(0).max(0) as usize;
     let backward = opt_i64(p, "backward")?.unwrap_or(0).max(0) as usize;
     let mut st = sim.state();
-    let key = st
-        .member_chat(user, chat_id)
-        .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+    let key = st.require_member_chat(user, chat_id)?;
     let chat = &st.chats[&key];
     let media: Vec<&crate::model::Message> = chat
         .messages
@@ -946,9 +938,7 @@ fn msg_get(sim: &Sim, user: i64, p: &Value) -> HResult {
     let chat_id = req_i64(p, "chatId")?;
     let ids = req_ids(p, "messageIds")?;
     let mut st = sim.state();
-    let key = st
-        .member_chat(user, chat_id)
-        .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+    let key = st.require_member_chat(user, chat_id)?;
     let chat = &st.chats[&key];
     let messages: Vec<Value> = ids
         .iter()
@@ -964,9 +954,7 @@ fn msg_search(sim: &Sim, user: i64, p: &Value) -> HResult {
     let query = req_str(p, "query")?.to_lowercase();
     let count = opt_i64(p, "count")?.unwrap_or(20).max(0) as usize;
     let mut st = sim.state();
-    let key = st
-        .member_chat(user, chat_id)
-        .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+    let key = st.require_member_chat(user, chat_id)?;
     let chat = &st.chats[&key];
     let hits: Vec<&crate::model::Message> = chat
         .messages
@@ -986,9 +974,7 @@ fn reactions_bulk(sim: &Sim, user: i64, p: &Value) -> HResult {
     let chat_id = req_i64(p, "chatId")?;
     let ids = req_ids(p, "messageIds")?;
     let mut st = sim.state();
-    let key = st
-        .member_chat(user, chat_id)
-        .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+    let key = st.require_member_chat(user, chat_id)?;
     let chat = &st.chats[&key];
     let map: Map<String, Value> = ids
         .iter()
@@ -1003,9 +989,7 @@ fn reactions_detailed(sim: &Sim, user: i64, p: &Value) -> HResult {
     let id = req_i64(p, "messageId")?;
     let count = opt_i64(p, "count")?.unwrap_or(40).max(0) as usize;
     let mut st = sim.state();
-    let key = st
-        .member_chat(user, chat_id)
-        .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+    let key = st.require_member_chat(user, chat_id)?;
     let m = st.chats[&key]
         .find(id)
         .ok_or_else(|| ProtoError::new("error.message.invalid", "Message not found"))?;

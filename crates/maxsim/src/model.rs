@@ -670,6 +670,16 @@ impl State {
     }
 
     /// The chat `user` means by wire id `chat_id`, if they are a member.
+    /// [`State::member_chat`], or the protocol's `chat.not.found` error.
+    pub fn require_member_chat(
+        &mut self,
+        user: i64,
+        chat_id: i64,
+    ) -> Result<ChatKey, crate::sim::ProtoError> {
+        self.member_chat(user, chat_id)
+            .ok_or_else(|| crate::sim::ProtoError::chat_not_found(chat_id))
+    }
+
     pub fn member_chat(&mut self, user: i64, chat_id: i64) -> Option<ChatKey> {
         if chat_id == 0 {
             return Some(self.ensure_saved(user));

@@ -444,9 +444,7 @@ impl Sim {
         }
         let now = now_ms();
         let mut st = self.state();
-        let key = st
-            .member_chat(actor.user, chat_id)
-            .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+        let key = st.require_member_chat(actor.user, chat_id)?;
         let attaches = match attaches {
             Some(list) => Some(
                 list.iter()
@@ -527,9 +525,7 @@ impl Sim {
             return Err(ProtoError::missing("messageIds"));
         }
         let mut st = self.state();
-        let key = st
-            .member_chat(actor.user, chat_id)
-            .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+        let key = st.require_member_chat(actor.user, chat_id)?;
         let chat = st
             .chats
             .get_mut(&key)
@@ -690,9 +686,7 @@ impl Sim {
         set_as_unread: bool,
     ) -> Result<Value, ProtoError> {
         let mut st = self.state();
-        let key = st
-            .member_chat(actor.user, chat_id)
-            .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+        let key = st.require_member_chat(actor.user, chat_id)?;
         let chat = st
             .chats
             .get_mut(&key)
@@ -734,9 +728,7 @@ impl Sim {
 
     pub fn typing(&self, actor: Actor, chat_id: i64, kind: Option<&str>) -> Result<(), ProtoError> {
         let mut st = self.state();
-        let key = st
-            .member_chat(actor.user, chat_id)
-            .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+        let key = st.require_member_chat(actor.user, chat_id)?;
         let chat = &st.chats[&key];
         let mut payload = json!({"chatId": chat_id, "userId": actor.user});
         if let Some(k) = kind {
@@ -848,9 +840,7 @@ impl Sim {
         }
         {
             let mut st = self.state();
-            let key = st
-                .member_chat(actor.user, chat_id)
-                .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+            let key = st.require_member_chat(actor.user, chat_id)?;
             if let Some(u) = users.iter().find(|u| !st.accounts.contains_key(u)) {
                 return Err(ProtoError::new("not.found", format!("User {u} not found")));
             }
@@ -1252,8 +1242,7 @@ fn resolve_link(
                 .get("chatId")
                 .and_then(as_i64)
                 .ok_or_else(|| ProtoError::missing("link.chatId"))?;
-            st.member_chat(user, chat_id)
-                .ok_or_else(|| ProtoError::chat_not_found(chat_id))?
+            st.require_member_chat(user, chat_id)?
         }
         other => return Err(ProtoError::payload(format!("Unknown link type {other}"))),
     };
