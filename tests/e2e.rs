@@ -549,3 +549,126 @@ async fn start_names_what_is_wrong_with_the_homeserver() {
     );
     db.drop_db().await;
 }
+
+/// Waits for a push matching `pred` on a MAX client's event stream.
+async fn wait_for_push(
+    events: &mut maxproto::client::ClientEvents,
+    what: &str,
+    pred: impl Fn(&maxproto::types::Push) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap_or_else(|| panic!("MAX client closed while waiting for {what}"));
+        if let maxproto::client::ClientEvent::Push(push) = event
+            && let Ok(push) = push.into_typed()
+            && pred(&push)
+        {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_read_receipts_cross_both_ways() {
+    use matrix_sdk::ruma::api::client::receipt::create_receipt::v3::ReceiptType;
+    use matrix_sdk::ruma::events::receipt::{ReceiptThread, ReceiptType as StoredReceiptType};
+    use maxproto::types::Push;
+
+    let env = Env::start().await;
+    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let control = env.sim.control();
+    let boris_ghost = env.ghost(fixture_ids::BORIS);
+    let room = human.client().get_room(&dm).expect("joined room");
+
+    // Boris, as a real MAX client, watches the dialog.
+    let mut config = maxproto::client::ClientConfig::web("boris-phone");
+    config.endpoint = env.sim.ws_url();
+    let (boris, mut boris_events, _) =
+        maxproto::client::Client::login(config, maxproto::Token::new(fixture_ids::BORIS_TOKEN))
+            .await
+            .expect("Boris logs in");
+
+    // Matrix → MAX: typing.
+    room.typing_notice(true).await.expect("typing sent");
+    wait_for_push(&mut boris_events, "Alice's typing", |p| {
+        matches!(p, Push::Typing(t) if t.user_id.0 == fixture_ids::ALICE
+            && t.chat_id.0 == fixture_ids::DIALOG_ALICE_BORIS)
+    })
+    .await;
+
+    // Matrix → MAX: a read receipt on Boris's message marks it read on MAX.
+    let sent = control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            Outgoing::text("read me"),
+        )
+        .expect("Boris sends");
+    let bridged = human.wait_for_text(&dm, "read me").await;
+    room.send_single_receipt(
+        ReceiptType::Read,
+        ReceiptThread::Unthreaded,
+        bridged.event_id,
+    )
+    .await
+    .expect("receipt sent");
+    wait_for_push(
+        &mut boris_events,
+        "Alice's read mark",
+        |p| matches!(p, Push::Mark(m) if m.user_id.0 == fixture_ids::ALICE && m.mark == sent.time),
+    )
+    .await;
+
+    // MAX → Matrix: Boris types, and reads Alice's message.
+    let (_guard, mut typing) = room.subscribe_to_typing_notifications();
+    control
+        .typing(fixture_ids::BORIS, fixture_ids::DIALOG_ALICE_BORIS)
+        .expect("Boris types");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let users = tokio::time::timeout_at(deadline, typing.recv())
+            .await
+            .expect("Boris's typing reaches Matrix")
+            .expect("typing stream open");
+        if users.contains(&boris_ghost) {
+            break;
+        }
+    }
+    let mine = human.send_text(&dm, "did you read this?").await;
+    let on_max = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.text == "did you read this?"
+        })
+        .await
+        .expect("reaches MAX");
+    control
+        .mark_read(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            on_max.id,
+        )
+        .expect("Boris reads");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let receipt = room
+            .load_user_receipt(
+                StoredReceiptType::Read,
+                ReceiptThread::Unthreaded,
+                &boris_ghost,
+            )
+            .await
+            .expect("receipt store");
+        if receipt.as_ref().is_some_and(|(event, _)| *event == mine) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Boris's read receipt never reached Matrix (last: {receipt:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    boris.close().await;
+}

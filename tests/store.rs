@@ -403,6 +403,31 @@ async fn messages_map_both_ways() {
         messages.latest_in_portal(555, 100).await.unwrap().unwrap(),
         later
     );
+    // A read mark between the two messages points at the earlier one (its
+    // last part); one before both points at nothing.
+    assert_eq!(
+        messages
+            .latest_at_or_before(555, 100, 1_999)
+            .await
+            .unwrap()
+            .unwrap(),
+        photo
+    );
+    assert_eq!(
+        messages
+            .latest_at_or_before(555, 100, 2_000)
+            .await
+            .unwrap()
+            .unwrap(),
+        later
+    );
+    assert!(
+        messages
+            .latest_at_or_before(555, 100, 999)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // A long Matrix message goes out as several MAX messages of one event;
     // looking the event up gives its first MAX message. Each part still

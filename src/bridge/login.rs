@@ -264,6 +264,29 @@ impl Bridge {
                 )
                 .await;
             }
+            Push::Typing(notif) if notif.user_id.0 != session.max_user_id => {
+                self.enqueue(
+                    session.portal_key(notif.chat_id.0),
+                    PortalEvent::MaxTyping {
+                        session: Arc::clone(session),
+                        user: notif.user_id.0,
+                    },
+                )
+                .await;
+            }
+            // The user's own read marks (other devices) would need their
+            // Matrix account to post receipts; only others' are bridged.
+            Push::Mark(notif) if notif.user_id.0 != session.max_user_id => {
+                self.enqueue(
+                    session.portal_key(notif.chat_id.0),
+                    PortalEvent::MaxRead {
+                        session: Arc::clone(session),
+                        user: notif.user_id.0,
+                        mark: notif.mark,
+                    },
+                )
+                .await;
+            }
             Push::Contact(notif) => {
                 if let Some(contact) = notif.contact {
                     session.remember_contacts([contact]);

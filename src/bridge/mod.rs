@@ -113,6 +113,14 @@ impl Bridge {
         self.lock_logins().get(mxid).cloned()
     }
 
+    /// The running login of the MAX account that receives a portal.
+    pub(crate) fn session_of_receiver(&self, max_user_id: i64) -> Option<Arc<LoginSession>> {
+        self.lock_logins()
+            .values()
+            .find(|s| s.max_user_id == max_user_id)
+            .cloned()
+    }
+
     pub(crate) fn set_login(&self, session: Arc<LoginSession>) -> Option<Arc<LoginSession>> {
         self.lock_logins().insert(session.mxid.clone(), session)
     }
@@ -246,7 +254,7 @@ impl AppserviceHandler for MatrixHandler {
     }
 
     async fn handle_ephemeral(&self, event: EphemeralEvent) {
-        let _ = event;
+        self.bridge.handle_matrix_ephemeral(event).await;
     }
 
     /// A ghost's id was looked up (someone invited or messaged it): it
@@ -280,6 +288,29 @@ impl Bridge {
             "m.room.member" => self.handle_membership(event).await,
             "m.room.message" => self.handle_room_message(event).await,
             _ => {}
+        }
+    }
+
+    /// Typing and receipts in portal rooms go to that portal's queue, after
+    /// the messages they refer to.
+    async fn handle_matrix_ephemeral(self: &Arc<Self>, event: EphemeralEvent) {
+        if !matches!(event.event_type.as_str(), "m.typing" | "m.receipt") {
+            return;
+        }
+        let Some(room) = event.room_id.as_ref() else {
+            return;
+        };
+        match self.store.portals().get_by_room(room.as_str()).await {
+            Ok(Some(portal)) => {
+                let key = PortalKey {
+                    chat_id: portal.chat_id,
+                    receiver: portal.receiver,
+                };
+                self.enqueue(key, PortalEvent::MatrixEphemeral(Box::new(event)))
+                    .await;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(room = %room, %error, "portal lookup failed"),
         }
     }
 

@@ -6,7 +6,7 @@
 use super::Bridge;
 use super::convert;
 use super::login::LoginSession;
-use crate::matrix::{CreateRoomOptions, MatrixError, RoomEvent, RoomPreset};
+use crate::matrix::{CreateRoomOptions, EphemeralEvent, MatrixError, RoomEvent, RoomPreset};
 use crate::store::{MessageRow, PortalKind, PortalRow};
 use maxproto::types::{Chat, ChatType, Message, MessageLink, MsgSendRequest, OutgoingMessage};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -50,9 +50,25 @@ pub enum PortalEvent {
         session: Arc<LoginSession>,
         message: Box<Message>,
     },
+    /// A MAX user is typing in the chat.
+    MaxTyping {
+        session: Arc<LoginSession>,
+        user: i64,
+    },
+    /// A MAX user read the chat up to `mark` (ms).
+    MaxRead {
+        session: Arc<LoginSession>,
+        user: i64,
+        mark: i64,
+    },
     /// An event in the portal's Matrix room.
     Matrix(Box<RoomEvent>),
+    /// Typing or a read receipt in the portal's Matrix room.
+    MatrixEphemeral(Box<EphemeralEvent>),
 }
+
+/// How long a MAX typing notification shows; MAX repeats it while typing.
+const TYPING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortalError {
@@ -97,7 +113,16 @@ impl Bridge {
                 }
                 result
             }
+            PortalEvent::MaxTyping { session, user } => {
+                self.on_max_typing(&session, key, user).await
+            }
+            PortalEvent::MaxRead {
+                session,
+                user,
+                mark,
+            } => self.on_max_read(&session, key, user, mark).await,
             PortalEvent::Matrix(event) => self.on_matrix_message(key, &event).await,
+            PortalEvent::MatrixEphemeral(event) => self.on_matrix_ephemeral(key, &event).await,
         };
         if let Err(error) = result {
             tracing::error!(chat = key.chat_id, receiver = key.receiver, %error, "portal event failed");
@@ -704,5 +729,124 @@ impl Bridge {
             &format!("⚠️ {what} was not delivered to MAX: {reason}"),
         )
         .await;
+    }
+
+    /// The room of an existing portal; typing and receipts never create one.
+    async fn existing_room(&self, key: PortalKey) -> Result<Option<OwnedRoomId>, PortalError> {
+        Ok(self
+            .store
+            .portals()
+            .get(key.chat_id, key.receiver)
+            .await?
+            .and_then(|p| p.room_id)
+            .and_then(|r| super::room_id(&r)))
+    }
+
+    async fn on_max_typing(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        key: PortalKey,
+        user: i64,
+    ) -> Result<(), PortalError> {
+        let Some(room) = self.existing_room(key).await? else {
+            return Ok(());
+        };
+        let ghost = self.ensure_ghost(session, user).await?;
+        self.add_to_room(&room, &ghost).await?;
+        self.matrix
+            .typing(&ghost, &room, true, TYPING_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
+    async fn on_max_read(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        key: PortalKey,
+        user: i64,
+        mark: i64,
+    ) -> Result<(), PortalError> {
+        let Some(room) = self.existing_room(key).await? else {
+            return Ok(());
+        };
+        let Some(row) = self
+            .store
+            .messages()
+            .latest_at_or_before(key.chat_id, key.receiver, mark)
+            .await?
+        else {
+            return Ok(());
+        };
+        let Ok(event) = ruma::OwnedEventId::try_from(row.event_id.as_str()) else {
+            return Ok(());
+        };
+        let ghost = self.ensure_ghost(session, user).await?;
+        self.add_to_room(&room, &ghost).await?;
+        self.matrix.read_receipt(&ghost, &room, &event).await?;
+        Ok(())
+    }
+
+    /// The portal owner's typing and read receipts go to MAX (65, 50).
+    async fn on_matrix_ephemeral(
+        self: &Arc<Self>,
+        key: PortalKey,
+        event: &EphemeralEvent,
+    ) -> Result<(), PortalError> {
+        let Some(session) = self.session_of_receiver(key.receiver) else {
+            return Ok(());
+        };
+        let owner = session.mxid.as_str();
+        let chat_id = maxproto::types::ChatId(key.chat_id);
+        match event.event_type.as_str() {
+            "m.typing" => {
+                let typing = event
+                    .content
+                    .get("user_ids")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(owner)));
+                if typing {
+                    let request = maxproto::types::MsgTypingRequest {
+                        chat_id,
+                        kind: Some(maxproto::types::TypingType::Text),
+                        extra: Default::default(),
+                    };
+                    session.client.call(&request).await?;
+                }
+            }
+            "m.receipt" => {
+                let Some(receipts) = event.content.as_object() else {
+                    return Ok(());
+                };
+                // The newest event the owner marked read in this batch.
+                let mut newest: Option<MessageRow> = None;
+                for (event_id, kinds) in receipts {
+                    let read_by_owner = ["m.read", "m.read.private"]
+                        .iter()
+                        .any(|kind| kinds.get(kind).and_then(|k| k.get(owner)).is_some());
+                    if !read_by_owner {
+                        continue;
+                    }
+                    if let Some(row) = self.store.messages().by_event_id(event_id).await?
+                        && row.chat_id == key.chat_id
+                        && row.receiver == key.receiver
+                        && newest
+                            .as_ref()
+                            .is_none_or(|n| row.timestamp_ms > n.timestamp_ms)
+                    {
+                        newest = Some(row);
+                    }
+                }
+                if let Some(row) = newest {
+                    let request = maxproto::types::ChatMarkRequest::read(
+                        chat_id,
+                        maxproto::types::MessageId(row.max_message_id),
+                        row.timestamp_ms,
+                    );
+                    session.client.call(&request).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }

@@ -108,6 +108,26 @@ impl<'a> Messages<'a> {
         Ok(row)
     }
 
+    /// The latest bridged message part of a portal sent at or before `time_ms`
+    /// (where a MAX read mark points to).
+    pub async fn latest_at_or_before(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+        time_ms: i64,
+    ) -> Result<Option<MessageRow>, StoreError> {
+        let row = sqlx::query_as(select!(
+            "WHERE chat_id = $1 AND receiver = $2 AND timestamp_ms <= $3 \
+             ORDER BY timestamp_ms DESC, max_message_id DESC, part DESC LIMIT 1"
+        ))
+        .bind(chat_id)
+        .bind(receiver)
+        .bind(time_ms)
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(row)
+    }
+
     /// Forgets every part of a MAX message; returns how many were removed.
     pub async fn delete_by_max_id(
         &self,
