@@ -672,3 +672,75 @@ async fn typing_and_read_receipts_cross_both_ways() {
     }
     boris.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_edits_and_redactions_reach_max() {
+    let env = Env::start().await;
+    let (human, management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let control = env.sim.control();
+    let stored = |text: &str| {
+        let text = text.to_owned();
+        async move {
+            control
+                .wait_for_message(std::time::Duration::from_secs(30), |m| {
+                    m.chat_id == fixture_ids::DIALOG_ALICE_BORIS && m.text == text
+                })
+                .await
+                .expect("reaches MAX")
+        }
+    };
+
+    let original = human.send_text(&dm, "typo hree").await;
+    let on_max = stored("typo hree").await;
+    human.send_edit(&dm, &original, "typo here").await;
+    let edited = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.id == on_max.id && m.status.as_deref() == Some("EDITED")
+        })
+        .await
+        .expect("the edit reaches MAX");
+    assert_eq!(edited.text, "typo here");
+
+    let doomed = human.send_text(&dm, "delete me").await;
+    let doomed_on_max = stored("delete me").await;
+    human.redact(&dm, &doomed, None).await;
+    control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.id == doomed_on_max.id && m.status.as_deref() == Some("REMOVED")
+        })
+        .await
+        .expect("the deletion reaches MAX");
+
+    // Nothing of that comes back: Boris's next message is the only thing
+    // the ghosts say in the room.
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            Outgoing::text("noted"),
+        )
+        .expect("Boris sends");
+    human.wait_for_text(&dm, "noted").await;
+    let from_ghosts: Vec<String> = human
+        .messages(&dm)
+        .into_iter()
+        .filter(|m| m.sender != *human.user_id() && m.sender != env.bot())
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(from_ghosts, ["noted"]);
+    let redactions = human
+        .events(&dm)
+        .into_iter()
+        .filter(|e| e["type"] == "m.room.redaction")
+        .count();
+    assert_eq!(redactions, 1, "only the user's own redaction");
+    // MAX's echoes of the edit and the send were recognised, not retried as
+    // foreign messages (which would have failed loudly here).
+    let complaints: Vec<String> = human
+        .messages(&management)
+        .into_iter()
+        .filter(|m| m.body.contains("could not be bridged"))
+        .map(|m| m.body)
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:?}");
+}

@@ -13,7 +13,7 @@ use maxproto::client::{
 use maxproto::types::{Chat, ChatId, Message, Push, User};
 use maxproto::{Token, WireFormat};
 use ruma::OwnedUserId;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
 
@@ -22,6 +22,8 @@ use tokio::task::JoinSet;
 const RESUME_ATTEMPTS: u32 = 10;
 const RESUME_FIRST_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 const RESUME_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(120);
+
+const OWN_EDITS_KEPT: usize = 256;
 
 /// Login states kept in the `logins.state` column.
 pub const STATE_CONNECTED: &str = "connected";
@@ -35,6 +37,9 @@ pub struct LoginSession {
     pub client: Client,
     /// Contacts seen in LOGIN and CONTACT_INFO answers, for ghost names.
     contacts: Mutex<HashMap<i64, User>>,
+    /// Edits this bridge made (message id, edit time), so that MAX's notice
+    /// of them is not bridged back. Bounded: echoes come within seconds.
+    own_edits: Mutex<VecDeque<(i64, i64)>>,
     /// The push pump and the state watcher.
     tasks: Mutex<JoinSet<()>>,
 }
@@ -58,6 +63,21 @@ impl LoginSession {
         for user in users {
             contacts.insert(user.id.0, user);
         }
+    }
+
+    pub fn remember_own_edit(&self, message_id: i64, edit_time: i64) {
+        let mut edits = self.own_edits.lock().unwrap_or_else(|e| e.into_inner());
+        if edits.len() >= OWN_EDITS_KEPT {
+            edits.pop_front();
+        }
+        edits.push_back((message_id, edit_time));
+    }
+
+    pub fn is_own_edit(&self, message_id: i64, edit_time: i64) -> bool {
+        self.own_edits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(message_id, edit_time))
     }
 
     fn lock_contacts(&self) -> std::sync::MutexGuard<'_, HashMap<i64, User>> {
@@ -146,6 +166,7 @@ impl Bridge {
             name,
             client,
             contacts: Mutex::new(HashMap::new()),
+            own_edits: Mutex::new(VecDeque::new()),
             tasks: Mutex::new(JoinSet::new()),
         });
         session.remember_contacts(login.contacts.iter().cloned());

@@ -286,7 +286,7 @@ impl Bridge {
         }
         match event.event_type.as_str() {
             "m.room.member" => self.handle_membership(event).await,
-            "m.room.message" => self.handle_room_message(event).await,
+            "m.room.message" | "m.room.redaction" => self.handle_room_message(event).await,
             _ => {}
         }
     }

@@ -8,7 +8,10 @@ use super::convert;
 use super::login::LoginSession;
 use crate::matrix::{CreateRoomOptions, EphemeralEvent, MatrixError, RoomEvent, RoomPreset};
 use crate::store::{MessageRow, PortalKind, PortalRow};
-use maxproto::types::{Chat, ChatType, Message, MessageLink, MsgSendRequest, OutgoingMessage};
+use maxproto::types::{
+    Chat, ChatType, Message, MessageLink, MsgDeleteRequest, MsgEditRequest, MsgSendRequest,
+    OutgoingMessage,
+};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -498,6 +501,10 @@ impl Bridge {
             return self.redact_bridged(&known).await;
         }
         if message.is_edited() && !known.is_empty() {
+            let edit_time = message.update_time.unwrap_or(message.time);
+            if session.is_own_edit(message.id.0, edit_time) {
+                return Ok(());
+            }
             return self.bridge_edit(session, key, message, &known).await;
         }
         if !known.is_empty() {
@@ -581,6 +588,7 @@ impl Bridge {
             Some(id) => self.ensure_ghost(session, id.0).await?,
             None => self.bot.clone(),
         };
+        self.add_to_room(&room, &author).await?;
         let new_content = convert::max_to_matrix(message);
         let mut content = json!({
             "msgtype": new_content["msgtype"],
@@ -637,14 +645,16 @@ impl Bridge {
         {
             return Ok(());
         }
+        if event.event_type == "m.room.redaction" {
+            return self.delete_on_max(&session, key, event).await;
+        }
         if event
             .content
             .pointer("/m.relates_to/rel_type")
             .and_then(Value::as_str)
             == Some("m.replace")
         {
-            // Edits from Matrix are bridged by a later version.
-            return Ok(());
+            return self.edit_on_max(&session, key, event).await;
         }
         let Some(text) = convert::matrix_text(&event.content) else {
             let msgtype = event
@@ -846,6 +856,124 @@ impl Bridge {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// A Matrix edit of one of the user's bridged messages becomes MSG_EDIT.
+    async fn edit_on_max(
+        &self,
+        session: &LoginSession,
+        key: PortalKey,
+        event: &RoomEvent,
+    ) -> Result<(), PortalError> {
+        let target = event
+            .content
+            .pointer("/m.relates_to/event_id")
+            .and_then(Value::as_str);
+        let new_text = event
+            .content
+            .get("m.new_content")
+            .and_then(convert::matrix_text);
+        let (Some(target), Some(text)) = (target, new_text) else {
+            return Ok(());
+        };
+        let Some(original) = self.store.messages().by_event_id(target).await? else {
+            return Ok(());
+        };
+        if original.sender != session.max_user_id {
+            self.bot_notice(
+                &event.room_id,
+                "⚠️ Only your own messages can be edited on MAX.",
+            )
+            .await;
+            return Ok(());
+        }
+        if text.chars().count() > convert::MAX_TEXT_CHARS {
+            self.bot_notice(
+                &event.room_id,
+                &format!(
+                    "⚠️ Your edit was not delivered to MAX: longer than {} characters.",
+                    convert::MAX_TEXT_CHARS
+                ),
+            )
+            .await;
+            return Ok(());
+        }
+        let request = MsgEditRequest {
+            chat_id: maxproto::types::ChatId(key.chat_id),
+            message_id: maxproto::types::MessageId(original.max_message_id),
+            text,
+            elements: Vec::new(),
+            attachments: Vec::new(),
+            extra: Default::default(),
+        };
+        match session.client.call(&request).await {
+            Ok(answer) => {
+                session.remember_own_edit(
+                    original.max_message_id,
+                    answer.message.update_time.unwrap_or(answer.message.time),
+                );
+            }
+            Err(error) => {
+                self.bot_notice(
+                    &event.room_id,
+                    &format!(
+                        "⚠️ Your edit was not delivered to MAX: {}",
+                        super::commands::describe(&error)
+                    ),
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A redaction of the user's bridged message deletes it on MAX for
+    /// everyone (MSG_DELETE).
+    async fn delete_on_max(
+        &self,
+        session: &LoginSession,
+        key: PortalKey,
+        event: &RoomEvent,
+    ) -> Result<(), PortalError> {
+        let Some(target) = event.redacts() else {
+            return Ok(());
+        };
+        let rows: Vec<MessageRow> = self
+            .store
+            .messages()
+            .all_by_event_id(target)
+            .await?
+            .into_iter()
+            .filter(|row| row.chat_id == key.chat_id && row.receiver == key.receiver)
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let request = MsgDeleteRequest {
+            chat_id: maxproto::types::ChatId(key.chat_id),
+            message_ids: rows
+                .iter()
+                .map(|row| maxproto::types::MessageId(row.max_message_id))
+                .collect(),
+            for_me: false,
+            extra: Default::default(),
+        };
+        // The mapping stays: the echo of the original send may still be on
+        // its way (a quick delete overtakes it), and must be recognised.
+        match session.client.call(&request).await {
+            Ok(_) => {}
+            Err(error) => {
+                self.bot_notice(
+                    &event.room_id,
+                    &format!(
+                        "⚠️ The message was not deleted on MAX: {}",
+                        super::commands::describe(&error)
+                    ),
+                )
+                .await;
+            }
         }
         Ok(())
     }

@@ -91,6 +91,16 @@ impl<'a> Messages<'a> {
         Ok(row)
     }
 
+    /// Every MAX message an event was sent as (a long text is split into
+    /// several), oldest first.
+    pub async fn all_by_event_id(&self, event_id: &str) -> Result<Vec<MessageRow>, StoreError> {
+        let rows = sqlx::query_as(select!("WHERE event_id = $1 ORDER BY max_message_id, part"))
+            .bind(event_id)
+            .fetch_all(self.pool)
+            .await?;
+        Ok(rows)
+    }
+
     /// The most recent bridged message part of a portal (by MAX timestamp).
     pub async fn latest_in_portal(
         &self,
