@@ -674,7 +674,7 @@ async fn typing_and_read_receipts_cross_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn matrix_edits_and_redactions_reach_max() {
+async fn matrix_formatting_edits_and_redactions_reach_max() {
     let env = Env::start().await;
     let (human, management, dm) = alice_with_boris_dm(&env, "alice").await;
     let control = env.sim.control();
@@ -689,6 +689,28 @@ async fn matrix_edits_and_redactions_reach_max() {
                 .expect("reaches MAX")
         }
     };
+
+    // Formatting goes over as MAX elements.
+    human
+        .send_event(
+            &dm,
+            "m.room.message",
+            serde_json::json!({
+                "msgtype": "m.text",
+                "body": "**bold** and _it_",
+                "format": "org.matrix.custom.html",
+                "formatted_body": "<strong>bold</strong> and <em>it</em>",
+            }),
+        )
+        .await;
+    let formatted = stored("bold and it").await;
+    assert_eq!(
+        formatted.elements,
+        [
+            serde_json::json!({"type": "STRONG", "from": 0, "length": 4}),
+            serde_json::json!({"type": "EMPHASIZED", "from": 9, "length": 2}),
+        ]
+    );
 
     let original = human.send_text(&dm, "typo hree").await;
     let on_max = stored("typo hree").await;

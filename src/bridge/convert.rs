@@ -200,24 +200,215 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
-/// The text of a Matrix message to send to MAX, or `None` for message
-/// types that are not text.
-pub fn matrix_text(content: &Value) -> Option<String> {
+/// Nesting deeper than this is not formatting but an attack on the stack.
+const MAX_HTML_DEPTH: usize = 64;
+/// Tags in one message beyond which its HTML is not parsed at all.
+const MAX_HTML_TAGS: usize = 2000;
+
+/// MAX text with formatting elements, built from Matrix HTML.
+#[derive(Debug, Default, PartialEq)]
+pub struct MaxText {
+    pub text: String,
+    pub elements: Vec<Element>,
+}
+
+impl MaxText {
+    fn utf16_len(&self) -> i64 {
+        self.text.encode_utf16().count() as i64
+    }
+
+    fn ends_line(&self) -> bool {
+        self.text.is_empty() || self.text.ends_with('\n')
+    }
+
+    fn newline(&mut self) {
+        if !self.ends_line() {
+            self.text.push('\n');
+        }
+    }
+
+    fn push_text(&mut self, text: &str, preformatted: bool) {
+        if preformatted {
+            self.text.push_str(text);
+            return;
+        }
+        // Outside <pre>, a run of HTML whitespace is one space at most, and
+        // none at the start of a line or after another space.
+        let mut pending = false;
+        for c in text.chars() {
+            if c.is_whitespace() {
+                pending = true;
+                continue;
+            }
+            if pending && !self.at_break() {
+                self.text.push(' ');
+            }
+            pending = false;
+            self.text.push(c);
+        }
+        if pending && !self.at_break() {
+            self.text.push(' ');
+        }
+    }
+
+    fn at_break(&self) -> bool {
+        self.ends_line() || self.text.ends_with(' ')
+    }
+}
+
+/// Converts a Matrix `formatted_body` into MAX text and elements. The walk
+/// is a whitelist: it keeps text and the formatting MAX knows, drops
+/// scripts, styles and the reply fallback, and stops at a bounded depth.
+/// Links only keep web, mail and phone URLs.
+///
+/// `None` for HTML with more tags than any message needs: the parser's tree
+/// is recursive, and a hostile message could exhaust the stack with it.
+pub fn html_to_max(html: &str) -> Option<MaxText> {
+    if html.bytes().filter(|b| *b == b'<').count() > MAX_HTML_TAGS {
+        return None;
+    }
+    let document = ruma::html::Html::parse(html);
+    let mut out = MaxText::default();
+    for child in document.children() {
+        walk_html(&child, &mut out, 0, false);
+    }
+    let trimmed = out.text.trim_end().len();
+    out.text.truncate(trimmed);
+    let len = out.utf16_len();
+    out.elements.retain_mut(|e| {
+        e.length = e.length.min(len - e.offset());
+        e.length > 0
+    });
+    Some(out)
+}
+
+fn walk_html(node: &ruma::html::NodeRef, out: &mut MaxText, depth: usize, pre: bool) {
+    if depth > MAX_HTML_DEPTH {
+        return;
+    }
+    if let Some(text) = node.as_text() {
+        out.push_text(&text.borrow(), pre);
+        return;
+    }
+    let Some(element) = node.as_element() else {
+        return;
+    };
+    let name: &str = &element.name.local;
+    let attr = |wanted: &str| {
+        element
+            .attrs
+            .borrow()
+            .iter()
+            .find(|a| &*a.name.local == wanted)
+            .map(|a| a.value.to_string())
+    };
+    let block = matches!(
+        name,
+        "p" | "div"
+            | "pre"
+            | "blockquote"
+            | "ul"
+            | "ol"
+            | "li"
+            | "h1"
+            | "h2"
+            | "h3"
+            | "h4"
+            | "h5"
+            | "h6"
+            | "table"
+            | "tr"
+            | "hr"
+    );
+    match name {
+        "script" | "style" | "mx-reply" | "head" | "title" | "template" | "noscript" => return,
+        "br" => {
+            out.text.push('\n');
+            return;
+        }
+        "img" => {
+            out.push_text(&attr("alt").unwrap_or_else(|| "[image]".to_owned()), false);
+            return;
+        }
+        _ => {}
+    }
+    if block {
+        out.newline();
+    }
+    if name == "li" {
+        out.text.push_str("• ");
+    }
+    let kind = match name {
+        "strong" | "b" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => Some(ElementType::Strong),
+        "em" | "i" => Some(ElementType::Emphasized),
+        "u" => Some(ElementType::Underline),
+        "del" | "s" | "strike" => Some(ElementType::Strikethrough),
+        "code" if !pre => Some(ElementType::Monospaced),
+        "pre" => Some(ElementType::Code),
+        "blockquote" => Some(ElementType::Quote),
+        "a" => Some(ElementType::Link),
+        _ => None,
+    };
+    let url = if name == "a" {
+        // Matrix mentions (matrix.to links) are plain text on MAX.
+        attr("href").filter(|u| is_safe_url(u) && !u.starts_with("https://matrix.to/"))
+    } else {
+        None
+    };
+    let start = out.utf16_len();
+    for child in node.children() {
+        walk_html(&child, out, depth + 1, pre || name == "pre");
+    }
+    let length = out.utf16_len() - start;
+    match (kind, url) {
+        (Some(ElementType::Link), Some(url)) if length > 0 => {
+            out.elements.push(Element::link(start, length, url));
+        }
+        (Some(ElementType::Link), _) => {}
+        (Some(kind), _) if length > 0 => out.elements.push(Element::new(kind, start, length)),
+        _ => {}
+    }
+    if block {
+        out.newline();
+    }
+}
+
+/// The text (and formatting) of a Matrix message to send to MAX, or `None`
+/// for message types that are not text. HTML is used when present and
+/// parseable, the plain body otherwise; emotes are marked with `* `.
+pub fn matrix_to_max(content: &Value) -> Option<MaxText> {
     let msgtype = content.get("msgtype")?.as_str()?;
     let body = content.get("body")?.as_str()?;
-    let body = if content
-        .pointer("/m.relates_to/m.in_reply_to/event_id")
-        .is_some()
-    {
-        strip_reply_fallback(body)
-    } else {
-        body
-    };
-    match msgtype {
-        "m.text" | "m.notice" => Some(body.to_owned()),
-        "m.emote" => Some(format!("* {body}")),
-        _ => None,
+    if !matches!(msgtype, "m.text" | "m.notice" | "m.emote") {
+        return None;
     }
+    let html = content
+        .get("format")
+        .and_then(Value::as_str)
+        .filter(|f| *f == "org.matrix.custom.html")
+        .and_then(|_| content.get("formatted_body")?.as_str())
+        .and_then(html_to_max);
+    let mut out = html.unwrap_or_else(|| {
+        let reply = content
+            .pointer("/m.relates_to/m.in_reply_to/event_id")
+            .is_some();
+        let body = if reply {
+            strip_reply_fallback(body)
+        } else {
+            body
+        };
+        MaxText {
+            text: body.to_owned(),
+            elements: Vec::new(),
+        }
+    });
+    if msgtype == "m.emote" {
+        out.text.insert_str(0, "* ");
+        for element in &mut out.elements {
+            element.from = Some(element.offset() + 2);
+        }
+    }
+    Some(out)
 }
 
 /// Replies carry the quoted message as `> ` lines before a blank line; MAX
@@ -319,18 +510,84 @@ mod tests {
 
     #[test]
     fn reply_fallback_is_stripped_and_emotes_marked() {
+        let text = |content: Value| matrix_to_max(&content).map(|t| t.text);
         let content = json!({
             "msgtype": "m.text",
             "body": "> <@a:b> old\n> more\n\nnew text",
             "m.relates_to": {"m.in_reply_to": {"event_id": "$x"}}
         });
-        assert_eq!(matrix_text(&content).as_deref(), Some("new text"));
-        let emote = json!({"msgtype": "m.emote", "body": "waves"});
-        assert_eq!(matrix_text(&emote).as_deref(), Some("* waves"));
+        assert_eq!(text(content).as_deref(), Some("new text"));
+        let emote = json!({"msgtype": "m.emote", "body": "waves", "format": "org.matrix.custom.html",
+                           "formatted_body": "<b>waves</b>"});
+        let out = matrix_to_max(&emote).unwrap();
+        assert_eq!(out.text, "* waves");
+        assert_eq!((out.elements[0].offset(), out.elements[0].length), (2, 5));
+        assert_eq!(text(json!({"msgtype": "m.image", "body": "x"})), None);
+        // A reply's HTML carries its fallback in <mx-reply>, which is dropped.
+        let reply = json!({"msgtype": "m.text", "body": "> <@a:b> old\n\nnew",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<mx-reply><blockquote>old</blockquote></mx-reply>new <i>text</i>",
+            "m.relates_to": {"m.in_reply_to": {"event_id": "$x"}}});
+        assert_eq!(text(reply).as_deref(), Some("new text"));
+    }
+
+    fn kinds(text: &MaxText) -> Vec<(ElementType, i64, i64)> {
+        text.elements
+            .iter()
+            .map(|e| (e.kind.clone(), e.offset(), e.length))
+            .collect()
+    }
+
+    #[test]
+    fn html_formatting_becomes_elements_with_utf16_offsets() {
+        let out = html_to_max("👋 <strong>bold</strong> and <em>it<u>al</u></em> <code>x()</code>")
+            .unwrap();
+        assert_eq!(out.text, "👋 bold and ital x()");
         assert_eq!(
-            matrix_text(&json!({"msgtype": "m.image", "body": "x"})),
-            None
+            kinds(&out),
+            vec![
+                (ElementType::Strong, 3, 4),
+                (ElementType::Underline, 14, 2),
+                (ElementType::Emphasized, 12, 4),
+                (ElementType::Monospaced, 17, 3),
+            ]
         );
+    }
+
+    #[test]
+    fn html_blocks_lines_links_and_entities() {
+        let out = html_to_max(
+            "<p>first &amp; <a href=\"https://max.ru/x\">link</a></p>\n<ul>\n<li>one</li>\n<li>two</li>\n</ul>\n<pre><code>a  b\nc</code></pre>line<br>break",
+        )
+        .unwrap();
+        assert_eq!(out.text, "first & link\n• one\n• two\na  b\nc\nline\nbreak");
+        assert_eq!(out.elements[0].url(), Some("https://max.ru/x"));
+        assert_eq!((out.elements[0].offset(), out.elements[0].length), (8, 4));
+        assert!(
+            kinds(&out)
+                .iter()
+                .any(|(k, from, len)| *k == ElementType::Code && *from == 25 && *len == 6)
+        );
+    }
+
+    #[test]
+    fn hostile_html_is_defused() {
+        let out = html_to_max(
+            "<script>alert(1)</script><a href=\"javascript:alert(1)\">click</a><mx-reply>quoted</mx-reply><img src=x onerror=alert(1) alt=pic>",
+        )
+        .unwrap();
+        assert_eq!(out.text, "clickpic");
+        assert!(out.elements.is_empty(), "{:?}", out.elements);
+        // Deep nesting is cut off instead of overflowing the stack...
+        let deep = format!("{}x{}", "<b>".repeat(1_000), "</b>".repeat(1_000));
+        assert_eq!(html_to_max(&deep).unwrap().text, "");
+        // ... and a flood of tags is not parsed at all.
+        let flood = format!("{}x{}", "<b>".repeat(100_000), "</b>".repeat(100_000));
+        assert_eq!(html_to_max(&flood), None);
+        let out =
+            html_to_max("<b>unclosed <i>tags <a href='https://matrix.to/#/@a:b'>Al</a>").unwrap();
+        assert_eq!(out.text, "unclosed tags Al");
+        assert!(kinds(&out).iter().all(|(k, _, _)| *k != ElementType::Link));
     }
 
     #[test]

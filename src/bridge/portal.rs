@@ -656,7 +656,7 @@ impl Bridge {
         {
             return self.edit_on_max(&session, key, event).await;
         }
-        let Some(text) = convert::matrix_text(&event.content) else {
+        let Some(content) = convert::matrix_to_max(&event.content) else {
             let msgtype = event
                 .content
                 .get("msgtype")
@@ -682,13 +682,20 @@ impl Bridge {
                 .map(|row| MessageLink::reply(maxproto::types::MessageId(row.max_message_id))),
             None => None,
         };
-        let parts = convert::split_text(&text);
+        // A text over MAX's limit goes as several plain messages; offsets of
+        // formatting would not survive the cut.
+        let (parts, mut elements) = if content.text.chars().count() > convert::MAX_TEXT_CHARS {
+            (convert::split_text(&content.text), Vec::new())
+        } else {
+            (vec![content.text], content.elements)
+        };
         let last = parts.len().saturating_sub(1);
         for (index, part) in parts.into_iter().enumerate() {
             let cid = self.next_cid();
             let mut outgoing = OutgoingMessage::new(cid, part);
             if index == 0 {
                 outgoing.link = reply_link.clone();
+                outgoing.elements = std::mem::take(&mut elements);
             }
             let request = MsgSendRequest::new(maxproto::types::ChatId(key.chat_id), outgoing);
             match tokio::time::timeout(
@@ -871,11 +878,11 @@ impl Bridge {
             .content
             .pointer("/m.relates_to/event_id")
             .and_then(Value::as_str);
-        let new_text = event
+        let new_content = event
             .content
             .get("m.new_content")
-            .and_then(convert::matrix_text);
-        let (Some(target), Some(text)) = (target, new_text) else {
+            .and_then(convert::matrix_to_max);
+        let (Some(target), Some(content)) = (target, new_content) else {
             return Ok(());
         };
         let Some(original) = self.store.messages().by_event_id(target).await? else {
@@ -889,7 +896,7 @@ impl Bridge {
             .await;
             return Ok(());
         }
-        if text.chars().count() > convert::MAX_TEXT_CHARS {
+        if content.text.chars().count() > convert::MAX_TEXT_CHARS {
             self.bot_notice(
                 &event.room_id,
                 &format!(
@@ -903,8 +910,8 @@ impl Bridge {
         let request = MsgEditRequest {
             chat_id: maxproto::types::ChatId(key.chat_id),
             message_id: maxproto::types::MessageId(original.max_message_id),
-            text,
-            elements: Vec::new(),
+            text: content.text,
+            elements: content.elements,
             attachments: Vec::new(),
             extra: Default::default(),
         };
