@@ -766,3 +766,45 @@ async fn matrix_formatting_edits_and_redactions_reach_max() {
         .collect();
     assert!(complaints.is_empty(), "{complaints:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_wire_format_bridges_the_same() {
+    let env = Env::start_with(maxsim::SimConfig::default(), "binary").await;
+    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let control = env.sim.control();
+    let session = control
+        .last_session(fixture_ids::ALICE)
+        .expect("the bridge's session is known");
+    assert_eq!(session.user_agent["deviceType"], "WEB");
+
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            Outgoing::text("по бинарному каналу"),
+        )
+        .expect("Boris sends");
+    human.wait_for_text(&dm, "по бинарному каналу").await;
+    let event = human.send_text(&dm, "binary reply").await;
+    let on_max = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.text == "binary reply"
+        })
+        .await
+        .expect("reaches MAX");
+    // A deletion on MAX arrives over binary frames as 142, not 128.
+    control
+        .delete(
+            fixture_ids::ALICE,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            &[on_max.id],
+            false,
+        )
+        .expect("Alice deletes on another device");
+    human
+        .wait_for_event(&dm, |e| {
+            e["type"] == "m.room.redaction"
+                && (e["redacts"] == event.as_str() || e["content"]["redacts"] == event.as_str())
+        })
+        .await;
+}

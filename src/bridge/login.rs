@@ -5,13 +5,13 @@
 
 use super::Bridge;
 use super::portal::{PortalEvent, PortalKey};
-use crate::config::{Config, WireFormat as ConfigWireFormat};
+use crate::config::Config;
 use crate::store::LoginRow;
+use maxproto::Token;
 use maxproto::client::{
     Client, ClientConfig, ClientError, ClientEvent, ClientEvents, ConnectionState,
 };
 use maxproto::types::{Chat, ChatId, Message, Push, User};
-use maxproto::{Token, WireFormat};
 use ruma::OwnedUserId;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -103,12 +103,14 @@ impl LoginSession {
 
 /// The MAX client configuration of the bridge, for one login's device.
 pub fn client_config(config: &Config, device_id: &str) -> ClientConfig {
-    let format = match config.max.wire_format {
-        ConfigWireFormat::Json => WireFormat::Json,
-        ConfigWireFormat::Binary => WireFormat::Binary,
-    };
-    let mut client = ClientConfig::web(device_id).with_wire_format(format);
-    client.endpoint = config.max.endpoint.to_string();
+    let mut client = ClientConfig::web(device_id).with_wire_format(config.max.wire_format);
+    // The default endpoint is the JSON one; with binary frames and no
+    // endpoint of its own, the client's binary default applies.
+    let binary_on_default_endpoint = config.max.wire_format == maxproto::WireFormat::Binary
+        && config.max.endpoint.as_str() == maxproto::client::JSON_ENDPOINT;
+    if !binary_on_default_endpoint {
+        client.endpoint = config.max.endpoint.to_string();
+    }
     client.origin = config.max.origin.clone();
     client.user_agent = config.max.user_agent.clone();
     let ua = &mut client.session_init.user_agent;
@@ -308,6 +310,19 @@ impl Bridge {
                 )
                 .await;
             }
+            // The binary transports announce deletions as 142 instead of a
+            // 128 with status REMOVED.
+            Push::MsgDelete(notif) => {
+                if let Some(chat) = notif.chat_id() {
+                    self.enqueue(
+                        session.portal_key(chat.0),
+                        PortalEvent::MaxDeleted {
+                            message_ids: notif.message_ids.iter().map(|id| id.0).collect(),
+                        },
+                    )
+                    .await;
+                }
+            }
             Push::Contact(notif) => {
                 if let Some(contact) = notif.contact {
                     session.remember_contacts([contact]);
@@ -445,5 +460,39 @@ impl Bridge {
             "❌ Could not reconnect to MAX after several attempts. Send `ping` to check, or `login` to log in again.",
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max: &str) -> Config {
+        let yaml = format!(
+            "homeserver: {{address: 'http://127.0.0.1:8008', domain: example.org}}\n\
+             appservice: {{address: 'http://127.0.0.1:29340'}}\n\
+             database: {{url: 'postgres://u@127.0.0.1/db'}}\n\
+             max: {max}\n"
+        );
+        Config::parse(&yaml, "test.yaml").expect("test config parses")
+    }
+
+    #[test]
+    fn client_config_follows_the_bridge_config() {
+        let json = client_config(&config("{}"), "dev-1");
+        assert_eq!(json.endpoint, maxproto::client::JSON_ENDPOINT);
+        assert_eq!(json.wire_format, maxproto::WireFormat::Json);
+        assert_eq!(json.session_init.device_id, "dev-1");
+        let binary = client_config(&config("{wire_format: binary}"), "dev-1");
+        assert_eq!(binary.endpoint, maxproto::client::BINARY_ENDPOINT);
+        let custom = client_config(
+            &config(
+                "{wire_format: binary, endpoint: 'ws://127.0.0.1:1/websocket', device: {app_version: '1.2.3'}}",
+            ),
+            "dev-1",
+        );
+        assert_eq!(custom.endpoint, "ws://127.0.0.1:1/websocket");
+        assert_eq!(custom.wire_format, maxproto::WireFormat::Binary);
+        assert_eq!(custom.session_init.user_agent.app_version, "1.2.3");
     }
 }

@@ -53,6 +53,8 @@ pub enum PortalEvent {
         session: Arc<LoginSession>,
         message: Box<Message>,
     },
+    /// MAX messages deleted (142).
+    MaxDeleted { message_ids: Vec<i64> },
     /// A MAX user is typing in the chat.
     MaxTyping {
         session: Arc<LoginSession>,
@@ -116,6 +118,7 @@ impl Bridge {
                 }
                 result
             }
+            PortalEvent::MaxDeleted { message_ids } => self.on_max_deleted(key, &message_ids).await,
             PortalEvent::MaxTyping { session, user } => {
                 self.on_max_typing(&session, key, user).await
             }
@@ -552,6 +555,18 @@ impl Bridge {
                 timestamp_ms: message.time,
             })
             .await?;
+        Ok(())
+    }
+
+    async fn on_max_deleted(&self, key: PortalKey, message_ids: &[i64]) -> Result<(), PortalError> {
+        for id in message_ids {
+            let known = self
+                .store
+                .messages()
+                .by_max_id(key.chat_id, key.receiver, *id)
+                .await?;
+            self.redact_bridged(&known).await?;
+        }
         Ok(())
     }
 

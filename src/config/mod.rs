@@ -156,12 +156,8 @@ fn redact_url_password(raw: &str) -> String {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WireFormat {
-    Json,
-    Binary,
-}
+/// JSON text frames or binary frames: the protocol crate's own setting.
+pub use maxproto::WireFormat;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -207,17 +203,19 @@ pub struct DeviceConfig {
     pub timezone: String,
 }
 
+/// The real web client's device profile (`maxproto`'s defaults).
 impl Default for DeviceConfig {
     fn default() -> Self {
+        let web = maxproto::types::UserAgent::web_default();
         Self {
-            device_type: "WEB".to_owned(),
-            locale: "ru".to_owned(),
-            device_locale: "ru".to_owned(),
-            os_version: "Linux".to_owned(),
-            device_name: "Chrome".to_owned(),
-            app_version: "26.9.8".to_owned(),
-            screen: "1080x1920 1.0x".to_owned(),
-            timezone: "Europe/Moscow".to_owned(),
+            device_type: web.device_type,
+            locale: web.locale,
+            device_locale: web.device_locale,
+            os_version: web.os_version,
+            device_name: web.device_name,
+            app_version: web.app_version,
+            screen: web.screen,
+            timezone: web.timezone,
         }
     }
 }
@@ -319,18 +317,16 @@ fn default_max_connections() -> u32 {
     10
 }
 fn default_max_endpoint() -> Url {
-    Url::parse("wss://ws-api.oneme.ru/websocket").expect("constant URL is valid")
+    Url::parse(maxproto::client::JSON_ENDPOINT).expect("constant URL is valid")
 }
 fn default_wire_format() -> WireFormat {
     WireFormat::Json
 }
 fn default_origin() -> String {
-    "https://web.max.ru".to_owned()
+    maxproto::client::WEB_ORIGIN.to_owned()
 }
 fn default_user_agent() -> String {
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
-     Chrome/140.0.0.0 Safari/537.36"
-        .to_owned()
+    maxproto::types::WEB_USER_AGENT.to_owned()
 }
 fn default_username_template() -> String {
     "max_{userid}".to_owned()

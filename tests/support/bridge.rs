@@ -40,11 +40,11 @@ pub fn init_tracing() {
 
 impl Env {
     pub async fn start() -> Env {
-        Env::start_with(SimConfig::default(), "").await
+        Env::start_with(SimConfig::default(), "json").await
     }
 
-    /// `extra_bridge_yaml` is appended under `bridge:` (indented by the caller).
-    pub async fn start_with(sim_config: SimConfig, extra_bridge_yaml: &str) -> Env {
+    /// The bridge talks to the simulator in `wire_format` (`json` or `binary`).
+    pub async fn start_with(sim_config: SimConfig, wire_format: &str) -> Env {
         init_tracing();
         let db = TestDb::create().await;
         let sim = Simulator::start(sim_config)
@@ -76,12 +76,12 @@ database:
     max_connections: 5
 max:
     endpoint: {ws}
+    wire_format: {wire_format}
 bridge:
     permissions:
         "*": none
         localhost: user
         "@mallory:localhost": none
-{extra_bridge_yaml}
 logging:
     level: info
 "#,
