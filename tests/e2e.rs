@@ -808,3 +808,37 @@ async fn binary_wire_format_bridges_the_same() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn homeserver_outage_holds_messages_in_order_until_it_returns() {
+    let mut env = Env::start().await;
+    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let control = env.sim.control().clone();
+
+    env.synapse.stop().await;
+    for text in ["during the outage 1", "during the outage 2"] {
+        control
+            .send(
+                fixture_ids::BORIS,
+                fixture_ids::DIALOG_ALICE_BORIS,
+                Outgoing::text(text),
+            )
+            .expect("Boris sends");
+    }
+    // The bridge got the first one and holds it (the second waits behind it).
+    let bridge = std::sync::Arc::clone(&env.bridge.as_ref().expect("running").bridge);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while bridge.held_for_homeserver() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bridge never tried to deliver while the homeserver was down"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    env.synapse.restart().await;
+    let boris = env.ghost(fixture_ids::BORIS);
+    let arrived = human.wait_for_messages(&dm, 2, |m| m.sender == boris).await;
+    let bodies: Vec<_> = arrived.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["during the outage 1", "during the outage 2"]);
+    assert_eq!(bridge.held_for_homeserver(), 0);
+}

@@ -22,7 +22,7 @@ use login::LoginSession;
 use portal::{PortalEvent, PortalKey};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
@@ -50,6 +50,17 @@ pub struct Bridge {
     last_cid: AtomicI64,
     /// Background work that must not outlive the bridge (login resumption).
     tasks: Mutex<tokio::task::JoinSet<()>>,
+    /// MAX messages currently held because the homeserver is unavailable.
+    held_for_homeserver: Arc<AtomicUsize>,
+}
+
+/// Counts one held message while alive.
+pub(crate) struct HeldMessage(Arc<AtomicUsize>);
+
+impl Drop for HeldMessage {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Bridge {
@@ -92,6 +103,7 @@ impl Bridge {
                 joined: Mutex::new(HashSet::new()),
                 last_cid: AtomicI64::new(0),
                 tasks: Mutex::new(tokio::task::JoinSet::new()),
+                held_for_homeserver: Arc::new(AtomicUsize::new(0)),
             }
         })
     }
@@ -106,6 +118,16 @@ impl Bridge {
 
     pub fn bot_id(&self) -> ruma::OwnedUserId {
         self.bot.clone()
+    }
+
+    /// How many MAX messages wait for the homeserver to come back.
+    pub fn held_for_homeserver(&self) -> usize {
+        self.held_for_homeserver.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn waiting_for_homeserver(&self) -> HeldMessage {
+        self.held_for_homeserver.fetch_add(1, Ordering::Relaxed);
+        HeldMessage(Arc::clone(&self.held_for_homeserver))
     }
 
     /// The running login of a Matrix user, if any.

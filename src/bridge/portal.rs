@@ -72,6 +72,12 @@ pub enum PortalEvent {
     MatrixEphemeral(Box<EphemeralEvent>),
 }
 
+/// How long a portal waits for an unavailable homeserver before giving up
+/// on a message (and telling the user), and the backoff between tries.
+const HOMESERVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
+const HOMESERVER_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const HOMESERVER_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long a MAX typing notification shows; MAX repeats it while typing.
 const TYPING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
 
@@ -539,8 +545,7 @@ impl Bridge {
         let txn = format!("max-{}-{}-{}", key.receiver, key.chat_id, message.id.0);
         let ts = u64::try_from(message.time).ok().filter(|t| *t > 0);
         let event_id = self
-            .matrix
-            .send_message(&author, &room, "m.room.message", &content, &txn, ts)
+            .send_patiently(&author, &room, &content, &txn, ts)
             .await?;
         self.store
             .messages()
@@ -568,6 +573,40 @@ impl Bridge {
             self.redact_bridged(&known).await?;
         }
         Ok(())
+    }
+
+    /// Sends a MAX message into Matrix, waiting out a homeserver that is
+    /// down for a while (the portal waits with it, so order holds) instead
+    /// of dropping the message after the client's short retry budget. The
+    /// same transaction id makes the retries idempotent.
+    async fn send_patiently(
+        &self,
+        author: &UserId,
+        room: &RoomId,
+        content: &Value,
+        txn: &str,
+        ts: Option<u64>,
+    ) -> Result<ruma::OwnedEventId, MatrixError> {
+        let started = tokio::time::Instant::now();
+        let mut delay = HOMESERVER_RETRY_FIRST;
+        let mut waiting = None;
+        loop {
+            match self
+                .matrix
+                .send_message(author, room, "m.room.message", content, txn, ts)
+                .await
+            {
+                Err(error) if error.is_transient() && started.elapsed() < HOMESERVER_PATIENCE => {
+                    if waiting.is_none() {
+                        tracing::warn!(room = %room, %error, "homeserver unavailable; holding the portal's messages");
+                        waiting = Some(self.waiting_for_homeserver());
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(HOMESERVER_RETRY_MAX);
+                }
+                result => return result,
+            }
+        }
     }
 
     async fn redact_bridged(&self, known: &[MessageRow]) -> Result<(), PortalError> {

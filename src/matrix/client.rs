@@ -79,6 +79,18 @@ pub enum MatrixError {
 }
 
 impl MatrixError {
+    /// Whether the same request may succeed later unchanged: the homeserver
+    /// was unreachable, overloaded (5xx) or rate-limiting (429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MatrixError::Transport { .. } => true,
+            MatrixError::Api { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            MatrixError::InvalidResponse { .. } | MatrixError::InvalidRequest { .. } => false,
+        }
+    }
+
     /// The Matrix `errcode` (e.g. `M_FORBIDDEN`) if the homeserver sent one.
     pub fn errcode(&self) -> Option<&str> {
         match self {
