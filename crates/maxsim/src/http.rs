@@ -183,9 +183,11 @@ fn body_file(headers: &HeaderMap, body: Bytes) -> (String, String, Bytes) {
             .unwrap_or_else(|| guess_type(&name).to_owned());
         return (name, ct, part.data);
     }
+    // Clients are supposed to percent-encode the name, but some (PyMax 1.x)
+    // send raw UTF-8, which is not a valid header string: read the bytes.
     let name = headers
         .get(header::CONTENT_DISPOSITION)
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .and_then(disposition_filename)
         .unwrap_or_else(|| "file".into());
     let ct = if ctype.is_empty() || ctype == "application/octet-stream" {
