@@ -441,6 +441,10 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
     control.fail_opcode(64, None);
 
     // The server revokes the token: the user is told to log in again.
+    let device = control
+        .last_session(fixture_ids::ALICE)
+        .and_then(|s| s.device_id)
+        .expect("the bridge presented a device id");
     control.revoke_tokens(fixture_ids::ALICE);
     human
         .wait_for_message(&management, |m| {
@@ -452,6 +456,23 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
         pong.contains("Not connected") || pong.contains("not logged in"),
         "{pong}"
     );
+    // Logging in again presents the same device to MAX, and bridging resumes.
+    env.login_sms(&human, &management, ALICE_PHONE, ALICE_CODE)
+        .await;
+    assert_eq!(
+        control
+            .last_session(fixture_ids::ALICE)
+            .and_then(|s| s.device_id),
+        Some(device)
+    );
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            Outgoing::text("welcome back"),
+        )
+        .expect("Boris sends");
+    human.wait_for_text(&dm, "welcome back").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

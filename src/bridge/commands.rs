@@ -167,7 +167,7 @@ async fn run_command(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, te
         }
         "login-token" => match args.first() {
             Some(token) => {
-                let device_id = uuid::Uuid::new_v4().to_string();
+                let device_id = device_id_for(bridge, user).await;
                 finish_login(bridge, room, user, Token::new(*token), device_id).await;
             }
             None => reply("Usage: login-token <token>".to_owned()).await,
@@ -182,6 +182,20 @@ async fn run_command(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, te
                 "Unknown command `{other}`. Send `help` for the list."
             ))
             .await
+        }
+    }
+}
+
+/// The device id this user's bridge logins present to MAX: the one of an
+/// earlier login when there is one, since MAX flags accounts that keep
+/// appearing on new devices.
+async fn device_id_for(bridge: &Bridge, user: &OwnedUserId) -> String {
+    match bridge.store.logins().get(user.as_str()).await {
+        Ok(Some(login)) => login.device_id,
+        Ok(None) => uuid::Uuid::new_v4().to_string(),
+        Err(error) => {
+            tracing::warn!(%error, "login lookup failed; using a new device id");
+            uuid::Uuid::new_v4().to_string()
         }
     }
 }
@@ -206,7 +220,7 @@ pub(crate) fn describe(error: &ClientError) -> String {
 
 async fn start_sms(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, phone: &str) {
     let phone = normalize_phone(phone);
-    let device_id = uuid::Uuid::new_v4().to_string();
+    let device_id = device_id_for(bridge, user).await;
     let session = match AuthSession::connect(client_config(&bridge.config, &device_id)).await {
         Ok(session) => session,
         Err(error) => {
