@@ -346,6 +346,17 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
         .command(&human, &management, "list", "Bridged chats")
         .await;
     assert!(listing.contains(dm.as_str()), "{listing}");
+    // `sync` reads the chat list (53) again; portals stay the same rooms.
+    let synced = env
+        .command(&human, &management, "sync", "Synchronising")
+        .await;
+    let chats = control.chats(fixture_ids::ALICE).expect("chats").len() - 1;
+    assert!(synced.contains(&format!("{chats} chats")), "{synced}");
+    let rooms_after_sync = env
+        .command(&human, &management, "list", "Bridged chats")
+        .await;
+    assert!(rooms_after_sync.contains(dm.as_str()), "{rooms_after_sync}");
+    assert_eq!(human.client().rooms().len(), rooms_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -289,3 +289,84 @@ async fn pushes_from_another_account_json() -> Result<()> {
 async fn pushes_from_another_account_binary() -> Result<()> {
     pushes_from_another_account(WireFormat::Binary).await
 }
+
+#[tokio::test]
+async fn chat_list_members_and_reaction_queries() -> Result<()> {
+    use maxproto::types::{
+        ChatMembersRequest, ChatsListRequest, MsgGetDetailedReactionsRequest,
+        MsgGetReactionsRequest,
+    };
+    use maxsim::fixture_ids::{TEST_GROUP, TRANSFERBOT};
+    let (sim, client, _events) = alice(WireFormat::Binary).await?;
+    let control = sim.control();
+
+    // 53: newest first, only chats Alice is in.
+    let list = client
+        .call(&ChatsListRequest {
+            marker: i64::MAX / 2,
+            count: Some(50),
+            extra: Default::default(),
+        })
+        .await?;
+    let ids: Vec<i64> = list.chats.iter().map(|c| c.id.0).collect();
+    assert!(ids.contains(&CHAT) && ids.contains(&TEST_GROUP), "{ids:?}");
+    let expected: Vec<i64> = control
+        .chats(ALICE)?
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| ids.contains(id))
+        .collect();
+    assert_eq!(ids.len(), expected.len(), "no foreign chats: {ids:?}");
+    let times: Vec<i64> = list
+        .chats
+        .iter()
+        .map(|c| c.last_event_time.unwrap_or(0))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+
+    // 59: the group's members with their profiles.
+    let members = client
+        .call(&ChatMembersRequest::members(TEST_GROUP.into(), 0, 100))
+        .await?;
+    let mut member_ids: Vec<i64> = members.members.iter().map(|m| m.contact.id.0).collect();
+    member_ids.sort_unstable();
+    let mut expected: Vec<i64> = vec![ALICE, BORIS, TRANSFERBOT];
+    expected.sort_unstable();
+    assert_eq!(member_ids, expected);
+
+    // 180 / 181: Boris's reaction on Alice's message, seen by Alice.
+    let sent = client
+        .send_message(
+            chat(),
+            OutgoingMessage::new(1_782_000_000_777, "react to me"),
+        )
+        .await?;
+    control.react(BORIS, CHAT, sent.message.id.get(), Some("🔥"))?;
+    let bulk = client
+        .call(&MsgGetReactionsRequest {
+            chat_id: chat(),
+            message_ids: vec![sent.message.id],
+            extra: Default::default(),
+        })
+        .await?;
+    let info = bulk
+        .messages_reactions
+        .get(&sent.message.id)
+        .context("reactions of the message")?;
+    assert_eq!(info.total_count, Some(1));
+    assert_eq!(info.counters[0].reaction, "🔥");
+    let detailed = client
+        .call(&MsgGetDetailedReactionsRequest {
+            chat_id: chat(),
+            message_id: sent.message.id,
+            count: Some(10),
+            extra: Default::default(),
+        })
+        .await?;
+    assert_eq!(detailed.reactions.len(), 1);
+    assert_eq!(detailed.reactions[0].user_id.0, BORIS);
+    Ok(())
+}
