@@ -874,3 +874,116 @@ async fn homeserver_outage_holds_messages_in_order_until_it_returns() {
     assert_eq!(bodies, ["during the outage 1", "during the outage 2"]);
     assert_eq!(bridge.held_for_homeserver(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_cross_both_ways() {
+    let env = Env::start().await;
+    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+    let bot = env.bot();
+    let reaction_of = |e: &serde_json::Value, sender: &ruma::UserId, key: &str| {
+        e["type"] == "m.reaction"
+            && e["sender"] == sender.as_str()
+            && e["content"]["m.relates_to"]["key"] == key
+    };
+
+    // MAX → Matrix: Boris reacts to Alice's message, changes his mind, removes it.
+    let mine = human.send_text(&dm, "react to this").await;
+    let on_max = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.text == "react to this"
+        })
+        .await
+        .expect("reaches MAX");
+    control
+        .react(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            on_max.id,
+            Some("👍"),
+        )
+        .expect("Boris reacts");
+    let thumbs = human
+        .wait_for_event(&dm, |e| reaction_of(e, &boris, "👍"))
+        .await;
+    assert_eq!(thumbs["content"]["m.relates_to"]["event_id"], mine.as_str());
+    assert_eq!(
+        thumbs["content"]["m.relates_to"]["rel_type"],
+        "m.annotation"
+    );
+    let thumbs_id = thumbs["event_id"].as_str().expect("event id").to_owned();
+    control
+        .react(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            on_max.id,
+            Some("🔥"),
+        )
+        .expect("Boris changes his reaction");
+    human
+        .wait_for_event(&dm, |e| reaction_of(e, &boris, "🔥"))
+        .await;
+    let redacted = |id: String| {
+        move |e: &serde_json::Value| {
+            e["type"] == "m.room.redaction"
+                && (e["redacts"] == id.as_str() || e["content"]["redacts"] == id.as_str())
+        }
+    };
+    human.wait_for_event(&dm, redacted(thumbs_id)).await;
+    let fire_id = human
+        .events(&dm)
+        .into_iter()
+        .find(|e| reaction_of(e, &boris, "🔥"))
+        .and_then(|e| e["event_id"].as_str().map(str::to_owned))
+        .expect("fire reaction");
+    control
+        .react(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            on_max.id,
+            None,
+        )
+        .expect("Boris removes his reaction");
+    human.wait_for_event(&dm, redacted(fire_id)).await;
+
+    // Matrix → MAX: Alice reacts to Boris's message and takes it back.
+    let theirs = control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            Outgoing::text("nice?"),
+        )
+        .expect("Boris sends");
+    let bridged = human.wait_for_text(&dm, "nice?").await;
+    let heart = human.send_reaction(&dm, &bridged.event_id, "❤️").await;
+    let reacted = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.id == theirs.id
+                && m.reactions.get(&fixture_ids::ALICE).map(String::as_str) == Some("❤️")
+        })
+        .await;
+    assert!(reacted.is_ok(), "the reaction reaches MAX");
+    human.redact(&dm, &heart, None).await;
+    control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.id == theirs.id && m.reactions.is_empty()
+        })
+        .await
+        .expect("the reaction is taken back on MAX");
+
+    // A reaction MAX does not offer is refused with MAX's reason.
+    human.send_reaction(&dm, &bridged.event_id, "🦀").await;
+    let notice = human
+        .wait_for_message(&dm, |m| m.sender == bot && m.body.contains("reaction 🦀"))
+        .await;
+    assert!(notice.body.contains("not delivered"), "{}", notice.body);
+    // Our own reactions never came back as ghost reactions.
+    let own_ghost = env.ghost(fixture_ids::ALICE);
+    assert!(
+        human
+            .events(&dm)
+            .iter()
+            .all(|e| !(e["type"] == "m.reaction" && e["sender"] == own_ghost.as_str()))
+    );
+}

@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use maxbridge::store::{GhostRow, LoginRow, MessageRow, PortalKind, PortalRow, Store, StoreError};
+use maxbridge::store::{
+    GhostRow, LoginRow, MessageRow, PortalKind, PortalRow, ReactionRow, Store, StoreError,
+};
 use maxproto::Token;
 use support::pg::TestDb;
 
@@ -487,6 +489,67 @@ async fn messages_map_both_ways() {
     );
 
     store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn reactions_one_per_user_and_message() {
+    let (db, store) = fresh().await;
+    store
+        .portals()
+        .upsert(&PortalRow::new(555, 100, PortalKind::Chat))
+        .await
+        .unwrap();
+    let reactions = store.reactions();
+    let row = |user: i64, emoji: &str, event: &str| ReactionRow {
+        chat_id: 555,
+        receiver: 100,
+        max_message_id: 9_007_199_254_740_993,
+        max_user_id: user,
+        emoji: emoji.to_owned(),
+        event_id: event.to_owned(),
+        room_id: "!room".to_owned(),
+    };
+    reactions.upsert(&row(7, "👍", "$a")).await.unwrap();
+    reactions.upsert(&row(8, "🔥", "$b")).await.unwrap();
+    // A new reaction of the same user replaces the old one.
+    reactions.upsert(&row(7, "❤️", "$c")).await.unwrap();
+    let all = reactions
+        .for_message(555, 100, 9_007_199_254_740_993)
+        .await
+        .unwrap();
+    assert_eq!(all, vec![row(7, "❤️", "$c"), row(8, "🔥", "$b")]);
+    assert!(reactions.by_event_id("$a").await.unwrap().is_none());
+    assert_eq!(
+        reactions.by_event_id("$b").await.unwrap(),
+        Some(row(8, "🔥", "$b"))
+    );
+    // An event stands for one reaction only.
+    assert!(
+        reactions
+            .upsert(&ReactionRow {
+                max_message_id: 1,
+                ..row(9, "👍", "$b")
+            })
+            .await
+            .unwrap_err()
+            .is_conflict()
+    );
+    assert!(
+        reactions
+            .delete(555, 100, 9_007_199_254_740_993, 7)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !reactions
+            .delete(555, 100, 9_007_199_254_740_993, 7)
+            .await
+            .unwrap()
+    );
+    // They go with their portal.
+    store.portals().delete(555, 100).await.unwrap();
+    assert!(reactions.by_event_id("$b").await.unwrap().is_none());
     db.drop_db().await;
 }
 

@@ -277,8 +277,11 @@ impl Bridge {
                 if chat.is_saved_messages() {
                     return;
                 }
+                let key = session.portal_key(chat.id.0);
+                // In groups reaction changes may come only as a chat update.
+                let reacted = chat.last_reacted_message_id;
                 self.enqueue(
-                    session.portal_key(chat.id.0),
+                    key,
                     PortalEvent::Chat {
                         session: Arc::clone(session),
                         chat: Box::new(chat),
@@ -286,6 +289,19 @@ impl Bridge {
                     },
                 )
                 .await;
+                if let Some(message) = reacted {
+                    self.enqueue_reactions(session, key, message.0).await;
+                }
+            }
+            Push::ReactionsChanged(notif) => {
+                let key = session.portal_key(notif.chat_id.0);
+                self.enqueue_reactions(session, key, notif.message_id.0)
+                    .await;
+            }
+            Push::YouReacted(notif) => {
+                let key = session.portal_key(notif.chat_id.0);
+                self.enqueue_reactions(session, key, notif.message_id.0)
+                    .await;
             }
             Push::Typing(notif) if notif.user_id.0 != session.max_user_id => {
                 self.enqueue(
@@ -332,6 +348,22 @@ impl Bridge {
                 tracing::trace!(user = %session.mxid, push = ?std::mem::discriminant(&other), "push not bridged")
             }
         }
+    }
+
+    async fn enqueue_reactions(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        key: PortalKey,
+        message_id: i64,
+    ) {
+        self.enqueue(
+            key,
+            PortalEvent::MaxReactions {
+                session: Arc::clone(session),
+                message_id,
+            },
+        )
+        .await;
     }
 
     /// Tells the user about connection changes: a drop (once, not per

@@ -5,6 +5,7 @@
 //! - [`login`]: one running MAX session per logged-in Matrix user.
 //! - [`portal`]: portal rooms and messages in both directions.
 //! - [`ghost`]: the Matrix puppets of MAX users.
+//! - [`reaction`]: reactions both ways.
 //! - [`commands`]: the bot's management room.
 //! - [`convert`]: message content conversion.
 
@@ -13,6 +14,7 @@ pub mod convert;
 pub mod ghost;
 pub mod login;
 pub mod portal;
+pub mod reaction;
 
 use crate::config::Config;
 use crate::matrix::{AppserviceHandler, EphemeralEvent, MatrixClient, RoomEvent};
@@ -308,7 +310,9 @@ impl Bridge {
         }
         match event.event_type.as_str() {
             "m.room.member" => self.handle_membership(event).await,
-            "m.room.message" | "m.room.redaction" => self.handle_room_message(event).await,
+            "m.room.message" | "m.room.redaction" | "m.reaction" => {
+                self.handle_room_message(event).await
+            }
             _ => {}
         }
     }

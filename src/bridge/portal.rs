@@ -55,6 +55,11 @@ pub enum PortalEvent {
     },
     /// MAX messages deleted (142).
     MaxDeleted { message_ids: Vec<i64> },
+    /// The reactions on a MAX message changed.
+    MaxReactions {
+        session: Arc<LoginSession>,
+        message_id: i64,
+    },
     /// A MAX user is typing in the chat.
     MaxTyping {
         session: Arc<LoginSession>,
@@ -125,6 +130,10 @@ impl Bridge {
                 result
             }
             PortalEvent::MaxDeleted { message_ids } => self.on_max_deleted(key, &message_ids).await,
+            PortalEvent::MaxReactions {
+                session,
+                message_id,
+            } => self.sync_reactions(&session, key, message_id).await,
             PortalEvent::MaxTyping { session, user } => {
                 self.on_max_typing(&session, key, user).await
             }
@@ -444,7 +453,11 @@ impl Bridge {
     }
 
     /// Invites (as the bot) and joins a ghost, unless already known joined.
-    async fn add_to_room(&self, room: &RoomId, ghost: &UserId) -> Result<(), MatrixError> {
+    pub(crate) async fn add_to_room(
+        &self,
+        room: &RoomId,
+        ghost: &UserId,
+    ) -> Result<(), MatrixError> {
         if self.is_joined(room, ghost) {
             return Ok(());
         }
@@ -699,8 +712,10 @@ impl Bridge {
         {
             return Ok(());
         }
-        if event.event_type == "m.room.redaction" {
-            return self.delete_on_max(&session, key, event).await;
+        match event.event_type.as_str() {
+            "m.room.redaction" => return self.delete_on_max(&session, key, event).await,
+            "m.reaction" => return self.react_on_max(&session, key, event).await,
+            _ => {}
         }
         if event
             .content
@@ -1001,6 +1016,9 @@ impl Bridge {
         let Some(target) = event.redacts() else {
             return Ok(());
         };
+        if self.unreact_on_max(session, key, event, target).await? {
+            return Ok(());
+        }
         let rows: Vec<MessageRow> = self
             .store
             .messages()

@@ -42,7 +42,7 @@ impl<'a> Messages<'a> {
     }
 
     /// Records a bridged message part. Fails with [`StoreError::Conflict`] if
-    /// the part or the event id is already recorded, and with
+    /// the part is already recorded, and with
     /// [`StoreError::MissingReference`] if the portal does not exist.
     pub async fn insert(&self, message: &MessageRow) -> Result<(), StoreError> {
         sqlx::query(

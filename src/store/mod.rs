@@ -8,6 +8,7 @@ mod kv;
 mod logins;
 mod messages;
 mod portals;
+mod reactions;
 mod transactions;
 mod users;
 
@@ -17,6 +18,7 @@ pub use kv::Kv;
 pub use logins::{LoginRow, Logins};
 pub use messages::{MessageRow, Messages};
 pub use portals::{PortalKind, PortalRow, Portals, UnknownPortalKind};
+pub use reactions::{ReactionRow, Reactions};
 pub use transactions::Transactions;
 pub use users::{UserRow, Users};
 
@@ -90,6 +92,10 @@ impl Store {
 
     pub fn messages(&self) -> Messages<'_> {
         Messages::new(&self.pool)
+    }
+
+    pub fn reactions(&self) -> Reactions<'_> {
+        Reactions::new(&self.pool)
     }
 
     pub fn transactions(&self) -> Transactions<'_> {
