@@ -3,16 +3,20 @@
 //! ordered queue per portal, and answers the management-room commands.
 //!
 //! - [`login`]: one running MAX session per logged-in Matrix user.
-//! - [`portal`]: portal rooms and messages in both directions.
+//! - [`portal`]: portal rooms and their ordered queues.
+//! - [`message`]: messages, edits and deletions in both directions.
+//! - [`activity`]: typing and read receipts in both directions.
 //! - [`ghost`]: the Matrix puppets of MAX users.
 //! - [`reaction`]: reactions both ways.
 //! - [`commands`]: the bot's management room.
 //! - [`convert`]: message content conversion.
 
+pub mod activity;
 pub mod commands;
 pub mod convert;
 pub mod ghost;
 pub mod login;
+pub mod message;
 pub mod portal;
 pub mod reaction;
 

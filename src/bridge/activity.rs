@@ -1,0 +1,124 @@
+//! Typing and read receipts in a portal, both ways: MAX 129/130 pushes
+//! become the ghosts' typing and receipts; the portal owner's Matrix typing
+//! and receipts become MSG_TYPING (65) and CHAT_MARK (50).
+
+use super::Bridge;
+use super::login::LoginSession;
+use super::portal::{PortalError, PortalKey};
+use crate::matrix::EphemeralEvent;
+use crate::store::MessageRow;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// How long a MAX typing notification shows; MAX repeats it while typing.
+const TYPING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
+
+impl Bridge {
+    pub(crate) async fn on_max_typing(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        key: PortalKey,
+        user: i64,
+    ) -> Result<(), PortalError> {
+        let Some(room) = self.existing_room(key).await? else {
+            return Ok(());
+        };
+        let ghost = self.ensure_ghost(session, user).await?;
+        self.add_to_room(&room, &ghost).await?;
+        self.matrix
+            .typing(&ghost, &room, true, TYPING_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn on_max_read(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        key: PortalKey,
+        user: i64,
+        mark: i64,
+    ) -> Result<(), PortalError> {
+        let Some(room) = self.existing_room(key).await? else {
+            return Ok(());
+        };
+        let Some(row) = self
+            .store
+            .messages()
+            .latest_at_or_before(key.chat_id, key.receiver, mark)
+            .await?
+        else {
+            return Ok(());
+        };
+        let Ok(event) = ruma::OwnedEventId::try_from(row.event_id.as_str()) else {
+            return Ok(());
+        };
+        let ghost = self.ensure_ghost(session, user).await?;
+        self.add_to_room(&room, &ghost).await?;
+        self.matrix.read_receipt(&ghost, &room, &event).await?;
+        Ok(())
+    }
+
+    /// The portal owner's typing and read receipts go to MAX (65, 50).
+    pub(crate) async fn on_matrix_ephemeral(
+        self: &Arc<Self>,
+        key: PortalKey,
+        event: &EphemeralEvent,
+    ) -> Result<(), PortalError> {
+        let Some(session) = self.session_of_receiver(key.receiver) else {
+            return Ok(());
+        };
+        let owner = session.mxid.as_str();
+        let chat_id = maxproto::types::ChatId(key.chat_id);
+        match event.event_type.as_str() {
+            "m.typing" => {
+                let typing = event
+                    .content
+                    .get("user_ids")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(owner)));
+                if typing {
+                    let request = maxproto::types::MsgTypingRequest {
+                        chat_id,
+                        kind: Some(maxproto::types::TypingType::Text),
+                        extra: Default::default(),
+                    };
+                    session.client.call(&request).await?;
+                }
+            }
+            "m.receipt" => {
+                let Some(receipts) = event.content.as_object() else {
+                    return Ok(());
+                };
+                // The newest event the owner marked read in this batch.
+                let mut newest: Option<MessageRow> = None;
+                for (event_id, kinds) in receipts {
+                    let read_by_owner = ["m.read", "m.read.private"]
+                        .iter()
+                        .any(|kind| kinds.get(kind).and_then(|k| k.get(owner)).is_some());
+                    if !read_by_owner {
+                        continue;
+                    }
+                    if let Some(row) = self.store.messages().by_event_id(event_id).await?
+                        && row.chat_id == key.chat_id
+                        && row.receiver == key.receiver
+                        && newest
+                            .as_ref()
+                            .is_none_or(|n| row.timestamp_ms > n.timestamp_ms)
+                    {
+                        newest = Some(row);
+                    }
+                }
+                if let Some(row) = newest {
+                    let request = maxproto::types::ChatMarkRequest::read(
+                        chat_id,
+                        maxproto::types::MessageId(row.max_message_id),
+                        row.timestamp_ms,
+                    );
+                    session.client.call(&request).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
