@@ -535,18 +535,8 @@ async fn reactions_one_per_user_and_message() {
             .unwrap_err()
             .is_conflict()
     );
-    assert!(
-        reactions
-            .delete(555, 100, 9_007_199_254_740_993, 7)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !reactions
-            .delete(555, 100, 9_007_199_254_740_993, 7)
-            .await
-            .unwrap()
-    );
+    assert!(reactions.delete(&row(7, "❤️", "$c")).await.unwrap());
+    assert!(!reactions.delete(&row(7, "❤️", "$c")).await.unwrap());
     // They go with their portal.
     store.portals().delete(555, 100).await.unwrap();
     assert!(reactions.by_event_id("$b").await.unwrap().is_none());

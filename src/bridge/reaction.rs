@@ -130,15 +130,7 @@ impl Bridge {
                 )
                 .await?;
         }
-        self.store
-            .reactions()
-            .delete(
-                row.chat_id,
-                row.receiver,
-                row.max_message_id,
-                row.max_user_id,
-            )
-            .await?;
+        self.store.reactions().delete(row).await?;
         Ok(())
     }
 
@@ -228,15 +220,7 @@ impl Bridge {
         };
         match session.client.call(&request).await {
             Ok(_) => {
-                self.store
-                    .reactions()
-                    .delete(
-                        row.chat_id,
-                        row.receiver,
-                        row.max_message_id,
-                        row.max_user_id,
-                    )
-                    .await?;
+                self.store.reactions().delete(&row).await?;
             }
             Err(error) => {
                 self.bot_notice(

@@ -83,22 +83,17 @@ impl<'a> Reactions<'a> {
         Ok(row)
     }
 
-    /// Forgets a user's reaction on a message; whether there was one.
-    pub async fn delete(
-        &self,
-        chat_id: i64,
-        receiver: i64,
-        max_message_id: i64,
-        max_user_id: i64,
-    ) -> Result<bool, StoreError> {
+    /// Forgets the reaction `reaction` records (that user's on that
+    /// message); whether there was one.
+    pub async fn delete(&self, reaction: &ReactionRow) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "DELETE FROM reactions \
              WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3 AND max_user_id = $4",
         )
-        .bind(chat_id)
-        .bind(receiver)
-        .bind(max_message_id)
-        .bind(max_user_id)
+        .bind(reaction.chat_id)
+        .bind(reaction.receiver)
+        .bind(reaction.max_message_id)
+        .bind(reaction.max_user_id)
         .execute(self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
