@@ -27,6 +27,17 @@ async fn alice_with_boris_dm(env: &Env, localpart: &str) -> (Human, OwnedRoomId,
     (human, management, invite.room_id)
 }
 
+/// Boris writes to Alice on MAX (through the simulator's control API).
+fn boris_says(control: &maxsim::Control, text: &str) -> maxsim::SimMessage {
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            Outgoing::text(text),
+        )
+        .expect("Boris sends")
+}
+
 fn texts_from(human: &Human, room: &RoomId, sender: &ruma::UserId) -> Vec<String> {
     human
         .messages(room)
@@ -98,13 +109,7 @@ async fn sms_login_creates_portals_and_text_flows_both_ways() {
     let incoming = ["Привет, Алиса! 👋", "второе сообщение — ok", "👨‍👩‍👧‍👦 family"];
     let mut sent_times = Vec::new();
     for text in incoming {
-        let sent = control
-            .send(
-                fixture_ids::BORIS,
-                fixture_ids::DIALOG_ALICE_BORIS,
-                Outgoing::text(text),
-            )
-            .expect("Boris sends");
+        let sent = boris_says(control, text);
         sent_times.push(sent.time);
     }
     let arrived = human
@@ -159,13 +164,7 @@ async fn sms_login_creates_portals_and_text_flows_both_ways() {
     assert_eq!(echo.sender, own);
 
     // Boris answers after all that; our own messages were not echoed back.
-    control
-        .send(
-            fixture_ids::BORIS,
-            fixture_ids::DIALOG_ALICE_BORIS,
-            Outgoing::text("done"),
-        )
-        .expect("Boris sends");
+    boris_says(control, "done");
     human.wait_for_text(&dm, "done").await;
     let mine = texts_from(&human, &dm, human.user_id());
     assert_eq!(mine, outgoing);
@@ -260,16 +259,7 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
     let (human, management, dm) = alice_with_boris_dm(&env, "alice").await;
     let control = env.sim.control().clone();
     let boris = env.ghost(fixture_ids::BORIS);
-    let send = |text: &str| {
-        control
-            .send(
-                fixture_ids::BORIS,
-                fixture_ids::DIALOG_ALICE_BORIS,
-                Outgoing::text(text),
-            )
-            .expect("Boris sends");
-    };
-    send("before restart");
+    boris_says(&control, "before restart");
     human.wait_for_text(&dm, "before restart").await;
     human.send_text(&dm, "my answer").await;
     control
@@ -291,7 +281,7 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
     env.stop_bridge().await;
     // Sent while the bridge is down: caught up from the LOGIN answer, also
     // in a portal where nothing was bridged yet.
-    send("while you were away");
+    boris_says(&control, "while you were away");
     control
         .send(
             fixture_ids::BORIS,
@@ -312,7 +302,7 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
     }
     human.join(&group).await;
     human.wait_for_text(&group, "group news while away").await;
-    send("after restart");
+    boris_says(&control, "after restart");
     human.wait_for_text(&dm, "after restart").await;
     human.send_text(&dm, "still here").await;
     control
@@ -433,13 +423,7 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
         .command(&human, &management, "ping", "Logged in to MAX")
         .await;
     assert!(pong.contains("connected"), "{pong}");
-    control
-        .send(
-            fixture_ids::BORIS,
-            fixture_ids::DIALOG_ALICE_BORIS,
-            Outgoing::text("after the drop"),
-        )
-        .expect("Boris sends");
+    boris_says(control, "after the drop");
     human.wait_for_text(&dm, "after the drop").await;
 
     // MAX refuses a send: the user sees why, in the room.
@@ -476,13 +460,7 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
             .and_then(|s| s.device_id),
         Some(device)
     );
-    control
-        .send(
-            fixture_ids::BORIS,
-            fixture_ids::DIALOG_ALICE_BORIS,
-            Outgoing::text("welcome back"),
-        )
-        .expect("Boris sends");
+    boris_says(control, "welcome back");
     human.wait_for_text(&dm, "welcome back").await;
 }
 
@@ -546,13 +524,7 @@ async fn saved_login_resumes_after_max_refused_it_for_a_while() {
             m.sender == bot && m.body.contains("Reconnected to MAX")
         })
         .await;
-    control
-        .send(
-            fixture_ids::BORIS,
-            fixture_ids::DIALOG_ALICE_BORIS,
-            Outgoing::text("you are back"),
-        )
-        .expect("Boris sends");
+    boris_says(&control, "you are back");
     human.wait_for_text(&dm, "you are back").await;
 }
 
@@ -632,13 +604,7 @@ async fn typing_and_read_receipts_cross_both_ways() {
     .await;
 
     // Matrix → MAX: a read receipt on Boris's message marks it read on MAX.
-    let sent = control
-        .send(
-            fixture_ids::BORIS,
-            fixture_ids::DIALOG_ALICE_BORIS,
-            Outgoing::text("read me"),
-        )
-        .expect("Boris sends");
+    let sent = boris_says(control, "read me");
     let bridged = human.wait_for_text(&dm, "read me").await;
     room.send_single_receipt(
         ReceiptType::Read,
@@ -767,13 +733,7 @@ async fn matrix_formatting_edits_and_redactions_reach_max() {
 
     // Nothing of that comes back: Boris's next message is the only thing
     // the ghosts say in the room.
-    control
-        .send(
-            fixture_ids::BORIS,
-            fixture_ids::DIALOG_ALICE_BORIS,
-            Outgoing::text("noted"),
-        )
-        .expect("Boris sends");
+    boris_says(control, "noted");
     human.wait_for_text(&dm, "noted").await;
     let from_ghosts: Vec<String> = human
         .messages(&dm)
@@ -809,13 +769,7 @@ async fn binary_wire_format_bridges_the_same() {
         .expect("the bridge's session is known");
     assert_eq!(session.user_agent["deviceType"], "WEB");
 
-    control
-        .send(
-            fixture_ids::BORIS,
-            fixture_ids::DIALOG_ALICE_BORIS,
-            Outgoing::text("по бинарному каналу"),
-        )
-        .expect("Boris sends");
+    boris_says(control, "по бинарному каналу");
     human.wait_for_text(&dm, "по бинарному каналу").await;
     let event = human.send_text(&dm, "binary reply").await;
     let on_max = control
@@ -849,13 +803,7 @@ async fn homeserver_outage_holds_messages_in_order_until_it_returns() {
 
     env.synapse.stop().await;
     for text in ["during the outage 1", "during the outage 2"] {
-        control
-            .send(
-                fixture_ids::BORIS,
-                fixture_ids::DIALOG_ALICE_BORIS,
-                Outgoing::text(text),
-            )
-            .expect("Boris sends");
+        boris_says(&control, text);
     }
     // The bridge got the first one and holds it (the second waits behind it).
     let bridge = std::sync::Arc::clone(&env.bridge.as_ref().expect("running").bridge);
@@ -948,13 +896,7 @@ async fn reactions_cross_both_ways() {
     human.wait_for_event(&dm, redacted(fire_id)).await;
 
     // Matrix → MAX: Alice reacts to Boris's message and takes it back.
-    let theirs = control
-        .send(
-            fixture_ids::BORIS,
-            fixture_ids::DIALOG_ALICE_BORIS,
-            Outgoing::text("nice?"),
-        )
-        .expect("Boris sends");
+    let theirs = boris_says(control, "nice?");
     let bridged = human.wait_for_text(&dm, "nice?").await;
     let heart = human.send_reaction(&dm, &bridged.event_id, "❤️").await;
     let reacted = control
