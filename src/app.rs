@@ -104,8 +104,23 @@ pub fn appservice_config(
     })
 }
 
-/// Checks the database and homeserver, starts serving and resumes logins.
+/// Checks the database and homeserver, starts serving on
+/// `appservice.hostname:port` and resumes logins.
 pub async fn start(config: Config, registration: Registration) -> Result<Running, StartError> {
+    let addr = format!("{}:{}", config.appservice.hostname, config.appservice.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    start_on(config, registration, listener).await
+}
+
+/// [`start`] on a listener the caller bound (systemd socket activation, or
+/// tests that must keep their port between restarts).
+pub async fn start_on(
+    config: Config,
+    registration: Registration,
+    listener: tokio::net::TcpListener,
+) -> Result<Running, StartError> {
     let store = Store::connect(&config.database.url, config.database.max_connections).await?;
     let appservice = appservice_config(&config, &registration)?;
     let matrix = MatrixClient::new(&appservice).map_err(|source| StartError::Homeserver {
@@ -121,15 +136,8 @@ pub async fn start(config: Config, registration: Registration) -> Result<Running
         })?;
     tracing::info!(versions = ?versions.versions, "homeserver answers");
 
-    let addr = format!("{}:{}", config.appservice.hostname, config.appservice.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
     let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: addr.clone(),
+        addr: "the given listener".to_owned(),
         source,
     })?;
 

@@ -929,3 +929,89 @@ async fn reactions_cross_both_ways() {
             .all(|e| !(e["type"] == "m.reaction" && e["sender"] == own_ghost.as_str()))
     );
 }
+
+/// Downloads an `mxc://` URI through the homeserver as the human.
+async fn download(env: &Env, human: &Human, mxc: &str) -> Vec<u8> {
+    let (server, media_id) = mxc
+        .strip_prefix("mxc://")
+        .and_then(|rest| rest.split_once('/'))
+        .unwrap_or_else(|| panic!("not an mxc URI: {mxc}"));
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{server}/{media_id}",
+            env.synapse.base_url()
+        ))
+        .bearer_auth(human.client().access_token().expect("logged in"))
+        .send()
+        .await
+        .expect("media answers");
+    assert!(response.status().is_success(), "{}", response.status());
+    response.bytes().await.expect("media bytes").to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_photos_and_files_arrive_as_matrix_media() {
+    let env = Env::start().await;
+    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+
+    // A real PNG (the simulator's own avatar of Boris) and an arbitrary file.
+    let png = reqwest::get(format!(
+        "{}/i?r=u{}",
+        env.sim.http_url(),
+        fixture_ids::BORIS
+    ))
+    .await
+    .expect("avatar answers")
+    .bytes()
+    .await
+    .expect("avatar bytes")
+    .to_vec();
+    let file: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let photo = control
+        .upload(
+            fixture_ids::BORIS,
+            maxsim::UploadKind::Photo,
+            "cat.png",
+            "image/png",
+            png.clone(),
+        )
+        .expect("photo upload");
+    let document = control
+        .upload(
+            fixture_ids::BORIS,
+            maxsim::UploadKind::File,
+            "отчёт.pdf",
+            "application/pdf",
+            file.clone(),
+        )
+        .expect("file upload");
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            maxsim::Outgoing {
+                text: "look at these".to_owned(),
+                attaches: vec![photo, document],
+                ..Default::default()
+            },
+        )
+        .expect("Boris sends");
+
+    let parts = human.wait_for_messages(&dm, 3, |m| m.sender == boris).await;
+    assert_eq!(parts[0].msgtype, "m.text");
+    assert_eq!(parts[0].body, "look at these");
+    assert_eq!(parts[1].msgtype, "m.image");
+    let image = &parts[1].json["content"];
+    assert_eq!(image["info"]["mimetype"], "image/png");
+    assert_eq!(image["info"]["size"], png.len());
+    let got = download(&env, &human, image["url"].as_str().expect("url")).await;
+    assert_eq!(got, png, "the photo's bytes");
+    assert_eq!(parts[2].msgtype, "m.file");
+    let doc = &parts[2].json["content"];
+    assert_eq!(doc["filename"], "отчёт.pdf");
+    assert_eq!(doc["info"]["mimetype"], "application/pdf");
+    let got = download(&env, &human, doc["url"].as_str().expect("url")).await;
+    assert_eq!(got, file, "the file's bytes");
+}

@@ -1,14 +1,36 @@
 //! Message content conversion between MAX and Matrix: MAX text with its
 //! formatting elements (UTF-16 offsets) becomes a Matrix `body` plus HTML
 //! `formatted_body`; Matrix text becomes MAX text, split at MAX's length
-//! limit. Attachments are named in the text until media bridging exists, so
-//! that nothing is dropped without a trace.
+//! limit. Attachments that are not media (service events, links, contacts,
+//! calls, unknown kinds) are named in the text, so that nothing is dropped
+//! without a trace; media become events of their own ([`super::media`]).
 
 use maxproto::types::{Attach, Element, ElementType, Message};
 use serde_json::{Value, json};
 
 /// `max-msg-length` of the MAX server config.
 pub const MAX_TEXT_CHARS: usize = 4000;
+
+/// Attachments bridged as media events of their own.
+pub fn is_media(attach: &Attach) -> bool {
+    matches!(
+        attach,
+        Attach::Photo(_)
+            | Attach::Video(_)
+            | Attach::File(_)
+            | Attach::Audio(_)
+            | Attach::Sticker(_)
+    )
+}
+
+/// The text part of a MAX message as a Matrix `m.room.message` content, or
+/// `None` when the message is nothing but media.
+pub fn max_text_to_matrix(message: &Message) -> Option<Value> {
+    let forwarded = message.forwarded().is_some() && message.text.is_empty();
+    let has_text =
+        !message.text.is_empty() || forwarded || message.attaches.iter().any(|a| !is_media(a));
+    (has_text || message.attaches.is_empty()).then(|| max_to_matrix(message))
+}
 
 /// A Matrix `m.room.message` content built from a MAX message.
 pub fn max_to_matrix(message: &Message) -> Value {
@@ -23,8 +45,9 @@ pub fn max_to_matrix(message: &Message) -> Value {
         Some(elements_to_html(text, elements))
     };
     let forwarded = message.forwarded().is_some() && message.text.is_empty();
-    let mut only_service = !message.attaches.is_empty() && text.is_empty();
-    for attach in &message.attaches {
+    let described: Vec<&Attach> = message.attaches.iter().filter(|a| !is_media(a)).collect();
+    let mut only_service = !described.is_empty() && text.is_empty();
+    for attach in described {
         let line = describe_attach(attach);
         if !matches!(attach, Attach::Control(_)) {
             only_service = false;
@@ -75,10 +98,6 @@ fn describe_attach(attach: &Attach) -> String {
                 (None, None) => "[chat event]".to_owned(),
             }
         }
-        Attach::File(file) => match &file.name {
-            Some(name) => format!("[file: {name}]"),
-            None => "[file]".to_owned(),
-        },
         Attach::Share(share) => match (&share.title, &share.url) {
             (_, Some(url)) => format!("[link: {url}]"),
             (Some(title), None) => format!("[link: {title}]"),

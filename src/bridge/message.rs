@@ -96,7 +96,19 @@ impl Bridge {
             None => self.bot.clone(),
         };
         self.add_to_room(&room, &author).await?;
-        let mut content = convert::max_to_matrix(message);
+        // The text (if any) first, then one event per media attachment;
+        // each is a part of the message, so edits, deletions and replies
+        // find them all.
+        let mut events: Vec<(&'static str, Value)> = Vec::new();
+        if let Some(content) = convert::max_text_to_matrix(message) {
+            events.push(("m.room.message", content));
+        }
+        for attach in message.attaches.iter().filter(|a| convert::is_media(a)) {
+            events.push(
+                self.media_event(session, key.chat_id, message, attach)
+                    .await,
+            );
+        }
         if let Some(reply_to) = message.reply_to()
             && let Some(target) = self
                 .store
@@ -105,27 +117,33 @@ impl Bridge {
                 .await?
                 .into_iter()
                 .next()
+            && let Some((_, content)) = events.first_mut()
         {
             content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": target.event_id}});
         }
-        let txn = format!("max-{}-{}-{}", key.receiver, key.chat_id, message.id.0);
         let ts = u64::try_from(message.time).ok().filter(|t| *t > 0);
-        let event_id = self
-            .send_patiently(&author, &room, &content, &txn, ts)
-            .await?;
-        self.store
-            .messages()
-            .insert(&MessageRow {
-                chat_id: key.chat_id,
-                receiver: key.receiver,
-                max_message_id: message.id.0,
-                part: 0,
-                event_id: event_id.to_string(),
-                room_id: room.to_string(),
-                sender: sender.unwrap_or(0),
-                timestamp_ms: message.time,
-            })
-            .await?;
+        for (part, (event_type, content)) in events.into_iter().enumerate() {
+            let txn = format!(
+                "max-{}-{}-{}-{part}",
+                key.receiver, key.chat_id, message.id.0
+            );
+            let event_id = self
+                .send_patiently(&author, &room, event_type, &content, &txn, ts)
+                .await?;
+            self.store
+                .messages()
+                .insert(&MessageRow {
+                    chat_id: key.chat_id,
+                    receiver: key.receiver,
+                    max_message_id: message.id.0,
+                    part: part as i32,
+                    event_id: event_id.to_string(),
+                    room_id: room.to_string(),
+                    sender: sender.unwrap_or(0),
+                    timestamp_ms: message.time,
+                })
+                .await?;
+        }
         Ok(())
     }
 
@@ -153,6 +171,7 @@ impl Bridge {
         &self,
         author: &UserId,
         room: &RoomId,
+        event_type: &str,
         content: &Value,
         txn: &str,
         ts: Option<u64>,
@@ -163,7 +182,7 @@ impl Bridge {
         loop {
             match self
                 .matrix
-                .send_message(author, room, "m.room.message", content, txn, ts)
+                .send_message(author, room, event_type, content, txn, ts)
                 .await
             {
                 Err(error) if error.is_transient() && started.elapsed() < HOMESERVER_PATIENCE => {

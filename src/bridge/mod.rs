@@ -7,6 +7,7 @@
 //! - [`message`]: messages, edits and deletions in both directions.
 //! - [`activity`]: typing and read receipts in both directions.
 //! - [`ghost`]: the Matrix puppets of MAX users.
+//! - [`media`]: MAX media into the Matrix media repository.
 //! - [`reaction`]: reactions both ways.
 //! - [`commands`]: the bot's management room.
 //! - [`convert`]: message content conversion.
@@ -16,6 +17,7 @@ pub mod commands;
 pub mod convert;
 pub mod ghost;
 pub mod login;
+pub mod media;
 pub mod message;
 pub mod portal;
 pub mod reaction;

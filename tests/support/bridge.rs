@@ -19,14 +19,11 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub bridge: Option<Running>,
+    /// The appservice's socket, bound once and kept: every (re)start of the
+    /// bridge serves on a duplicate of it, so no other process can take the
+    /// port that Synapse's registration points at.
+    listener: std::net::TcpListener,
     port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 pub fn init_tracing() {
@@ -51,7 +48,8 @@ impl Env {
             .await
             .expect("simulator starts");
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("appservice socket");
+        let port = listener.local_addr().expect("bound address").port();
         // Synapse needs the registration (with the bridge's URL) at start,
         // and the bridge config needs Synapse's address: reserve its port
         // through a first config written with a placeholder, then rewrite.
@@ -107,6 +105,7 @@ logging:
             dir,
             config_path,
             bridge: None,
+            listener,
             port,
         };
         env.start_bridge().await;
@@ -122,7 +121,10 @@ logging:
         let config = self.config();
         let registration =
             Registration::load(&config.appservice.registration).expect("registration loads");
-        let running = maxbridge::app::start(config, registration)
+        let socket = self.listener.try_clone().expect("duplicate the socket");
+        socket.set_nonblocking(true).expect("non-blocking socket");
+        let listener = tokio::net::TcpListener::from_std(socket).expect("tokio listener");
+        let running = maxbridge::app::start_on(config, registration, listener)
             .await
             .unwrap_or_else(|e| {
                 panic!(

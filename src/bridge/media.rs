@@ -1,0 +1,198 @@
+//! Media from MAX into Matrix: each photo, video, file, voice message or
+//! sticker of a MAX message is fetched (asking MAX for a download URL where
+//! the attachment has none: 88 for files, 83 for videos), uploaded to the
+//! homeserver's media repository and becomes an event of its own. What
+//! cannot be fetched becomes a notice naming it and why.
+
+use super::Bridge;
+use super::login::LoginSession;
+use maxproto::types::{Attach, ChatId, Message};
+use ruma::OwnedMxcUri;
+use serde_json::{Value, json};
+
+/// Larger media are not mirrored (the notice says so).
+const MAX_MEDIA_BYTES: usize = 100 * 1024 * 1024;
+
+/// A downloaded attachment.
+struct Fetched {
+    bytes: Vec<u8>,
+    mimetype: String,
+}
+
+impl Bridge {
+    /// The Matrix event (type and content) for one media attachment of a
+    /// MAX message; a notice when it cannot be bridged.
+    pub(crate) async fn media_event(
+        &self,
+        session: &LoginSession,
+        chat_id: i64,
+        message: &Message,
+        attach: &Attach,
+    ) -> (&'static str, Value) {
+        match self.bridge_media(session, chat_id, message, attach).await {
+            Ok(event) => event,
+            Err(reason) => {
+                tracing::warn!(message = message.id.0, kind = attach.kind(), %reason, "media not bridged");
+                let body = format!("[{} — not bridged: {reason}]", attach.kind().to_lowercase());
+                (
+                    "m.room.message",
+                    json!({"msgtype": "m.notice", "body": body}),
+                )
+            }
+        }
+    }
+
+    async fn bridge_media(
+        &self,
+        session: &LoginSession,
+        chat_id: i64,
+        message: &Message,
+        attach: &Attach,
+    ) -> Result<(&'static str, Value), String> {
+        let chat = ChatId(chat_id);
+        match attach {
+            Attach::Photo(photo) => {
+                let url = photo.base_url.as_deref().ok_or("no URL")?;
+                let fetched = self.fetch(url, "image/jpeg").await?;
+                let name = format!("photo.{}", extension(&fetched.mimetype));
+                let mut info = info(&fetched);
+                dimensions(&mut info, photo.width, photo.height);
+                let mxc = self.upload(fetched, &name).await?;
+                Ok(("m.room.message", media("m.image", &name, mxc, info)))
+            }
+            Attach::Sticker(sticker) => {
+                let url = sticker.url.as_deref().ok_or("no URL")?;
+                let fetched = self.fetch(url, "image/webp").await?;
+                let mut info = info(&fetched);
+                dimensions(&mut info, sticker.width, sticker.height);
+                let mxc = self.upload(fetched, "sticker").await?;
+                Ok((
+                    "m.sticker",
+                    json!({"body": "sticker", "url": mxc, "info": info}),
+                ))
+            }
+            Attach::File(file) => {
+                let file_id = file.file_id.ok_or("no file id")?;
+                let answer = session
+                    .client
+                    .file_url(file_id, chat, message.id)
+                    .await
+                    .map_err(|e| super::commands::describe(&e))?;
+                let name = file.name.clone().unwrap_or_else(|| "file".to_owned());
+                let fetched = self.fetch(&answer.url, "application/octet-stream").await?;
+                let info = info(&fetched);
+                let mxc = self.upload(fetched, &name).await?;
+                let mut content = media("m.file", &name, mxc, info);
+                content["filename"] = json!(name);
+                Ok(("m.room.message", content))
+            }
+            Attach::Video(video) => {
+                let video_id = video.video_id.ok_or("no video id")?;
+                let answer = session
+                    .client
+                    .video_urls(video_id, chat, message.id, video.token.clone())
+                    .await
+                    .map_err(|e| super::commands::describe(&e))?;
+                let url = answer.best_url().ok_or("MAX offered no playable URL")?;
+                let fetched = self.fetch(url, "video/mp4").await?;
+                let name = format!("video.{}", extension(&fetched.mimetype));
+                let mut info = info(&fetched);
+                dimensions(&mut info, video.width, video.height);
+                if let Some(duration) = video.duration {
+                    info["duration"] = json!(duration);
+                }
+                let mxc = self.upload(fetched, &name).await?;
+                Ok(("m.room.message", media("m.video", &name, mxc, info)))
+            }
+            Attach::Audio(audio) => {
+                let url = audio.url.as_deref().ok_or("no URL")?;
+                let fetched = self.fetch(url, "audio/ogg").await?;
+                let name = format!("voice.{}", extension(&fetched.mimetype));
+                let mut info = info(&fetched);
+                if let Some(duration) = audio.duration {
+                    info["duration"] = json!(duration);
+                }
+                let mxc = self.upload(fetched, &name).await?;
+                let mut content = media("m.audio", &name, mxc, info);
+                content["org.matrix.msc3245.voice"] = json!({});
+                Ok(("m.room.message", content))
+            }
+            other => Err(format!("{} is not media", other.kind())),
+        }
+    }
+
+    /// Downloads at most [`MAX_MEDIA_BYTES`].
+    async fn fetch(&self, url: &str, fallback_type: &str) -> Result<Fetched, String> {
+        let mut response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("download failed: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("download refused ({})", response.status()));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n as usize > MAX_MEDIA_BYTES)
+        {
+            return Err(format!("larger than {} MiB", MAX_MEDIA_BYTES >> 20));
+        }
+        let mimetype = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+            .filter(|v| !v.is_empty() && v != "application/octet-stream")
+            .unwrap_or_else(|| fallback_type.to_owned());
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("download failed: {e}"))?
+        {
+            if bytes.len() + chunk.len() > MAX_MEDIA_BYTES {
+                return Err(format!("larger than {} MiB", MAX_MEDIA_BYTES >> 20));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Fetched { bytes, mimetype })
+    }
+
+    async fn upload(&self, fetched: Fetched, name: &str) -> Result<OwnedMxcUri, String> {
+        self.matrix
+            .upload_media(fetched.bytes, &fetched.mimetype, Some(name))
+            .await
+            .map_err(|e| format!("upload to the homeserver failed: {e}"))
+    }
+}
+
+fn info(fetched: &Fetched) -> Value {
+    json!({"mimetype": fetched.mimetype, "size": fetched.bytes.len()})
+}
+
+fn dimensions(info: &mut Value, width: Option<i64>, height: Option<i64>) {
+    if let (Some(w), Some(h)) = (width, height) {
+        info["w"] = json!(w);
+        info["h"] = json!(h);
+    }
+}
+
+fn media(msgtype: &str, name: &str, url: OwnedMxcUri, info: Value) -> Value {
+    json!({"msgtype": msgtype, "body": name, "url": url, "info": info})
+}
+
+/// A file name extension for a MIME type, for the names clients show.
+fn extension(mimetype: &str) -> &str {
+    match mimetype {
+        "image/jpeg" => "jpg",
+        "image/png" => "png",
+        "image/webp" => "webp",
+        "image/gif" => "gif",
+        "video/mp4" => "mp4",
+        "audio/ogg" => "ogg",
+        "audio/mpeg" => "mp3",
+        "audio/mp4" | "audio/aac" => "m4a",
+        _ => "bin",
+    }
+}
