@@ -1015,3 +1015,72 @@ async fn max_photos_and_files_arrive_as_matrix_media() {
     let got = download(&env, &human, doc["url"].as_str().expect("url")).await;
     assert_eq!(got, file, "the file's bytes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_images_and_files_are_uploaded_to_max() {
+    let env = Env::start().await;
+    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let control = env.sim.control();
+
+    let png = reqwest::get(format!(
+        "{}/i?r=u{}",
+        env.sim.http_url(),
+        fixture_ids::ALICE
+    ))
+    .await
+    .expect("avatar answers")
+    .bytes()
+    .await
+    .expect("avatar bytes")
+    .to_vec();
+    let file: Vec<u8> = (0..90_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    let upload = |bytes: Vec<u8>, mime: &'static str| {
+        let client = human.client().clone();
+        async move {
+            client
+                .media()
+                .upload(&mime.parse().expect("mime"), bytes, None)
+                .await
+                .expect("upload to Synapse")
+                .content_uri
+        }
+    };
+    let image_mxc = upload(png.clone(), "image/png").await;
+    let file_mxc = upload(file.clone(), "application/pdf").await;
+    human
+        .send_event(
+            &dm,
+            "m.room.message",
+            serde_json::json!({"msgtype": "m.image", "body": "me.png", "url": image_mxc,
+                               "info": {"mimetype": "image/png", "size": png.len()}}),
+        )
+        .await;
+    human
+        .send_event(
+            &dm,
+            "m.room.message",
+            serde_json::json!({"msgtype": "m.file", "body": "план.pdf", "filename": "план.pdf",
+                               "url": file_mxc,
+                               "info": {"mimetype": "application/pdf", "size": file.len()}}),
+        )
+        .await;
+
+    let attach_of = |kind: &'static str| {
+        control.wait_for_message(std::time::Duration::from_secs(30), move |m| {
+            m.chat_id == fixture_ids::DIALOG_ALICE_BORIS
+                && m.sender == Some(fixture_ids::ALICE)
+                && m.attaches.first().is_some_and(|a| a["_type"] == kind)
+        })
+    };
+    let photo = attach_of("PHOTO").await.expect("the image reaches MAX");
+    let photo_id = photo.attaches[0]["photoId"].as_i64().expect("photo id");
+    let (bytes, content_type) = control.media(photo_id).expect("stored photo");
+    assert_eq!(bytes.as_ref(), png.as_slice());
+    assert_eq!(content_type, "image/png");
+    let doc = attach_of("FILE").await.expect("the file reaches MAX");
+    assert_eq!(doc.attaches[0]["name"], "план.pdf");
+    let file_id = doc.attaches[0]["fileId"].as_i64().expect("file id");
+    let (bytes, content_type) = control.media(file_id).expect("stored file");
+    assert_eq!(bytes.as_ref(), file.as_slice());
+    assert_eq!(content_type, "application/pdf");
+}

@@ -40,9 +40,21 @@ pub struct LoginSession {
     /// Edits this bridge made (message id, edit time), so that MAX's notice
     /// of them is not bridged back. Bounded: echoes come within seconds.
     own_edits: Mutex<VecDeque<(i64, i64)>>,
+    /// Uploads MAX has finished processing (136), and who waits for which.
+    uploads: Mutex<Uploads>,
     /// The push pump and the state watcher.
     tasks: Mutex<JoinSet<()>>,
 }
+
+/// Upload readiness: 136 can come before anyone waits for it, so ready ids
+/// are remembered (the latest few).
+#[derive(Default)]
+struct Uploads {
+    ready: VecDeque<i64>,
+    waiting: HashMap<i64, Vec<tokio::sync::oneshot::Sender<()>>>,
+}
+
+const READY_UPLOADS_KEPT: usize = 256;
 
 impl std::fmt::Debug for LoginSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,6 +74,49 @@ impl LoginSession {
         let mut contacts = self.lock_contacts();
         for user in users {
             contacts.insert(user.id.0, user);
+        }
+    }
+
+    /// MAX announced (136) that an uploaded file or video is processed.
+    pub fn upload_ready(&self, id: i64) {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        if uploads.ready.len() >= READY_UPLOADS_KEPT {
+            uploads.ready.pop_front();
+        }
+        uploads.ready.push_back(id);
+        for waiter in uploads.waiting.remove(&id).unwrap_or_default() {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Waits for [`Self::upload_ready`] of `id` (or finds it happened).
+    pub async fn wait_attach_ready(
+        &self,
+        id: i64,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        let waiter = {
+            let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+            if uploads.ready.contains(&id) {
+                return Ok(());
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            uploads.waiting.entry(id).or_default().push(tx);
+            rx
+        };
+        match tokio::time::timeout(timeout, waiter).await {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                // Forget our waiter so the map does not keep it.
+                let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(waiters) = uploads.waiting.get_mut(&id) {
+                    waiters.retain(|w| !w.is_closed());
+                    if waiters.is_empty() {
+                        uploads.waiting.remove(&id);
+                    }
+                }
+                Err("MAX did not finish processing the upload in time".to_owned())
+            }
         }
     }
 
@@ -169,6 +224,7 @@ impl Bridge {
             client,
             contacts: Mutex::new(HashMap::new()),
             own_edits: Mutex::new(VecDeque::new()),
+            uploads: Mutex::new(Uploads::default()),
             tasks: Mutex::new(JoinSet::new()),
         });
         session.remember_contacts(login.contacts.iter().cloned());
@@ -337,6 +393,11 @@ impl Bridge {
                         },
                     )
                     .await;
+                }
+            }
+            Push::Attach(notif) => {
+                for id in [notif.file_id, notif.video_id].into_iter().flatten() {
+                    session.upload_ready(id);
                 }
             }
             Push::Contact(notif) => {

@@ -1,14 +1,26 @@
-//! Media from MAX into Matrix: each photo, video, file, voice message or
+//! Media both ways. From MAX: each photo, video, file, voice message or
 //! sticker of a MAX message is fetched (asking MAX for a download URL where
 //! the attachment has none: 88 for files, 83 for videos), uploaded to the
-//! homeserver's media repository and becomes an event of its own. What
-//! cannot be fetched becomes a notice naming it and why.
+//! homeserver's media repository and becomes an event of its own; what
+//! cannot be fetched becomes a notice naming it and why. From Matrix: an
+//! image goes up through PHOTO_UPLOAD (80, multipart), a video through
+//! VIDEO_UPLOAD (82) and anything else through FILE_UPLOAD (87) as raw bytes,
+//! waiting for MAX's NOTIF_ATTACH (136) before the message is sent.
 
 use super::Bridge;
 use super::login::LoginSession;
-use maxproto::types::{Attach, ChatId, Message};
+use maxproto::types::{Attach, ChatId, Message, PhotoUploadResult, UploadSlot};
 use ruma::OwnedMxcUri;
 use serde_json::{Value, json};
+use std::time::Duration;
+
+/// How long MAX may take to process an upload (136) before the send fails.
+const UPLOAD_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Matrix message types sent to MAX as an uploaded attachment.
+pub(crate) fn is_media_msgtype(msgtype: &str) -> bool {
+    matches!(msgtype, "m.image" | "m.file" | "m.video" | "m.audio")
+}
 
 /// Larger media are not mirrored (the notice says so).
 const MAX_MEDIA_BYTES: usize = 100 * 1024 * 1024;
@@ -121,6 +133,130 @@ impl Bridge {
         }
     }
 
+    /// Uploads the media of a Matrix message to MAX and returns the attach
+    /// to send; the error says why it cannot go.
+    pub(crate) async fn media_to_max(
+        &self,
+        session: &LoginSession,
+        content: &Value,
+    ) -> Result<Attach, String> {
+        if content.get("file").is_some() {
+            return Err("encrypted media cannot be bridged".to_owned());
+        }
+        let mxc = content
+            .get("url")
+            .and_then(Value::as_str)
+            .map(OwnedMxcUri::from)
+            .filter(|m| m.is_valid())
+            .ok_or("the message has no media URL")?;
+        let (bytes, served_type) = self
+            .matrix
+            .download_media(&mxc)
+            .await
+            .map_err(|e| format!("could not fetch it from the homeserver: {e}"))?;
+        if bytes.len() > MAX_MEDIA_BYTES {
+            return Err(format!("larger than {} MiB", MAX_MEDIA_BYTES >> 20));
+        }
+        let name = content
+            .get("filename")
+            .or_else(|| content.get("body"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .unwrap_or("file")
+            .to_owned();
+        let mimetype = content
+            .pointer("/info/mimetype")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or(served_type)
+            .unwrap_or_else(|| "application/octet-stream".to_owned());
+        let fetched = Fetched { bytes, mimetype };
+        let described = |e: maxproto::client::ClientError| super::commands::describe(&e);
+        match content.get("msgtype").and_then(Value::as_str) {
+            Some("m.image") => {
+                let slot = session.client.photo_upload_url().await.map_err(described)?;
+                let form = reqwest::multipart::Form::new().part(
+                    "file",
+                    reqwest::multipart::Part::bytes(fetched.bytes)
+                        .file_name(name)
+                        .mime_str(&fetched.mimetype)
+                        .map_err(|e| format!("bad content type: {e}"))?,
+                );
+                let response = self
+                    .http
+                    .post(&slot.url)
+                    .multipart(form)
+                    .send()
+                    .await
+                    .map_err(|e| format!("upload to MAX failed: {e}"))?;
+                if !response.status().is_success() {
+                    return Err(format!("MAX refused the upload ({})", response.status()));
+                }
+                let result: PhotoUploadResult = response
+                    .json()
+                    .await
+                    .map_err(|e| format!("MAX's upload answer is unreadable: {e}"))?;
+                let token = result.token().ok_or("MAX returned no photo token")?;
+                Ok(Attach::photo(token))
+            }
+            Some("m.video") => {
+                let slot = session
+                    .client
+                    .video_upload_slot()
+                    .await
+                    .map_err(described)?;
+                let video_id = slot.video_id.ok_or("MAX returned no video id")?;
+                let token = slot.token.clone().unwrap_or_default();
+                self.upload_raw(&slot, fetched, &name).await?;
+                session
+                    .wait_attach_ready(video_id, UPLOAD_READY_TIMEOUT)
+                    .await?;
+                Ok(Attach::video(video_id, token))
+            }
+            _ => {
+                let slot = session.client.file_upload_slot().await.map_err(described)?;
+                let file_id = slot.file_id.ok_or("MAX returned no file id")?;
+                self.upload_raw(&slot, fetched, &name).await?;
+                session
+                    .wait_attach_ready(file_id, UPLOAD_READY_TIMEOUT)
+                    .await?;
+                Ok(Attach::file(file_id))
+            }
+        }
+    }
+
+    /// The raw-body upload of files and videos (§2.5).
+    async fn upload_raw(
+        &self,
+        slot: &UploadSlot,
+        fetched: Fetched,
+        name: &str,
+    ) -> Result<(), String> {
+        let size = fetched.bytes.len();
+        let range = if size == 0 {
+            "bytes */0".to_owned()
+        } else {
+            format!("bytes 0-{}/{size}", size - 1)
+        };
+        let response = self
+            .http
+            .post(&slot.url)
+            .header(reqwest::header::CONTENT_TYPE, &fetched.mimetype)
+            .header(
+                reqwest::header::CONTENT_DISPOSITION,
+                format!("attachment; filename={}", percent_encode(name)),
+            )
+            .header(reqwest::header::CONTENT_RANGE, range)
+            .body(fetched.bytes)
+            .send()
+            .await
+            .map_err(|e| format!("upload to MAX failed: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("MAX refused the upload ({})", response.status()));
+        }
+        Ok(())
+    }
+
     /// Downloads at most [`MAX_MEDIA_BYTES`].
     async fn fetch(&self, url: &str, fallback_type: &str) -> Result<Fetched, String> {
         let mut response = self
@@ -195,4 +331,18 @@ fn extension(mimetype: &str) -> &str {
         "audio/mp4" | "audio/aac" => "m4a",
         _ => "bin",
     }
+}
+
+/// Percent-encodes a file name for `Content-Disposition`, as the web client
+/// does.
+fn percent_encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

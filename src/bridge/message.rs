@@ -301,19 +301,6 @@ impl Bridge {
         {
             return self.edit_on_max(&session, key, event).await;
         }
-        let Some(content) = convert::matrix_to_max(&event.content) else {
-            let msgtype = event
-                .content
-                .get("msgtype")
-                .and_then(Value::as_str)
-                .unwrap_or("?");
-            self.bot_notice(
-                &event.room_id,
-                &format!("⚠️ Your {msgtype} message was not sent: this kind of message is not bridged to MAX yet."),
-            )
-            .await;
-            return Ok(());
-        };
         let reply_link = match event
             .content
             .pointer("/m.relates_to/m.in_reply_to/event_id")
@@ -327,22 +314,53 @@ impl Bridge {
                 .map(|row| MessageLink::reply(maxproto::types::MessageId(row.max_message_id))),
             None => None,
         };
-        // A text over MAX's limit goes as several plain messages; offsets of
-        // formatting would not survive the cut.
-        let (parts, mut elements) = if content.text.chars().count() > convert::MAX_TEXT_CHARS {
-            (convert::split_text(&content.text), Vec::new())
-        } else {
-            (vec![content.text], content.elements)
-        };
-        let last = parts.len().saturating_sub(1);
-        for (index, part) in parts.into_iter().enumerate() {
-            let cid = self.next_cid();
-            let mut outgoing = OutgoingMessage::new(cid, part);
-            if index == 0 {
-                outgoing.link = reply_link.clone();
-                outgoing.elements = std::mem::take(&mut elements);
+        let msgtype = event
+            .content
+            .get("msgtype")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let mut outgoing: Vec<OutgoingMessage> = Vec::new();
+        if super::media::is_media_msgtype(msgtype) {
+            match self.media_to_max(&session, &event.content).await {
+                Ok(attach) => {
+                    let mut message = OutgoingMessage::new(0, "");
+                    message.attaches.push(attach);
+                    outgoing.push(message);
+                }
+                Err(reason) => {
+                    self.send_failed(event, &reason, 0, 0).await;
+                    return Ok(());
+                }
             }
-            let request = MsgSendRequest::new(maxproto::types::ChatId(key.chat_id), outgoing);
+        } else if let Some(content) = convert::matrix_to_max(&event.content) {
+            // A text over MAX's limit goes as several plain messages; offsets
+            // of formatting would not survive the cut.
+            if content.text.chars().count() > convert::MAX_TEXT_CHARS {
+                outgoing.extend(
+                    convert::split_text(&content.text)
+                        .into_iter()
+                        .map(|part| OutgoingMessage::new(0, part)),
+                );
+            } else {
+                let mut message = OutgoingMessage::new(0, content.text);
+                message.elements = content.elements;
+                outgoing.push(message);
+            }
+        } else {
+            self.bot_notice(
+                &event.room_id,
+                &format!("⚠️ Your {msgtype} message was not sent: this kind of message is not bridged to MAX yet."),
+            )
+            .await;
+            return Ok(());
+        }
+        let last = outgoing.len().saturating_sub(1);
+        for (index, mut message) in outgoing.into_iter().enumerate() {
+            message.cid = self.next_cid();
+            if index == 0 {
+                message.link = reply_link.clone();
+            }
+            let request = MsgSendRequest::new(maxproto::types::ChatId(key.chat_id), message);
             match tokio::time::timeout(
                 self.config.message_send_timeout(),
                 session.client.call(&request),

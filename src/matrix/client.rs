@@ -17,6 +17,7 @@ use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
 use ruma::api::client::account::register::{self, LoginType};
 use ruma::api::client::account::whoami;
 use ruma::api::client::appservice::request_ping;
+use ruma::api::client::authenticated_media::get_content;
 use ruma::api::client::discovery::get_supported_versions;
 use ruma::api::client::media::create_content;
 use ruma::api::client::membership::{invite_user, join_room_by_id, joined_members, leave_room};
@@ -349,6 +350,19 @@ impl MatrixClient {
             displayname: text("displayname").map(str::to_owned),
             avatar_url: text("avatar_url").map(OwnedMxcUri::from),
         })
+    }
+
+    /// Downloads media (authenticated media API) as the bot: its bytes and
+    /// content type.
+    pub async fn download_media(
+        &self,
+        uri: &MxcUri,
+    ) -> Result<(Vec<u8>, Option<String>), MatrixError> {
+        const REQUEST: &str = "download media";
+        let request = get_content::v1::Request::from_uri(uri)
+            .map_err(|e| MatrixError::invalid_request(REQUEST, e))?;
+        let response = self.send(REQUEST, request, None, Retry::Always).await?;
+        Ok((response.file, response.content_type))
     }
 
     /// Uploads media as the bot and returns its `mxc://` URI.
