@@ -68,19 +68,12 @@ async fn sms_login_creates_portals_and_text_flows_both_ways() {
         .expect("ghost membership");
     let avatar = member["avatar_url"].as_str().unwrap_or_default().to_owned();
     assert!(avatar.starts_with("mxc://localhost/"), "{member}");
-    let (server, media_id) = avatar["mxc://".len()..].split_once('/').expect("mxc");
-    let download = reqwest::Client::new()
-        .get(format!(
-            "{}/_matrix/client/v1/media/download/{server}/{media_id}",
-            env.synapse.base_url()
-        ))
-        .bearer_auth(human.client().access_token().expect("logged in"))
-        .send()
-        .await
-        .expect("media answers");
-    assert!(download.status().is_success());
-    let bytes = download.bytes().await.expect("avatar bytes");
-    assert!(bytes.starts_with(b"\x89PNG"), "the simulator's PNG avatar");
+    let bytes = download(&env, &human, &avatar).await;
+    assert_eq!(
+        bytes,
+        avatar_png(&env, fixture_ids::BORIS).await,
+        "the MAX avatar, mirrored"
+    );
 
     // The group portal has MAX's title and the members' ghosts.
     let group = human
@@ -930,6 +923,17 @@ async fn reactions_cross_both_ways() {
     );
 }
 
+/// A real PNG: the simulator's generated avatar of a MAX user.
+async fn avatar_png(env: &Env, max_user_id: i64) -> Vec<u8> {
+    reqwest::get(format!("{}/i?r=u{max_user_id}", env.sim.http_url()))
+        .await
+        .expect("avatar answers")
+        .bytes()
+        .await
+        .expect("avatar bytes")
+        .to_vec()
+}
+
 /// Downloads an `mxc://` URI through the homeserver as the human.
 async fn download(env: &Env, human: &Human, mxc: &str) -> Vec<u8> {
     let (server, media_id) = mxc
@@ -957,17 +961,7 @@ async fn max_photos_and_files_arrive_as_matrix_media() {
     let boris = env.ghost(fixture_ids::BORIS);
 
     // A real PNG (the simulator's own avatar of Boris) and an arbitrary file.
-    let png = reqwest::get(format!(
-        "{}/i?r=u{}",
-        env.sim.http_url(),
-        fixture_ids::BORIS
-    ))
-    .await
-    .expect("avatar answers")
-    .bytes()
-    .await
-    .expect("avatar bytes")
-    .to_vec();
+    let png = avatar_png(&env, fixture_ids::BORIS).await;
     let file: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let photo = control
         .upload(
@@ -1022,17 +1016,7 @@ async fn matrix_images_and_files_are_uploaded_to_max() {
     let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
     let control = env.sim.control();
 
-    let png = reqwest::get(format!(
-        "{}/i?r=u{}",
-        env.sim.http_url(),
-        fixture_ids::ALICE
-    ))
-    .await
-    .expect("avatar answers")
-    .bytes()
-    .await
-    .expect("avatar bytes")
-    .to_vec();
+    let png = avatar_png(&env, fixture_ids::ALICE).await;
     let file: Vec<u8> = (0..90_000u32).map(|i| (i * 13 % 253) as u8).collect();
     let upload = |bytes: Vec<u8>, mime: &'static str| {
         let client = human.client().clone();
