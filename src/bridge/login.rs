@@ -11,7 +11,7 @@ use maxproto::Token;
 use maxproto::client::{
     Client, ClientConfig, ClientError, ClientEvent, ClientEvents, ConnectionState,
 };
-use maxproto::types::{Chat, ChatId, Message, Push, User};
+use maxproto::types::{Chat, ChatId, Message, NotifReactionsChanged, NotifYouReacted, Push, User};
 use ruma::OwnedUserId;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -349,15 +349,20 @@ impl Bridge {
                     self.enqueue_reactions(session, key, message.0).await;
                 }
             }
-            Push::ReactionsChanged(notif) => {
-                let key = session.portal_key(notif.chat_id.0);
-                self.enqueue_reactions(session, key, notif.message_id.0)
-                    .await;
-            }
-            Push::YouReacted(notif) => {
-                let key = session.portal_key(notif.chat_id.0);
-                self.enqueue_reactions(session, key, notif.message_id.0)
-                    .await;
+            // Others' reactions (155) and the user's own from another device
+            // (156) both mean: read the message's reactions again.
+            Push::ReactionsChanged(NotifReactionsChanged {
+                chat_id,
+                message_id,
+                ..
+            })
+            | Push::YouReacted(NotifYouReacted {
+                chat_id,
+                message_id,
+                ..
+            }) => {
+                let key = session.portal_key(chat_id.0);
+                self.enqueue_reactions(session, key, message_id.0).await;
             }
             Push::Typing(notif) if notif.user_id.0 != session.max_user_id => {
                 self.enqueue(
