@@ -5,10 +5,10 @@
 use crate::bridge::{Bridge, MatrixHandler};
 use crate::config::{Config, Registration};
 use crate::matrix::{
-    AppserviceConfig, AppserviceServer, MatrixClient, MatrixError, ServerOptions, TransactionLog,
-    TransactionLogError, UserNamespace,
+    AppserviceConfig, AppserviceServer, DeliveredEvent, EventInbox, InboxError, MatrixClient,
+    MatrixError, ServerOptions, UserNamespace,
 };
-use crate::store::Store;
+use crate::store::{InboxRow, Store};
 use ruma::OwnedServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,19 +39,56 @@ pub enum StartError {
     Config(String),
 }
 
-/// The transaction log of the appservice server, kept in the database so
-/// that a transaction redelivered after a restart is not bridged twice.
+/// The appservice server's event inbox, in the database: events are stored
+/// before their transaction is acknowledged and survive a crash.
 #[derive(Clone)]
-struct StoredTransactions(Store);
+struct StoredInbox(Store);
 
-impl TransactionLog for StoredTransactions {
-    async fn is_handled(&self, txn_id: &str) -> Result<bool, TransactionLogError> {
-        Ok(self.0.transactions().is_handled(txn_id).await?)
+impl EventInbox for StoredInbox {
+    async fn record(&self, events: &[DeliveredEvent]) -> Result<Vec<String>, InboxError> {
+        let rows: Vec<InboxRow> = events
+            .iter()
+            .map(|e| InboxRow {
+                event_id: e.event_id.clone(),
+                room_id: e.room_id.clone(),
+                event: e.json.clone(),
+            })
+            .collect();
+        Ok(self.0.inbox().record(&rows).await?)
     }
 
-    async fn mark_handled(&self, txn_id: &str) -> Result<(), TransactionLogError> {
-        self.0.transactions().mark_handled(txn_id).await?;
+    async fn done(&self, event_id: &str) -> Result<(), InboxError> {
+        self.0.inbox().done(event_id).await?;
         Ok(())
+    }
+
+    async fn pending(&self) -> Result<Vec<DeliveredEvent>, InboxError> {
+        let rows = self.0.inbox().pending().await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| DeliveredEvent {
+                event_id: row.event_id,
+                room_id: row.room_id,
+                json: row.event,
+            })
+            .collect())
+    }
+}
+
+/// Handled events are remembered this long, to recognise a homeserver's
+/// late redelivery; pruned at start and then daily.
+const INBOX_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+const INBOX_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+async fn prune_inbox(store: Store) {
+    let mut every = tokio::time::interval(INBOX_PRUNE_EVERY);
+    loop {
+        every.tick().await;
+        match store.inbox().prune_done_older_than(INBOX_KEPT).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "forgot old handled Matrix events"),
+            Err(error) => tracing::warn!(%error, "could not prune the event inbox"),
+        }
     }
 }
 
@@ -148,9 +185,10 @@ pub async fn start_on(
     let server = AppserviceServer::new(
         appservice.hs_token.clone(),
         handler,
-        StoredTransactions(store),
+        StoredInbox(store.clone()),
         ServerOptions::default(),
     );
+    bridge.spawn_task(prune_inbox(store));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(server.serve(listener, async move {
         let _ = stop_rx.await;

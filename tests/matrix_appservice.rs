@@ -11,8 +11,9 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use maxbridge::matrix::{
-    AppserviceConfig, AppserviceHandler, AppserviceServer, EphemeralEvent, InMemoryTransactionLog,
-    MatrixClient, RetryPolicy, RoomEvent, Secret, ServerOptions, TransactionLog, UserNamespace,
+    AppserviceConfig, AppserviceHandler, AppserviceServer, DeliveredEvent, EphemeralEvent,
+    EventInbox, InMemoryInbox, MatrixClient, RetryPolicy, RoomEvent, Secret, ServerOptions,
+    UserNamespace,
 };
 use ruma::{OwnedServerName, RoomAliasId, UserId, room_id, user_id};
 use serde_json::{Value, json};
@@ -58,7 +59,7 @@ struct TestServer {
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
-async fn start_server_with<L: TransactionLog>(log: L, options: ServerOptions) -> TestServer {
+async fn start_server_with<L: EventInbox>(log: L, options: ServerOptions) -> TestServer {
     let (tx, received) = mpsc::unbounded_channel();
     let server = AppserviceServer::new(
         Secret::new(HS_TOKEN),
@@ -81,7 +82,7 @@ async fn start_server_with<L: TransactionLog>(log: L, options: ServerOptions) ->
 }
 
 async fn start_server() -> TestServer {
-    start_server_with(InMemoryTransactionLog::default(), ServerOptions::default()).await
+    start_server_with(InMemoryInbox::default(), ServerOptions::default()).await
 }
 
 impl TestServer {
@@ -236,19 +237,75 @@ async fn a_repeated_transaction_is_acknowledged_but_not_reprocessed() {
 }
 
 #[tokio::test]
-async fn a_transaction_handled_before_a_restart_is_not_reprocessed() {
-    let log = Arc::new(InMemoryTransactionLog::default());
+async fn an_event_handled_before_a_restart_is_not_reprocessed() {
+    let log = Arc::new(InMemoryInbox::default());
     let txn = json!({"events": [event("!r", "$before", "1")]});
     {
         let mut first = start_server_with(Arc::clone(&log), ServerOptions::default()).await;
         assert_eq!(first.put_txn("42", &txn).await.0, StatusCode::OK);
         assert_eq!(first.next_event().await.event_id.as_str(), "$before");
+        wait_until_done(&log).await;
     }
     let mut second = start_server_with(Arc::clone(&log), ServerOptions::default()).await;
-    assert_eq!(second.put_txn("42", &txn).await.0, StatusCode::OK);
+    // Redelivered under another transaction id: still recognised.
+    assert_eq!(second.put_txn("900", &txn).await.0, StatusCode::OK);
     let next = json!({"events": [event("!r", "$after", "2")]});
     assert_eq!(second.put_txn("43", &next).await.0, StatusCode::OK);
     assert_eq!(second.next_event().await.event_id.as_str(), "$after");
+}
+
+/// Synapse on SQLite counts transaction ids from 1 again after a restart:
+/// a known id with new events is new work.
+#[tokio::test]
+async fn a_reused_transaction_id_with_new_events_is_processed() {
+    let mut server = start_server().await;
+    let first = json!({"events": [event("!r", "$one", "1")]});
+    assert_eq!(server.put_txn("1", &first).await.0, StatusCode::OK);
+    assert_eq!(server.next_event().await.event_id.as_str(), "$one");
+    let again = json!({"events": [event("!r", "$two", "2")]});
+    assert_eq!(server.put_txn("1", &again).await.0, StatusCode::OK);
+    assert_eq!(server.next_event().await.event_id.as_str(), "$two");
+}
+
+/// What a crashed process stored but did not finish is handled at start,
+/// before anything delivered later in the same room.
+#[tokio::test]
+async fn pending_events_are_handled_first_after_a_restart() {
+    let pending = ["$p1", "$p2"]
+        .iter()
+        .map(|id| DeliveredEvent {
+            event_id: (*id).to_owned(),
+            room_id: "!r".to_owned(),
+            json: event("!r", id, "old").to_string(),
+        })
+        .collect();
+    let log = Arc::new(InMemoryInbox::with_pending(pending));
+    let mut server = start_server_with(Arc::clone(&log), ServerOptions::default()).await;
+    let next = json!({"events": [event("!r", "$new", "new"), event("!r", "$p1", "old")]});
+    assert_eq!(server.put_txn("5", &next).await.0, StatusCode::OK);
+    let order: Vec<String> = [
+        server.next_event().await,
+        server.next_event().await,
+        server.next_event().await,
+    ]
+    .iter()
+    .map(|e| e.event_id.to_string())
+    .collect();
+    assert_eq!(order, ["$p1", "$p2", "$new"]);
+    wait_until_done(&log).await;
+}
+
+/// Waits until the inbox has no event left to handle.
+async fn wait_until_done(log: &InMemoryInbox) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !log.pending_ids().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events still pending: {:?}",
+            log.pending_ids()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
@@ -411,7 +468,7 @@ async fn malformed_and_oversized_bodies_are_refused() {
         max_body_bytes: 4096,
         ..ServerOptions::default()
     };
-    let mut server = start_server_with(InMemoryTransactionLog::default(), options).await;
+    let mut server = start_server_with(InMemoryInbox::default(), options).await;
     let put_raw = |txn: &str, body: Vec<u8>| {
         server
             .http

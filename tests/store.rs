@@ -6,7 +6,8 @@ mod support;
 use std::time::Duration;
 
 use maxbridge::store::{
-    GhostRow, LoginRow, MessageRow, PortalKind, PortalRow, ReactionRow, Store, StoreError,
+    GhostRow, InboxRow, LoginRow, MessageRow, PortalKind, PortalMark, PortalRow, ReactionRow,
+    Store, StoreError,
 };
 use maxproto::Token;
 use support::pg::TestDb;
@@ -544,30 +545,166 @@ async fn reactions_one_per_user_and_message() {
 }
 
 #[tokio::test]
-async fn transactions_are_handled_once() {
+async fn inbox_keeps_events_until_done_and_recognises_redeliveries() {
     let (db, store) = fresh().await;
-    let txns = store.transactions();
+    let inbox = store.inbox();
+    let row = |id: &str| InboxRow {
+        event_id: id.to_owned(),
+        room_id: "!r:example.org".to_owned(),
+        // NUL escapes are valid JSON that JSONB would refuse.
+        event: format!(r#"{{"event_id":"{id}","content":{{"body":"a\u0000b"}}}}"#),
+    };
 
-    assert!(!txns.is_handled("1").await.unwrap());
-    assert!(txns.mark_handled("1").await.unwrap());
-    assert!(!txns.mark_handled("1").await.unwrap());
-    assert!(txns.is_handled("1").await.unwrap());
-    assert!(!txns.is_handled("2").await.unwrap());
+    let fresh = inbox
+        .record(&[row("$a"), row("$b"), row("$c")])
+        .await
+        .unwrap();
+    assert_eq!(fresh, ["$a", "$b", "$c"]);
+    // A redelivery (any transaction id) brings nothing new, except new events.
+    let again = inbox.record(&[row("$b"), row("$d")]).await.unwrap();
+    assert_eq!(again, ["$d"]);
+    assert!(inbox.done("$b").await.unwrap());
+    assert!(!inbox.done("$b").await.unwrap());
+    let pending: Vec<String> = inbox
+        .pending()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    assert_eq!(
+        pending,
+        ["$a", "$c", "$d"],
+        "delivery order, done ones left out"
+    );
+    assert_eq!(inbox.pending().await.unwrap()[0], row("$a"));
 
-    assert!(txns.mark_handled("old").await.unwrap());
+    // Done events are forgotten only after the retention time.
+    assert_eq!(
+        inbox
+            .prune_done_older_than(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
     sqlx::query(
-        "UPDATE transactions SET handled_at = now() - interval '2 days' WHERE txn_id = 'old'",
+        "UPDATE matrix_inbox SET done_at = now() - interval '2 days' WHERE event_id = '$b'",
     )
     .execute(store.pool())
     .await
     .unwrap();
-    let pruned = txns
-        .prune_older_than(Duration::from_secs(24 * 3600))
+    assert_eq!(
+        inbox
+            .prune_done_older_than(Duration::from_secs(24 * 3600))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(inbox.record(&[row("$b")]).await.unwrap(), ["$b"]);
+
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn portal_mark_moves_forward_with_the_mappings() {
+    let (db, store) = fresh().await;
+    let mut portal = PortalRow::new(555, 100, PortalKind::Chat);
+    portal.room_id = Some("!room:example.org".to_owned());
+    store.portals().upsert(&portal).await.unwrap();
+    let portals = store.portals();
+    assert_eq!(portals.mark(555, 100).await.unwrap(), None);
+    let start = PortalMark {
+        message_id: 0,
+        time: 1000,
+    };
+    assert!(portals.init_mark(555, 100, start).await.unwrap());
+    // A second start (a retried creation) keeps the first.
+    assert!(
+        !portals
+            .init_mark(
+                555,
+                100,
+                PortalMark {
+                    message_id: 9,
+                    time: 9
+                }
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(portals.mark(555, 100).await.unwrap(), Some(start));
+
+    let messages = store.messages();
+    assert!(
+        messages
+            .record(&message(555, 7, 0, 2000), false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        portals.mark(555, 100).await.unwrap(),
+        Some(start),
+        "not advanced"
+    );
+    assert!(
+        messages
+            .record(&message(555, 8, 0, 3000), true)
+            .await
+            .unwrap()
+    );
+    let at_8 = PortalMark {
+        message_id: 8,
+        time: 3000,
+    };
+    assert_eq!(portals.mark(555, 100).await.unwrap(), Some(at_8));
+    // Recording again (a retry after a crash) is no error and changes nothing.
+    assert!(
+        !messages
+            .record(&message(555, 8, 0, 3000), true)
+            .await
+            .unwrap()
+    );
+    // The mark never goes back.
+    assert!(
+        !portals
+            .advance_mark(
+                555,
+                100,
+                PortalMark {
+                    message_id: 7,
+                    time: 2000
+                }
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(portals.mark(555, 100).await.unwrap(), Some(at_8));
+
+    // Edits and deletions are remembered per message.
+    assert_eq!(messages.edited_ms(555, 100, 8).await.unwrap(), None);
+    messages.set_edited_ms(555, 100, 8, 3500).await.unwrap();
+    messages.set_edited_ms(555, 100, 8, 3400).await.unwrap();
+    assert_eq!(messages.edited_ms(555, 100, 8).await.unwrap(), Some(3500));
+    let live: Vec<i64> = messages
+        .live_between(555, 100, 0, 5000)
         .await
-        .unwrap();
-    assert_eq!(pruned, 1);
-    assert!(!txns.is_handled("old").await.unwrap());
-    assert!(txns.is_handled("1").await.unwrap());
+        .unwrap()
+        .iter()
+        .map(|r| r.max_message_id)
+        .collect();
+    assert_eq!(live, [7, 8]);
+    messages.set_deleted(555, 100, 7).await.unwrap();
+    assert!(messages.is_deleted(555, 100, 7).await.unwrap());
+    assert!(!messages.is_deleted(555, 100, 8).await.unwrap());
+    assert_eq!(
+        messages
+            .live_between(555, 100, 0, 5000)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     store.close().await;
     db.drop_db().await;
@@ -621,7 +758,6 @@ async fn data_survives_a_restart_and_migrations_are_idempotent() {
         .upsert(&GhostRow::new(200, "@max_200:example.org"))
         .await
         .unwrap();
-    store.transactions().mark_handled("txn-1").await.unwrap();
     store.close().await;
 
     // Two restarts: the second also re-runs migrations on a current schema.
@@ -649,7 +785,6 @@ async fn data_survives_a_restart_and_migrations_are_idempotent() {
             7
         );
         assert!(store.ghosts().get(200).await.unwrap().is_some());
-        assert!(store.transactions().is_handled("txn-1").await.unwrap());
         store.close().await;
     }
 

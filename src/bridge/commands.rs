@@ -492,9 +492,7 @@ async fn sync(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
                 .iter()
                 .filter(|c| !c.is_saved_messages())
                 .count();
-            bridge
-                .sync_chats(&session, &answer.chats, &Default::default())
-                .await;
+            bridge.sync_chats(&session, &answer.chats).await;
             bridge
                 .bot_notice(room, &format!("Synchronising {count} chats."))
                 .await;

@@ -11,9 +11,9 @@ use maxproto::Token;
 use maxproto::client::{
     Client, ClientConfig, ClientError, ClientEvent, ClientEvents, ConnectionState,
 };
-use maxproto::types::{Chat, ChatId, Message, NotifReactionsChanged, NotifYouReacted, Push, User};
+use maxproto::types::{Chat, NotifReactionsChanged, NotifYouReacted, Push, User};
 use ruma::OwnedUserId;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
 
@@ -237,27 +237,22 @@ impl Bridge {
             tasks.spawn(Arc::clone(self).pump(Arc::clone(&session), events));
             tasks.spawn(Arc::clone(self).watch_state(Arc::clone(&session)));
         }
-        self.sync_chats(&session, &login.chats, &login.messages)
-            .await;
+        self.sync_chats(&session, &login.chats).await;
         tracing::info!(user = %mxid, max_user = me, "MAX login running");
         Ok(session)
     }
 
     /// Queues portal creation (or update) for every chat of a LOGIN answer,
-    /// plus the recent messages it carries, so that messages that arrived
-    /// while the bridge was away are caught up.
-    pub(crate) async fn sync_chats(
-        self: &Arc<Self>,
-        session: &Arc<LoginSession>,
-        chats: &[Chat],
-        messages: &BTreeMap<ChatId, Vec<Message>>,
-    ) {
+    /// then a catch-up of each from MAX history, so that messages that came
+    /// while the bridge was away or disconnected are bridged, in order. The
+    /// LOGIN answer's own recent messages are not relied on: the service may
+    /// send none.
+    pub(crate) async fn sync_chats(self: &Arc<Self>, session: &Arc<LoginSession>, chats: &[Chat]) {
         for chat in chats {
             if chat.is_saved_messages() {
                 continue;
             }
             let key = session.portal_key(chat.id.0);
-            let recent = messages.get(&chat.id).cloned().unwrap_or_default();
             self.enqueue(
                 key,
                 PortalEvent::Chat {
@@ -272,7 +267,6 @@ impl Bridge {
                 PortalEvent::CatchUp {
                     session: Arc::clone(session),
                     chat: Box::new(chat.clone()),
-                    recent,
                 },
             )
             .await;
@@ -305,8 +299,7 @@ impl Bridge {
                 }
                 ClientEvent::Reconnected(login) => {
                     session.remember_contacts(login.contacts.iter().cloned());
-                    self.sync_chats(&session, &login.chats, &login.messages)
-                        .await;
+                    self.sync_chats(&session, &login.chats).await;
                 }
             }
         }
@@ -324,6 +317,7 @@ impl Bridge {
                     PortalEvent::MaxMessage {
                         session: Arc::clone(session),
                         message: Box::new(notif.message),
+                        prev: notif.prev_message_id.map(|id| id.0),
                     },
                 )
                 .await;
@@ -488,6 +482,7 @@ impl Bridge {
             Ok(logins) => logins,
             Err(error) => {
                 tracing::error!(%error, "could not read the saved logins");
+                self.mark_started();
                 return;
             }
         };
@@ -499,14 +494,27 @@ impl Bridge {
                 tracing::warn!(user = %login.mxid, "saved login has an invalid user id");
                 continue;
             };
+            self.set_resuming(&mxid, true);
             self.spawn_task(Arc::clone(self).resume_login(mxid, login.token, login.device_id));
         }
+        self.mark_started();
     }
 
     /// Resumes one saved login. A refused token ends it (the user must log
     /// in again); anything else (MAX unreachable, rate limits) is retried
     /// with backoff for a while, telling the user once.
     async fn resume_login(self: Arc<Self>, mxid: OwnedUserId, token: Token, device_id: String) {
+        self.try_resume_login(&mxid, token, device_id).await;
+        self.set_resuming(&mxid, false);
+    }
+
+    async fn try_resume_login(
+        self: &Arc<Self>,
+        mxid: &OwnedUserId,
+        token: Token,
+        device_id: String,
+    ) {
+        let mxid = mxid.clone();
         let mut delay = RESUME_FIRST_DELAY;
         for attempt in 1..=RESUME_ATTEMPTS {
             let error = match self

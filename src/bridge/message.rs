@@ -6,144 +6,389 @@
 use super::Bridge;
 use super::convert;
 use super::login::LoginSession;
-use super::portal::{PortalError, PortalKey, since_key};
+use super::portal::{PortalError, PortalKey};
 use crate::matrix::{MatrixError, RoomEvent};
-use crate::store::MessageRow;
+use crate::store::{MessageRow, PortalMark};
 use maxproto::types::{
-    Chat, Message, MessageLink, MsgDeleteRequest, MsgEditRequest, MsgSendRequest, OutgoingMessage,
+    Chat, ChatHistoryRequest, ChatId, Message, MessageLink, MsgDeleteRequest, MsgEditRequest,
+    MsgSendRequest, OutgoingMessage,
 };
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-/// How long a portal waits for an unavailable homeserver before giving up
-/// on a message (and telling the user), and the backoff between tries.
-const HOMESERVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
-const HOMESERVER_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+/// Messages asked for per CHAT_HISTORY page while catching up.
+const HISTORY_PAGE: i64 = 100;
+/// Pages read at most in one catch-up (the limit on bridged messages is the
+/// config's; this only bounds the reading of a very long absence).
+const HISTORY_MAX_PAGES: usize = 1000;
+/// Messages before the mark read again on a (re)connection, to apply the
+/// edits and deletions made meanwhile to messages already bridged.
+const RECHECK_WINDOW: i64 = 30;
+/// Backoff of a send to the homeserver that failed for a while.
+const HOMESERVER_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
 const HOMESERVER_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// Content key that ties a Matrix event to its transaction id, so that a
+/// send whose answer was lost (homeserver restarting) can be found again
+/// instead of sent twice: the homeserver forgets transaction ids of
+/// appservice users when it restarts.
+const TXN_KEY: &str = "net.maxbridge.txn";
 
 impl Bridge {
+    /// A (re)connection found `chat`: bridge from MAX history what came
+    /// after the portal's mark, and apply edits and deletions of the last
+    /// messages bridged.
     pub(crate) async fn catch_up(
         self: &Arc<Self>,
         session: &Arc<LoginSession>,
         chat: &Chat,
-        mut recent: Vec<Message>,
     ) -> Result<(), PortalError> {
-        // Only what is newer than the last bridged message, or than the
-        // portal itself: a new portal starts at its creation (no backfill).
-        let latest = self
-            .store
-            .messages()
-            .latest_in_portal(chat.id.0, session.max_user_id)
-            .await?;
-        let since = self
-            .store
-            .kv()
-            .get(&since_key(chat.id.0, session.max_user_id))
-            .await?
-            .and_then(|t| t.parse::<i64>().ok());
-        let is_new = |m: &Message| match (&latest, since) {
-            (Some(latest), _) => m.id.0 > latest.max_message_id,
-            (None, Some(since)) => m.time >= since,
-            (None, None) => false,
-        };
-        if let Some(last) = &chat.last_message
-            && !recent.iter().any(|m| m.id == last.id)
-        {
-            recent.push(last.clone());
-        }
-        recent.sort_by_key(|m| m.id);
         let key = session.portal_key(chat.id.0);
-        for message in recent.into_iter().filter(|m| is_new(m)) {
-            self.on_max_message(session, key, &message).await?;
+        let Some(mark) = self.store.portals().mark(key.chat_id, key.receiver).await? else {
+            return Ok(());
+        };
+        self.recheck_bridged(session, key, mark).await?;
+        let behind = chat
+            .last_message
+            .as_ref()
+            .is_some_and(|last| last.id.0 > mark.message_id);
+        if behind {
+            self.catch_up_from(session, key, mark).await?;
         }
         Ok(())
     }
 
-    pub(crate) async fn on_max_message(
+    /// A live message push (128).
+    pub(crate) async fn on_max_push(
         self: &Arc<Self>,
         session: &Arc<LoginSession>,
         key: PortalKey,
         message: &Message,
+        prev: Option<i64>,
     ) -> Result<(), PortalError> {
-        tracing::debug!(chat = key.chat_id, receiver = key.receiver, message = message.id.0, sender = ?message.sender, status = ?message.status, "MAX message");
+        tracing::debug!(chat = key.chat_id, receiver = key.receiver, message = message.id.0, ?prev, sender = ?message.sender, status = ?message.status, "MAX message");
         let known = self
             .store
             .messages()
             .by_max_id(key.chat_id, key.receiver, message.id.0)
             .await?;
         if message.is_removed() {
-            return self.redact_bridged(&known).await;
+            return self.redact_bridged(key, &known).await;
         }
         if message.is_edited() && !known.is_empty() {
-            let edit_time = message.update_time.unwrap_or(message.time);
-            if session.is_own_edit(message.id.0, edit_time) {
-                return Ok(());
-            }
-            return self.bridge_edit(session, key, message, &known).await;
+            return self.on_max_edit(session, key, message, &known).await;
         }
-        if !known.is_empty() {
+        let mark = self.store.portals().mark(key.chat_id, key.receiver).await?;
+        match mark {
+            // No portal yet: this message starts it.
+            None => {
+                let start = PortalMark {
+                    message_id: prev.unwrap_or(0),
+                    time: message.time - 1,
+                };
+                self.bridge_message(session, key, message, Some(start))
+                    .await
+            }
+            Some(mark) if message.id.0 <= mark.message_id => {
+                tracing::debug!(message = message.id.0, "MAX message already accounted for");
+                Ok(())
+            }
+            // Something came between the mark and this message that was
+            // never seen (a crash, a drop): history has it.
+            Some(mark) if prev.is_some_and(|prev| prev > mark.message_id) => {
+                tracing::info!(
+                    chat = key.chat_id,
+                    receiver = key.receiver,
+                    mark = mark.message_id,
+                    ?prev,
+                    "gap before a MAX message; catching up"
+                );
+                self.catch_up_from(session, key, mark).await?;
+                // History normally holds the message; if not yet, it goes
+                // after what history gave.
+                self.bridge_message(session, key, message, None).await
+            }
+            Some(_) => self.bridge_message(session, key, message, None).await,
+        }
+    }
+
+    /// Reads the chat's history after `mark` up to the live edge and bridges
+    /// it in order; at most `max_catchup_messages` (the newest), with a
+    /// notice in the room saying how many older ones were skipped.
+    async fn catch_up_from(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        key: PortalKey,
+        mark: PortalMark,
+    ) -> Result<(), PortalError> {
+        let limit = self.config.bridge.max_catchup_messages as usize;
+        let mut missed: std::collections::VecDeque<Message> = std::collections::VecDeque::new();
+        let mut skipped: u64 = 0;
+        let mut skipped_up_to: Option<PortalMark> = None;
+        let mut seen = mark.message_id;
+        let mut from = mark.time;
+        for _ in 0..HISTORY_MAX_PAGES {
+            let request = ChatHistoryRequest::forward(ChatId(key.chat_id), from, HISTORY_PAGE);
+            let mut page = session.client.call(&request).await?.messages;
+            let count = page.len() as i64;
+            page.sort_by_key(|m| m.id);
+            let mut newest = from;
+            for message in page {
+                if message.id.0 <= seen {
+                    continue;
+                }
+                seen = message.id.0;
+                newest = newest.max(message.time);
+                if message.is_removed() {
+                    continue;
+                }
+                if missed.len() >= limit {
+                    if let Some(dropped) = missed.pop_front() {
+                        skipped += 1;
+                        skipped_up_to = Some(PortalMark {
+                            message_id: dropped.id.0,
+                            time: dropped.time,
+                        });
+                    }
+                }
+                if limit > 0 {
+                    missed.push_back(message);
+                } else {
+                    skipped += 1;
+                    skipped_up_to = Some(PortalMark {
+                        message_id: message.id.0,
+                        time: message.time,
+                    });
+                }
+            }
+            if count < HISTORY_PAGE {
+                break;
+            }
+            // A full page of one millisecond would be read again forever.
+            from = if newest > from { newest } else { from + 1 };
+        }
+        if let Some(up_to) = skipped_up_to {
+            self.store
+                .portals()
+                .advance_mark(key.chat_id, key.receiver, up_to)
+                .await?;
+            tracing::warn!(
+                chat = key.chat_id,
+                receiver = key.receiver,
+                skipped,
+                "missed MAX messages over the catch-up limit skipped"
+            );
+            if let Some(room) = self.existing_room(key).await? {
+                self.bot_notice(
+                    &room,
+                    &format!(
+                        "⚠️ {skipped} older messages sent while the bridge was away were not bridged (the limit is {limit} per chat). Open the chat in MAX to read them."
+                    ),
+                )
+                .await;
+            }
+        }
+        if !missed.is_empty() {
+            tracing::info!(
+                chat = key.chat_id,
+                receiver = key.receiver,
+                messages = missed.len(),
+                "catching up missed MAX messages"
+            );
+        }
+        for message in &missed {
+            let known = self
+                .store
+                .messages()
+                .by_max_id(key.chat_id, key.receiver, message.id.0)
+                .await?;
+            if message.is_edited() && !known.is_empty() {
+                self.on_max_edit(session, key, message, &known).await?;
+            }
+            self.bridge_message(session, key, message, None).await?;
+        }
+        Ok(())
+    }
+
+    /// The last messages up to the mark, as history has them now: edits
+    /// made and messages deleted while the bridge was away or disconnected
+    /// are applied (deleted messages vanish from MAX history).
+    async fn recheck_bridged(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        key: PortalKey,
+        mark: PortalMark,
+    ) -> Result<(), PortalError> {
+        if mark.message_id == 0 {
             return Ok(());
         }
-        // The echo of a message this bridge sent was recognised above: the
-        // send stored its mapping before this push could be processed,
-        // since both go through this portal's queue.
+        let request = ChatHistoryRequest::backward(ChatId(key.chat_id), mark.time, RECHECK_WINDOW);
+        let page = session.client.call(&request).await?.messages;
+        let Some(oldest) = page.iter().map(|m| m.time).min() else {
+            return Ok(());
+        };
+        // Only a full window bounds the range it covers; a shorter one is
+        // the whole chat up to the mark.
+        // Others of the oldest message's millisecond may be cut off.
+        let window_start = if page.len() as i64 >= RECHECK_WINDOW {
+            oldest + 1
+        } else {
+            i64::MIN
+        };
+        let present: std::collections::HashSet<i64> = page
+            .iter()
+            .filter(|m| !m.is_removed())
+            .map(|m| m.id.0)
+            .collect();
+        let bridged = self
+            .store
+            .messages()
+            .live_between(key.chat_id, key.receiver, window_start, mark.time)
+            .await?;
+        for row in bridged {
+            if row.max_message_id <= mark.message_id && !present.contains(&row.max_message_id) {
+                tracing::info!(
+                    chat = key.chat_id,
+                    message = row.max_message_id,
+                    "MAX message deleted while away"
+                );
+                let parts = self
+                    .store
+                    .messages()
+                    .by_max_id(key.chat_id, key.receiver, row.max_message_id)
+                    .await?;
+                self.redact_bridged(key, &parts).await?;
+            }
+        }
+        for message in page.iter().filter(|m| m.is_edited() && !m.is_removed()) {
+            let known = self
+                .store
+                .messages()
+                .by_max_id(key.chat_id, key.receiver, message.id.0)
+                .await?;
+            if !known.is_empty() {
+                self.on_max_edit(session, key, message, &known).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bridges one MAX message (each part not bridged yet) and moves the
+    /// portal's mark to it. `start` is where a portal created for it starts.
+    async fn bridge_message(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        key: PortalKey,
+        message: &Message,
+        start: Option<PortalMark>,
+    ) -> Result<(), PortalError> {
+        let known = self
+            .store
+            .messages()
+            .by_max_id(key.chat_id, key.receiver, message.id.0)
+            .await?;
+        let mark = PortalMark {
+            message_id: message.id.0,
+            time: message.time,
+        };
+        let text = convert::max_text_to_matrix(message);
+        let media: Vec<_> = message
+            .attaches
+            .iter()
+            .filter(|a| convert::is_media(a))
+            .collect();
+        let parts = usize::from(text.is_some()) + media.len();
+        let done: std::collections::HashSet<i32> = known.iter().map(|row| row.part).collect();
+        // The echo of a message this bridge sent was recorded by the send,
+        // before this push could be handled (both go through this queue);
+        // a message bridged before a crash is recorded too.
+        if !known.is_empty() && (parts == 0 || (0..parts).all(|p| done.contains(&(p as i32)))) {
+            self.store
+                .portals()
+                .advance_mark(key.chat_id, key.receiver, mark)
+                .await?;
+            return Ok(());
+        }
+        if parts == 0 {
+            self.store
+                .portals()
+                .advance_mark(key.chat_id, key.receiver, mark)
+                .await?;
+            return Ok(());
+        }
         let sender = message.sender.map(|s| s.0);
-        let (_, room) = self.portal_room(session, key.chat_id).await?;
+        let start = start.unwrap_or(PortalMark {
+            message_id: 0,
+            time: message.time - 1,
+        });
+        let (_, room) = self.portal_room(session, key.chat_id, start).await?;
         // Channel posts have no sender: they speak as the bot.
         let author = match sender {
             Some(id) => self.ensure_ghost(session, id).await?,
             None => self.bot.clone(),
         };
         self.add_to_room(&room, &author).await?;
+        let ts = u64::try_from(message.time).ok().filter(|t| *t > 0);
         // The text (if any) first, then one event per media attachment;
         // each is a part of the message, so edits, deletions and replies
         // find them all.
-        let mut events: Vec<(&'static str, Value)> = Vec::new();
-        if let Some(content) = convert::max_text_to_matrix(message) {
-            events.push(("m.room.message", content));
-        }
-        for attach in message.attaches.iter().filter(|a| convert::is_media(a)) {
-            events.push(
-                self.media_event(session, key.chat_id, message, attach)
-                    .await,
-            );
-        }
-        if let Some(reply_to) = message.reply_to()
-            && let Some(target) = self
-                .store
-                .messages()
-                .by_max_id(key.chat_id, key.receiver, reply_to.0)
-                .await?
-                .into_iter()
-                .next()
-            && let Some((_, content)) = events.first_mut()
-        {
-            content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": target.event_id}});
-        }
-        let ts = u64::try_from(message.time).ok().filter(|t| *t > 0);
-        for (part, (event_type, content)) in events.into_iter().enumerate() {
+        for part in 0..parts {
+            if done.contains(&(part as i32)) {
+                continue;
+            }
+            let (event_type, mut content) = match (&text, part) {
+                (Some(text), 0) => ("m.room.message", text.clone()),
+                (Some(_), n) => {
+                    self.media_event(session, key.chat_id, message, media[n - 1])
+                        .await
+                }
+                (None, n) => {
+                    self.media_event(session, key.chat_id, message, media[n])
+                        .await
+                }
+            };
+            if part == 0
+                && let Some(reply_to) = message.reply_to()
+                && let Some(target) = self
+                    .store
+                    .messages()
+                    .by_max_id(key.chat_id, key.receiver, reply_to.0)
+                    .await?
+                    .into_iter()
+                    .next()
+            {
+                content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": target.event_id}});
+            }
             let txn = format!(
                 "max-{}-{}-{}-{part}",
                 key.receiver, key.chat_id, message.id.0
             );
             let event_id = self
-                .send_patiently(&author, &room, event_type, &content, &txn, ts)
+                .send_once(&author, &room, event_type, &mut content, &txn, ts)
                 .await?;
             self.store
                 .messages()
-                .insert(&MessageRow {
-                    chat_id: key.chat_id,
-                    receiver: key.receiver,
-                    max_message_id: message.id.0,
-                    part: part as i32,
-                    event_id: event_id.to_string(),
-                    room_id: room.to_string(),
-                    sender: sender.unwrap_or(0),
-                    timestamp_ms: message.time,
-                })
+                .record(
+                    &MessageRow {
+                        chat_id: key.chat_id,
+                        receiver: key.receiver,
+                        max_message_id: message.id.0,
+                        part: part as i32,
+                        event_id: event_id.to_string(),
+                        room_id: room.to_string(),
+                        sender: sender.unwrap_or(0),
+                        timestamp_ms: message.time,
+                    },
+                    part + 1 == parts,
+                )
                 .await?;
         }
+        // A retry that found only the last part missing recorded it with
+        // the mark; any other order still ends here with the mark moved.
+        self.store
+            .portals()
+            .advance_mark(key.chat_id, key.receiver, mark)
+            .await?;
         Ok(())
     }
 
@@ -158,34 +403,57 @@ impl Bridge {
                 .messages()
                 .by_max_id(key.chat_id, key.receiver, *id)
                 .await?;
-            self.redact_bridged(&known).await?;
+            self.redact_bridged(key, &known).await?;
         }
         Ok(())
     }
 
-    /// Sends a MAX message into Matrix, waiting out a homeserver that is
-    /// down for a while (the portal waits with it, so order holds) instead
-    /// of dropping the message after the client's short retry budget. The
-    /// same transaction id makes the retries idempotent.
-    async fn send_patiently(
+    /// Sends one event of a MAX message to Matrix exactly once. The
+    /// transaction id makes a retry idempotent while the homeserver keeps
+    /// running; across its restart it forgets transaction ids, so a send
+    /// whose outcome is unknown is looked for in the room (by the
+    /// transaction id in its content) before it is sent again. Outages are
+    /// retried by the portal (which holds its queue, keeping order).
+    async fn send_once(
         &self,
         author: &UserId,
         room: &RoomId,
         event_type: &str,
-        content: &Value,
+        content: &mut Value,
         txn: &str,
         ts: Option<u64>,
     ) -> Result<ruma::OwnedEventId, MatrixError> {
+        content[TXN_KEY] = json!(txn);
         let started = tokio::time::Instant::now();
+        let patience = self.config.outage_patience();
         let mut delay = HOMESERVER_RETRY_FIRST;
         let mut waiting = None;
         loop {
-            match self
-                .matrix
-                .send_message(author, room, event_type, content, txn, ts)
-                .await
-            {
-                Err(error) if error.is_transient() && started.elapsed() < HOMESERVER_PATIENCE => {
+            let attempt = async {
+                if self.is_unsure_send(txn)
+                    && let Some(event_id) = self
+                        .matrix
+                        .find_recent_event(author, room, TXN_KEY, txn)
+                        .await?
+                {
+                    tracing::info!(room = %room, txn, "event was sent before the homeserver went away");
+                    return Ok(event_id);
+                }
+                self.matrix
+                    .send_message_once(author, room, event_type, &*content, txn, ts)
+                    .await
+            };
+            match attempt.await {
+                Ok(event_id) => {
+                    self.set_unsure_send(txn, false);
+                    return Ok(event_id);
+                }
+                Err(error) if error.is_transient() && started.elapsed() + delay < patience => {
+                    // A request that never reached the homeserver cannot
+                    // have created the event; any other failure may have.
+                    if !error.is_connect() {
+                        self.set_unsure_send(txn, true);
+                    }
                     if waiting.is_none() {
                         tracing::warn!(room = %room, %error, "homeserver unavailable; holding the portal's messages");
                         waiting = Some(self.waiting_for_homeserver());
@@ -193,12 +461,21 @@ impl Bridge {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(HOMESERVER_RETRY_MAX);
                 }
-                result => return result,
+                Err(error) => return Err(error),
             }
         }
     }
 
-    async fn redact_bridged(&self, known: &[MessageRow]) -> Result<(), PortalError> {
+    /// Redacts the events of a MAX message deleted on MAX (once: the
+    /// mapping is kept, marked deleted, so a late echo is still known).
+    async fn redact_bridged(
+        &self,
+        key: PortalKey,
+        known: &[MessageRow],
+    ) -> Result<(), PortalError> {
+        let Some(first) = known.first() else {
+            return Ok(());
+        };
         for row in known {
             let (Some(room), Ok(event)) = (
                 super::room_id(&row.room_id),
@@ -211,10 +488,17 @@ impl Bridge {
                 .redact(&self.bot, &room, &event, Some("Deleted on MAX"), &txn)
                 .await?;
         }
+        self.store
+            .messages()
+            .set_deleted(key.chat_id, key.receiver, first.max_message_id)
+            .await?;
         Ok(())
     }
 
-    async fn bridge_edit(
+    /// A MAX edit of a bridged message becomes an `m.replace` — once per
+    /// edit: the edit's time is recorded, and this bridge's own edits
+    /// (from Matrix) are not sent back.
+    async fn on_max_edit(
         self: &Arc<Self>,
         session: &Arc<LoginSession>,
         key: PortalKey,
@@ -224,6 +508,15 @@ impl Bridge {
         let Some(original) = known.first() else {
             return Ok(());
         };
+        let edit_time = message.update_time.unwrap_or(message.time);
+        let bridged = self
+            .store
+            .messages()
+            .edited_ms(key.chat_id, key.receiver, message.id.0)
+            .await?;
+        if bridged.is_some_and(|t| t >= edit_time) || session.is_own_edit(message.id.0, edit_time) {
+            return Ok(());
+        }
         let Some(room) = super::room_id(&original.room_id) else {
             return Ok(());
         };
@@ -246,14 +539,16 @@ impl Bridge {
             content["format"] = json!("org.matrix.custom.html");
             content["formatted_body"] = json!(html);
         }
-        let edit_time = message.update_time.unwrap_or(message.time);
         let txn = format!(
             "max-edit-{}-{}-{}-{edit_time}",
             key.receiver, key.chat_id, message.id.0
         );
         let ts = u64::try_from(edit_time).ok().filter(|t| *t > 0);
-        self.matrix
-            .send_message(&author, &room, "m.room.message", &content, &txn, ts)
+        self.send_once(&author, &room, "m.room.message", &mut content, &txn, ts)
+            .await?;
+        self.store
+            .messages()
+            .set_edited_ms(key.chat_id, key.receiver, message.id.0, edit_time)
             .await?;
         Ok(())
     }
@@ -263,13 +558,21 @@ impl Bridge {
         key: PortalKey,
         event: &RoomEvent,
     ) -> Result<(), PortalError> {
-        let Some(session) = self.login_of(&event.sender) else {
+        let Some(session) = self.wait_for_login(&event.sender).await? else {
             if let Some(login) = self.store.logins().get(event.sender.as_str()).await?
                 && login.max_user_id == key.receiver
             {
+                let why = if login.state == super::login::STATE_LOGGED_OUT {
+                    "you are logged out of MAX. Send `login` to the bridge bot.".to_owned()
+                } else {
+                    format!(
+                        "the connection to MAX did not come back within {} s. Send `ping` to the bridge bot to check it.",
+                        self.config.login_patience().as_secs()
+                    )
+                };
                 self.bot_notice(
                     &event.room_id,
-                    "⚠️ Your message was not sent: you are not connected to MAX. Send `login` to the bridge bot.",
+                    &format!("⚠️ Your message was not sent: {why}"),
                 )
                 .await;
             }
@@ -279,13 +582,15 @@ impl Bridge {
             // Someone else's portal: only its owner speaks for it on MAX.
             return Ok(());
         }
-        if self
+        // How many MAX messages this event already became (a long text is
+        // several): after a crash, only the rest is sent.
+        let already = self
             .store
             .messages()
-            .by_event_id(event.event_id.as_str())
+            .all_by_event_id(event.event_id.as_str())
             .await?
-            .is_some()
-        {
+            .len();
+        if already > 0 && event.event_type != "m.room.message" {
             return Ok(());
         }
         match event.event_type.as_str() {
@@ -321,6 +626,9 @@ impl Bridge {
             .unwrap_or("?");
         let mut outgoing: Vec<OutgoingMessage> = Vec::new();
         if super::media::is_media_msgtype(msgtype) {
+            if already > 0 {
+                return Ok(());
+            }
             match self.media_to_max(&session, &event.content).await {
                 Ok(attach) => {
                     let mut message = OutgoingMessage::new(0, "");
@@ -355,46 +663,76 @@ impl Bridge {
             return Ok(());
         }
         let last = outgoing.len().saturating_sub(1);
-        for (index, mut message) in outgoing.into_iter().enumerate() {
-            message.cid = self.next_cid();
+        for (index, mut message) in outgoing.into_iter().enumerate().skip(already) {
+            message.cid = super::cid_for_event(event.event_id.as_str(), index);
             if index == 0 {
                 message.link = reply_link.clone();
             }
             let request = MsgSendRequest::new(maxproto::types::ChatId(key.chat_id), message);
-            match tokio::time::timeout(
-                self.config.message_send_timeout(),
-                session.client.call(&request),
-            )
-            .await
-            {
-                Ok(Ok(answer)) => {
+            match self.send_to_max(&session, &request).await {
+                Ok(answer) => {
                     self.store
                         .messages()
-                        .insert(&MessageRow {
-                            chat_id: key.chat_id,
-                            receiver: key.receiver,
-                            max_message_id: answer.message.id.0,
-                            part: 0,
-                            event_id: event.event_id.to_string(),
-                            room_id: event.room_id.to_string(),
-                            sender: session.max_user_id,
-                            timestamp_ms: answer.message.time,
-                        })
+                        .record(
+                            &MessageRow {
+                                chat_id: key.chat_id,
+                                receiver: key.receiver,
+                                max_message_id: answer.message.id.0,
+                                part: 0,
+                                event_id: event.event_id.to_string(),
+                                room_id: event.room_id.to_string(),
+                                sender: session.max_user_id,
+                                timestamp_ms: answer.message.time,
+                            },
+                            false,
+                        )
                         .await?;
                 }
-                Ok(Err(error)) => {
-                    self.send_failed(event, &error.to_string(), index, last)
-                        .await;
-                    return Ok(());
-                }
-                Err(_) => {
-                    self.send_failed(event, "MAX did not answer in time", index, last)
-                        .await;
+                Err(reason) => {
+                    self.send_failed(event, &reason, index, last).await;
                     return Ok(());
                 }
             }
         }
         Ok(())
+    }
+
+    /// MSG_SEND, retried while MAX does not answer or the connection is
+    /// being re-established, up to the outage patience. Safe to repeat: the
+    /// cid is derived from the event, and MAX answers a repeated cid with
+    /// the message it already created. A refusal is returned as its reason.
+    async fn send_to_max(
+        &self,
+        session: &LoginSession,
+        request: &MsgSendRequest,
+    ) -> Result<maxproto::types::MsgSendResponse, String> {
+        use maxproto::client::ClientError;
+        let started = tokio::time::Instant::now();
+        let patience = self.config.outage_patience();
+        let mut delay = std::time::Duration::from_millis(500);
+        loop {
+            let outcome = tokio::time::timeout(
+                self.config.message_send_timeout(),
+                session.client.call(request),
+            )
+            .await;
+            let reason = match outcome {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(
+                    error @ (ClientError::Timeout
+                    | ClientError::Disconnected
+                    | ClientError::WebSocket(_)),
+                )) => error.to_string(),
+                Ok(Err(error)) => return Err(super::commands::describe(&error)),
+                Err(_) => "MAX did not answer in time".to_owned(),
+            };
+            if started.elapsed() + delay >= patience {
+                return Err(reason);
+            }
+            tracing::warn!(chat = ?request.chat_id, reason, "MAX send not confirmed; retrying with the same cid");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(30));
+        }
     }
 
     async fn send_failed(&self, event: &RoomEvent, reason: &str, index: usize, last: usize) {
@@ -461,10 +799,18 @@ impl Bridge {
         };
         match session.client.call(&request).await {
             Ok(answer) => {
-                session.remember_own_edit(
-                    original.max_message_id,
-                    answer.message.update_time.unwrap_or(answer.message.time),
-                );
+                let edit_time = answer.message.update_time.unwrap_or(answer.message.time);
+                session.remember_own_edit(original.max_message_id, edit_time);
+                // Recorded as bridged, so a catch-up does not send it back.
+                self.store
+                    .messages()
+                    .set_edited_ms(
+                        key.chat_id,
+                        key.receiver,
+                        original.max_message_id,
+                        edit_time,
+                    )
+                    .await?;
             }
             Err(error) => {
                 self.bot_notice(
@@ -502,6 +848,21 @@ impl Bridge {
             .into_iter()
             .filter(|row| row.chat_id == key.chat_id && row.receiver == key.receiver)
             .collect();
+        // Rows of a message deleted already (a redelivered redaction).
+        let rows: Vec<MessageRow> = {
+            let mut live = Vec::new();
+            for row in rows {
+                if !self
+                    .store
+                    .messages()
+                    .is_deleted(row.chat_id, row.receiver, row.max_message_id)
+                    .await?
+                {
+                    live.push(row);
+                }
+            }
+            live
+        };
         if rows.is_empty() {
             return Ok(());
         }
@@ -517,7 +878,14 @@ impl Bridge {
         // The mapping stays: the echo of the original send may still be on
         // its way (a quick delete overtakes it), and must be recognised.
         match session.client.call(&request).await {
-            Ok(_) => {}
+            Ok(_) => {
+                for row in &rows {
+                    self.store
+                        .messages()
+                        .set_deleted(key.chat_id, key.receiver, row.max_message_id)
+                        .await?;
+                }
+            }
             Err(error) => {
                 self.bot_notice(
                     &event.room_id,

@@ -30,7 +30,7 @@ use login::LoginSession;
 use portal::{PortalEvent, PortalKey};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
@@ -55,9 +55,18 @@ pub struct Bridge {
     portals: KeyedQueue<PortalKey, PortalEvent>,
     /// Memberships known to be in place, so sends skip the join dance.
     joined: Mutex<HashSet<(OwnedRoomId, OwnedUserId)>>,
-    last_cid: AtomicI64,
+    /// Bumped whenever a login starts, stops or gives up resuming, so that
+    /// work waiting for a login wakes up and looks again.
+    logins_changed: tokio::sync::watch::Sender<u64>,
+    /// Users whose saved login is being resumed (at start, after failures).
+    resuming: Mutex<HashSet<OwnedUserId>>,
+    /// Set once start-up has marked every saved login as resuming.
+    started: std::sync::atomic::AtomicBool,
     /// Background work that must not outlive the bridge (login resumption).
     tasks: Mutex<tokio::task::JoinSet<()>>,
+    /// Transaction ids of sends to the homeserver whose outcome is unknown
+    /// (the request may have been handled before the connection broke).
+    unsure_sends: Mutex<HashSet<String>>,
     /// MAX messages currently held because the homeserver is unavailable.
     held_for_homeserver: Arc<AtomicUsize>,
 }
@@ -109,7 +118,10 @@ impl Bridge {
                 pending_logins: AsyncMutex::new(HashMap::new()),
                 portals,
                 joined: Mutex::new(HashSet::new()),
-                last_cid: AtomicI64::new(0),
+                logins_changed: tokio::sync::watch::channel(0).0,
+                resuming: Mutex::new(HashSet::new()),
+                started: std::sync::atomic::AtomicBool::new(false),
+                unsure_sends: Mutex::new(HashSet::new()),
                 tasks: Mutex::new(tokio::task::JoinSet::new()),
                 held_for_homeserver: Arc::new(AtomicUsize::new(0)),
             }
@@ -152,11 +164,77 @@ impl Bridge {
     }
 
     pub(crate) fn set_login(&self, session: Arc<LoginSession>) -> Option<Arc<LoginSession>> {
-        self.lock_logins().insert(session.mxid.clone(), session)
+        let previous = self.lock_logins().insert(session.mxid.clone(), session);
+        self.logins_changed.send_modify(|n| *n += 1);
+        previous
     }
 
     pub(crate) fn remove_login(&self, mxid: &UserId) -> Option<Arc<LoginSession>> {
-        self.lock_logins().remove(mxid)
+        let removed = self.lock_logins().remove(mxid);
+        self.logins_changed.send_modify(|n| *n += 1);
+        removed
+    }
+
+    /// Marks a saved login as being resumed (or no longer).
+    pub(crate) fn set_resuming(&self, mxid: &UserId, resuming: bool) {
+        {
+            let mut set = self.resuming.lock().unwrap_or_else(|e| e.into_inner());
+            if resuming {
+                set.insert(mxid.to_owned());
+            } else {
+                set.remove(mxid);
+            }
+        }
+        self.logins_changed.send_modify(|n| *n += 1);
+    }
+
+    fn is_resuming(&self, mxid: &UserId) -> bool {
+        self.resuming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(mxid)
+    }
+
+    /// The running login of `mxid`, waiting (up to the configured patience)
+    /// while a saved login is still being resumed — at start, the
+    /// homeserver's retried transactions come before MAX has answered.
+    /// `None` only when there is no login to wait for, or it did not come
+    /// back in time.
+    pub(crate) async fn wait_for_login(
+        &self,
+        mxid: &UserId,
+    ) -> Result<Option<Arc<LoginSession>>, crate::store::StoreError> {
+        let deadline = tokio::time::Instant::now() + self.config.login_patience();
+        let mut changed = self.logins_changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            if let Some(session) = self.login_of(mxid) {
+                return Ok(Some(session));
+            }
+            let saved = self.store.logins().get(mxid.as_str()).await?;
+            let resumable = saved.is_some_and(|login| login.state != login::STATE_LOGGED_OUT);
+            // A saved login not (yet) being resumed is waited for only while
+            // the bridge starts: resume_logins marks them all early on.
+            if !resumable || (!self.is_resuming(mxid) && self.started()) {
+                return Ok(None);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wait = (deadline - now).min(Duration::from_secs(1));
+            let _ = tokio::time::timeout(wait, changed.changed()).await;
+        }
+    }
+
+    /// Whether start-up has marked the saved logins for resuming.
+    fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_started(&self) {
+        self.started.store(true, Ordering::Release);
+        self.logins_changed.send_modify(|n| *n += 1);
     }
 
     /// Drops `session` from the running logins, unless a newer login of the
@@ -169,6 +247,8 @@ impl Bridge {
         {
             logins.remove(&session.mxid);
         }
+        drop(logins);
+        self.logins_changed.send_modify(|n| *n += 1);
     }
 
     fn lock_logins(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedUserId, Arc<LoginSession>>> {
@@ -178,6 +258,22 @@ impl Bridge {
     /// Queues an event for a portal; waits while that portal's queue is full.
     pub(crate) async fn enqueue(&self, key: PortalKey, event: PortalEvent) {
         self.portals.push(key, event).await;
+    }
+
+    pub(crate) fn is_unsure_send(&self, txn: &str) -> bool {
+        self.unsure_sends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(txn)
+    }
+
+    pub(crate) fn set_unsure_send(&self, txn: &str, unsure: bool) {
+        let mut sends = self.unsure_sends.lock().unwrap_or_else(|e| e.into_inner());
+        if unsure {
+            sends.insert(txn.to_owned());
+        } else {
+            sends.remove(txn);
+        }
     }
 
     pub(crate) fn is_joined(&self, room: &RoomId, user: &UserId) -> bool {
@@ -192,27 +288,6 @@ impl Bridge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((room.to_owned(), user.to_owned()));
-    }
-
-    /// A fresh client id for MSG_SEND: the current time in ms, bumped so
-    /// two sends in one millisecond differ, and negated (as maxrs does) so
-    /// it can never equal the positive time-based cid of the user's own
-    /// MAX apps: the server would take that for a retry and drop one.
-    pub(crate) fn next_cid(&self) -> i64 {
-        let now = now_ms();
-        let mut last = self.last_cid.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(last + 1);
-            match self.last_cid.compare_exchange_weak(
-                last,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return -next,
-                Err(current) => last = current,
-            }
-        }
     }
 
     /// Runs `work` in the background until it ends or the bridge shuts down.
@@ -266,6 +341,19 @@ pub(crate) fn room_id(text: &str) -> Option<OwnedRoomId> {
     OwnedRoomId::try_from(text).ok()
 }
 
+/// The client id (`cid`) of the `part`-th MAX message sent for a Matrix
+/// event: derived from the event id, so a send retried after a crash or a
+/// lost answer is recognised by MAX's cid deduplication instead of posted
+/// twice. Negative (as maxrs does), so it never equals the positive
+/// time-based cid of the user's own MAX apps.
+pub(crate) fn cid_for_event(event_id: &str, part: usize) -> i64 {
+    let name = format!("{event_id}#{part}");
+    let uuid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes());
+    let (high, _) = uuid.as_u64_pair();
+    // 62 bits keep it clear of i64::MIN and of 0.
+    -((high >> 2) as i64) - 1
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -279,6 +367,16 @@ pub struct MatrixHandler {
 }
 
 impl AppserviceHandler for MatrixHandler {
+    /// The bridge's own events (its echoes) and types it does nothing with
+    /// are not stored.
+    fn wants_event(&self, event: &RoomEvent) -> bool {
+        !self.bridge.config.is_bridge_user(event.sender.as_str())
+            && matches!(
+                event.event_type.as_str(),
+                "m.room.member" | "m.room.message" | "m.room.redaction" | "m.reaction"
+            )
+    }
+
     async fn handle_event(&self, event: RoomEvent) {
         self.bridge.handle_matrix_event(event).await;
     }
@@ -372,8 +470,11 @@ impl Bridge {
                 chat_id: portal.chat_id,
                 receiver: portal.receiver,
             };
-            self.enqueue(key, PortalEvent::Matrix(Box::new(event)))
+            // Done (for the inbox) only once the portal has handled it.
+            let (done, finished) = tokio::sync::oneshot::channel();
+            self.enqueue(key, PortalEvent::Matrix(Box::new(event), done))
                 .await;
+            let _ = finished.await;
             return;
         }
         commands::on_room_message(self, &event).await;

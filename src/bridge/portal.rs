@@ -8,7 +8,7 @@
 use super::Bridge;
 use super::login::LoginSession;
 use crate::matrix::{CreateRoomOptions, EphemeralEvent, MatrixError, RoomEvent, RoomPreset};
-use crate::store::{PortalKind, PortalRow};
+use crate::store::{PortalKind, PortalMark, PortalRow};
 use maxproto::types::{Chat, ChatType, Message};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
@@ -17,11 +17,6 @@ use std::sync::Arc;
 /// Ghosts invited when a group portal is created; bigger chats get the
 /// rest as they speak.
 const MAX_INITIAL_MEMBERS: usize = 200;
-
-/// `kv` key of the time a portal was created, the start of its catch-up.
-pub(crate) fn since_key(chat_id: i64, receiver: i64) -> String {
-    format!("portal_since:{receiver}:{chat_id}")
-}
 
 /// A portal's identity: the MAX chat and the MAX account that sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,17 +34,18 @@ pub enum PortalEvent {
         chat: Box<Chat>,
         create: bool,
     },
-    /// Recent messages of a chat from a LOGIN answer: bridge those newer
-    /// than the last one bridged.
+    /// A chat as a (re)connection found it: bridge from MAX history what
+    /// came after the portal's mark.
     CatchUp {
         session: Arc<LoginSession>,
         chat: Box<Chat>,
-        recent: Vec<Message>,
     },
-    /// A new (or edited, or removed) MAX message.
+    /// A new (or edited, or removed) MAX message; `prev` is the chat's
+    /// message before it, as the push says, to notice a gap.
     MaxMessage {
         session: Arc<LoginSession>,
         message: Box<Message>,
+        prev: Option<i64>,
     },
     /// MAX messages deleted (142).
     MaxDeleted { message_ids: Vec<i64> },
@@ -69,8 +65,9 @@ pub enum PortalEvent {
         user: i64,
         mark: i64,
     },
-    /// An event in the portal's Matrix room.
-    Matrix(Box<RoomEvent>),
+    /// An event in the portal's Matrix room; the sender is dropped (which
+    /// completes its receiver) once the event is handled.
+    Matrix(Box<RoomEvent>, tokio::sync::oneshot::Sender<()>),
     /// Typing or a read receipt in the portal's Matrix room.
     MatrixEphemeral(Box<EphemeralEvent>),
 }
@@ -89,53 +86,115 @@ pub enum PortalError {
     BadRoomId(String),
 }
 
+impl PortalError {
+    /// Whether the same work may succeed later: the homeserver, the
+    /// database or the MAX connection is down for a while.
+    pub fn is_transient(&self) -> bool {
+        use maxproto::client::ClientError;
+        match self {
+            PortalError::Matrix(e) => e.is_transient(),
+            PortalError::Store(e) => e.is_transient(),
+            PortalError::Ghost(super::ghost::GhostError::Matrix(e)) => e.is_transient(),
+            PortalError::Ghost(super::ghost::GhostError::Store(e)) => e.is_transient(),
+            PortalError::Ghost(_) => false,
+            PortalError::Max(e) => matches!(
+                e,
+                ClientError::Timeout | ClientError::Disconnected | ClientError::WebSocket(_)
+            ),
+            PortalError::BadRoomId(_) => false,
+        }
+    }
+}
+
+/// Backoff of a portal retrying through an outage.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Bridge {
+    /// Handles one item of a portal's queue. Work that fails because
+    /// something is down (homeserver, database, MAX) is retried with
+    /// backoff, holding the portal so order is kept, for up to the outage
+    /// patience; every step is idempotent (deterministic Matrix transaction
+    /// ids, cids derived from event ids, mappings checked first).
     pub(crate) async fn handle_portal_event(self: Arc<Self>, key: PortalKey, event: PortalEvent) {
-        let result = match event {
+        let started = tokio::time::Instant::now();
+        let patience = self.config.outage_patience();
+        let mut delay = RETRY_FIRST;
+        let mut held = None;
+        loop {
+            let result = self.handle_portal_event_once(key, &event).await;
+            let error = match result {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            if error.is_transient() && started.elapsed() + delay < patience {
+                if held.is_none() {
+                    tracing::warn!(chat = key.chat_id, receiver = key.receiver, %error, "portal waits for an outage to end");
+                    held = Some(self.waiting_for_homeserver());
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+                continue;
+            }
+            tracing::error!(chat = key.chat_id, receiver = key.receiver, %error, "portal event failed");
+            if let PortalEvent::MaxMessage {
+                session, message, ..
+            } = &event
+            {
+                // Never lose a message silently: the user hears of it.
+                let preview: String = message.text.chars().take(80).collect();
+                self.tell_user(
+                    &session.mxid,
+                    &format!(
+                        "⚠️ A MAX message (chat {}, «{preview}») could not be bridged: {error}",
+                        key.chat_id
+                    ),
+                )
+                .await;
+            }
+            if let PortalEvent::Matrix(event, _) = &event {
+                self.bot_notice(
+                    &event.room_id,
+                    &format!("⚠️ Your message could not be bridged to MAX: {error}"),
+                )
+                .await;
+            }
+            return;
+        }
+    }
+
+    async fn handle_portal_event_once(
+        self: &Arc<Self>,
+        key: PortalKey,
+        event: &PortalEvent,
+    ) -> Result<(), PortalError> {
+        match event {
             PortalEvent::Chat {
                 session,
                 chat,
                 create,
-            } => self.on_chat(&session, &chat, create).await,
-            PortalEvent::CatchUp {
+            } => self.on_chat(session, chat, *create).await,
+            PortalEvent::CatchUp { session, chat } => self.catch_up(session, chat).await,
+            PortalEvent::MaxMessage {
                 session,
-                chat,
-                recent,
-            } => self.catch_up(&session, &chat, recent).await,
-            PortalEvent::MaxMessage { session, message } => {
-                let result = self.on_max_message(&session, key, &message).await;
-                if let Err(error) = &result {
-                    // Never lose a message silently: the user hears of it.
-                    let preview: String = message.text.chars().take(80).collect();
-                    self.tell_user(
-                        &session.mxid,
-                        &format!(
-                            "⚠️ A MAX message (chat {}, «{preview}») could not be bridged: {error}",
-                            key.chat_id
-                        ),
-                    )
-                    .await;
-                }
-                result
-            }
-            PortalEvent::MaxDeleted { message_ids } => self.on_max_deleted(key, &message_ids).await,
+                message,
+                prev,
+            } => self.on_max_push(session, key, message, *prev).await,
+            PortalEvent::MaxDeleted { message_ids } => self.on_max_deleted(key, message_ids).await,
             PortalEvent::MaxReactions {
                 session,
                 message_id,
-            } => self.sync_reactions(&session, key, message_id).await,
+            } => self.sync_reactions(session, key, *message_id).await,
             PortalEvent::MaxTyping { session, user } => {
-                self.on_max_typing(&session, key, user).await
+                self.on_max_typing(session, key, *user).await
             }
             PortalEvent::MaxRead {
                 session,
                 user,
                 mark,
-            } => self.on_max_read(&session, key, user, mark).await,
-            PortalEvent::Matrix(event) => self.on_matrix_message(key, &event).await,
-            PortalEvent::MatrixEphemeral(event) => self.on_matrix_ephemeral(key, &event).await,
-        };
-        if let Err(error) = result {
-            tracing::error!(chat = key.chat_id, receiver = key.receiver, %error, "portal event failed");
+            } => self.on_max_read(session, key, *user, *mark).await,
+            PortalEvent::Matrix(event, _) => self.on_matrix_message(key, event).await,
+            PortalEvent::MatrixEphemeral(event) => self.on_matrix_ephemeral(key, event).await,
         }
     }
 
@@ -162,18 +221,32 @@ impl Bridge {
                 self.refresh_portal(session, portal, chat).await?;
             }
             _ if create => {
-                self.create_portal(session, chat).await?;
+                // A portal starts with the chat as it is now: what came
+                // before is history, not missed messages.
+                let start = chat.last_message.as_ref().map_or(
+                    PortalMark {
+                        message_id: 0,
+                        time: super::now_ms(),
+                    },
+                    |last| PortalMark {
+                        message_id: last.id.0,
+                        time: last.time,
+                    },
+                );
+                self.create_portal(session, chat, start).await?;
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// The portal's room, creating it from the chat when needed.
+    /// The portal's room, creating it from the chat when needed, with
+    /// catch-up starting at `start`.
     pub(crate) async fn portal_room(
         self: &Arc<Self>,
         session: &Arc<LoginSession>,
         chat_id: i64,
+        start: PortalMark,
     ) -> Result<(PortalRow, OwnedRoomId), PortalError> {
         if let Some(portal) = self
             .store
@@ -187,7 +260,7 @@ impl Bridge {
             return Ok((portal, room));
         }
         let chat = self.fetch_chat(session, chat_id).await;
-        self.create_portal(session, &chat).await
+        self.create_portal(session, &chat, start).await
     }
 
     async fn fetch_chat(&self, session: &LoginSession, chat_id: i64) -> Chat {
@@ -217,6 +290,7 @@ impl Bridge {
         self: &Arc<Self>,
         session: &Arc<LoginSession>,
         chat: &Chat,
+        start: PortalMark,
     ) -> Result<(PortalRow, OwnedRoomId), PortalError> {
         let me = session.max_user_id;
         let kind = match chat.kind() {
@@ -251,7 +325,7 @@ impl Bridge {
                 ..Default::default()
             };
             let room = self.matrix.create_room(&ghost, options).await?;
-            self.record_portal(&mut portal, &room).await?;
+            self.record_portal(&mut portal, &room, start).await?;
             self.mark_joined(&room, &ghost);
             self.matrix.join(&self.bot, &room).await?;
             self.mark_joined(&room, &self.bot);
@@ -284,7 +358,7 @@ impl Bridge {
                 ..Default::default()
             };
             let room = self.matrix.create_room(&self.bot, options).await?;
-            self.record_portal(&mut portal, &room).await?;
+            self.record_portal(&mut portal, &room, start).await?;
             self.mark_joined(&room, &self.bot);
             let members: Vec<i64> = chat
                 .participant_ids()
@@ -311,20 +385,19 @@ impl Bridge {
         Ok((portal, room))
     }
 
-    /// Saves a new portal's room and the time catch-up starts from.
+    /// Saves a new portal's room and where its catch-up starts (unless a
+    /// failed earlier attempt already set that).
     async fn record_portal(
         &self,
         portal: &mut PortalRow,
         room: &RoomId,
+        start: PortalMark,
     ) -> Result<(), PortalError> {
         portal.room_id = Some(room.to_string());
         self.store.portals().upsert(portal).await?;
         self.store
-            .kv()
-            .set(
-                &since_key(portal.chat_id, portal.receiver),
-                &super::now_ms().to_string(),
-            )
+            .portals()
+            .init_mark(portal.chat_id, portal.receiver, start)
             .await?;
         Ok(())
     }

@@ -250,6 +250,18 @@ pub struct BridgeConfig {
     /// Seconds to wait for MAX to acknowledge a message sent from Matrix.
     #[serde(default = "default_message_send_timeout")]
     pub message_send_timeout: u64,
+    /// Most MAX messages caught up per chat after the bridge was away;
+    /// older ones are skipped with a notice in the portal.
+    #[serde(default = "default_max_catchup_messages")]
+    pub max_catchup_messages: u32,
+    /// Seconds a message waits for a saved login that is being resumed
+    /// (bridge start, reconnect) before the user is told it was not sent.
+    #[serde(default = "default_login_patience")]
+    pub login_patience: u64,
+    /// Seconds a portal waits out an unavailable homeserver, database or
+    /// MAX connection, retrying, before it gives up on a message and says so.
+    #[serde(default = "default_outage_patience")]
+    pub outage_patience: u64,
 }
 
 impl Default for BridgeConfig {
@@ -260,6 +272,9 @@ impl Default for BridgeConfig {
             command_prefix: default_command_prefix(),
             permissions: BTreeMap::new(),
             message_send_timeout: default_message_send_timeout(),
+            max_catchup_messages: default_max_catchup_messages(),
+            login_patience: default_login_patience(),
+            outage_patience: default_outage_patience(),
         }
     }
 }
@@ -339,6 +354,15 @@ fn default_command_prefix() -> String {
 }
 fn default_message_send_timeout() -> u64 {
     30
+}
+fn default_max_catchup_messages() -> u32 {
+    500
+}
+fn default_login_patience() -> u64 {
+    120
+}
+fn default_outage_patience() -> u64 {
+    600
 }
 fn default_log_level() -> String {
     "info".to_owned()
@@ -583,6 +607,16 @@ impl Config {
     /// How long to wait for MAX to acknowledge a message sent from Matrix.
     pub fn message_send_timeout(&self) -> Duration {
         Duration::from_secs(self.bridge.message_send_timeout)
+    }
+
+    /// How long a message waits for a login that is being resumed.
+    pub fn login_patience(&self) -> Duration {
+        Duration::from_secs(self.bridge.login_patience)
+    }
+
+    /// How long a portal retries through an outage before giving up.
+    pub fn outage_patience(&self) -> Duration {
+        Duration::from_secs(self.bridge.outage_patience)
     }
 }
 

@@ -21,7 +21,7 @@ use ruma::api::client::authenticated_media::get_content;
 use ruma::api::client::discovery::get_supported_versions;
 use ruma::api::client::media::create_content;
 use ruma::api::client::membership::{invite_user, join_room_by_id, joined_members, leave_room};
-use ruma::api::client::message::send_message_event;
+use ruma::api::client::message::{get_message_events, send_message_event};
 use ruma::api::client::profile::{get_profile, set_profile_field};
 use ruma::api::client::receipt::create_receipt;
 use ruma::api::client::redact::redact_event;
@@ -90,6 +90,12 @@ impl MatrixError {
             }
             MatrixError::InvalidResponse { .. } | MatrixError::InvalidRequest { .. } => false,
         }
+    }
+
+    /// Whether the request never reached the homeserver (no connection),
+    /// so it cannot have had any effect.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, MatrixError::Transport { source, .. } if source.is_connect())
     }
 
     /// The Matrix `errcode` (e.g. `M_FORBIDDEN`) if the homeserver sent one.
@@ -481,6 +487,68 @@ impl MatrixClient {
             .send(REQUEST, request, Some(as_user), Retry::Always)
             .await?;
         Ok(response.event_id)
+    }
+
+    /// [`send_message`](Self::send_message) without retrying on transport
+    /// errors and 5xx (429 is still waited out): for callers that must
+    /// check what happened before they try again.
+    pub async fn send_message_once(
+        &self,
+        as_user: &UserId,
+        room: &RoomId,
+        event_type: &str,
+        content: &impl Serialize,
+        txn_id: &str,
+        timestamp_ms: Option<u64>,
+    ) -> Result<OwnedEventId, MatrixError> {
+        const REQUEST: &str = "send message";
+        let mut request = send_message_event::v3::Request::new_raw(
+            room.to_owned(),
+            txn_id.into(),
+            event_type.into(),
+            Raw::from_json(raw_json(REQUEST, content)?),
+        );
+        request.timestamp = timestamp(REQUEST, timestamp_ms)?;
+        let response = self
+            .send(REQUEST, request, Some(as_user), Retry::OnlyRateLimits)
+            .await?;
+        Ok(response.event_id)
+    }
+
+    /// Looks through the room's latest events for one sent by `as_user`
+    /// whose content has `key` equal to `value`.
+    pub async fn find_recent_event(
+        &self,
+        as_user: &UserId,
+        room: &RoomId,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<OwnedEventId>, MatrixError> {
+        const REQUEST: &str = "room messages";
+        const RECENT: u32 = 100;
+        let mut request = get_message_events::v3::Request::backward(room.to_owned());
+        request.limit = UInt::from(RECENT);
+        let response = self
+            .send(REQUEST, request, Some(as_user), Retry::Always)
+            .await?;
+        for raw in &response.chunk {
+            let Ok(event) = serde_json::from_str::<Value>(raw.json().get()) else {
+                continue;
+            };
+            let matches = event.get("sender").and_then(Value::as_str) == Some(as_user.as_str())
+                && event
+                    .pointer("/content")
+                    .and_then(|c| c.get(key))
+                    .and_then(Value::as_str)
+                    == Some(value);
+            if matches
+                && let Some(id) = event.get("event_id").and_then(Value::as_str)
+                && let Ok(id) = OwnedEventId::try_from(id)
+            {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
     }
 
     pub async fn send_state(

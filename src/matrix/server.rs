@@ -1,9 +1,13 @@
-//! The appservice HTTP server: authenticates the homeserver, deduplicates
-//! transactions through a [`TransactionLog`], and feeds events into per-room
-//! ordered queues that call the bridge's [`AppserviceHandler`].
+//! The appservice HTTP server: authenticates the homeserver, stores the
+//! delivered events in an [`EventInbox`] before acknowledging their
+//! transaction, and feeds them into per-room ordered queues that call the
+//! bridge's [`AppserviceHandler`]; an event is marked done once the handler
+//! returns.
 //!
-//! A transaction is answered as soon as its events are enqueued, so a slow
-//! room never makes the homeserver time out and redeliver.
+//! Deduplication is on event ids, never on transaction ids: a homeserver
+//! does not promise unique transaction ids across its restarts (Synapse on
+//! SQLite counts from 1 again). Events stored but not done when the process
+//! died are handled again at start, before any newer transaction.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -20,61 +24,143 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use ruma::{OwnedRoomId, RoomAliasId, UserId};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use super::Secret;
 use super::event::{EphemeralEvent, RoomEvent};
 use crate::queue::KeyedQueue;
 
-/// Error type of [`TransactionLog`] implementations; any error converts into it
+/// Error type of [`EventInbox`] implementations; any error converts into it
 /// with `?`.
-pub type TransactionLogError = Box<dyn std::error::Error + Send + Sync>;
+pub type InboxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Remembers which transactions were handled, so a transaction the homeserver
-/// redelivers (e.g. after our restart) is acknowledged without reprocessing.
-pub trait TransactionLog: Send + Sync + 'static {
-    fn is_handled(
-        &self,
-        txn_id: &str,
-    ) -> impl Future<Output = Result<bool, TransactionLogError>> + Send;
-
-    fn mark_handled(
-        &self,
-        txn_id: &str,
-    ) -> impl Future<Output = Result<(), TransactionLogError>> + Send;
+/// A delivered room event as the inbox keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveredEvent {
+    pub event_id: String,
+    pub room_id: String,
+    /// The event's JSON as received.
+    pub json: String,
 }
 
-impl<T: TransactionLog> TransactionLog for Arc<T> {
-    fn is_handled(
+/// Durable record of delivered events: what is stored here before the
+/// transaction is acknowledged survives a crash.
+pub trait EventInbox: Send + Sync + 'static {
+    /// Stores `events` (in order); returns the ids of those never stored
+    /// before. Only those are handled: the rest are redeliveries.
+    fn record(
         &self,
-        txn_id: &str,
-    ) -> impl Future<Output = Result<bool, TransactionLogError>> + Send {
-        T::is_handled(self, txn_id)
+        events: &[DeliveredEvent],
+    ) -> impl Future<Output = Result<Vec<String>, InboxError>> + Send;
+
+    /// The handler is finished with the event.
+    fn done(&self, event_id: &str) -> impl Future<Output = Result<(), InboxError>> + Send;
+
+    /// Events stored and not done, in delivery order.
+    fn pending(&self) -> impl Future<Output = Result<Vec<DeliveredEvent>, InboxError>> + Send;
+}
+
+impl<T: EventInbox> EventInbox for Arc<T> {
+    fn record(
+        &self,
+        events: &[DeliveredEvent],
+    ) -> impl Future<Output = Result<Vec<String>, InboxError>> + Send {
+        T::record(self, events)
     }
 
-    fn mark_handled(
-        &self,
-        txn_id: &str,
-    ) -> impl Future<Output = Result<(), TransactionLogError>> + Send {
-        T::mark_handled(self, txn_id)
+    fn done(&self, event_id: &str) -> impl Future<Output = Result<(), InboxError>> + Send {
+        T::done(self, event_id)
+    }
+
+    fn pending(&self) -> impl Future<Output = Result<Vec<DeliveredEvent>, InboxError>> + Send {
+        T::pending(self)
     }
 }
 
-/// A [`TransactionLog`] that forgets on restart; for tests and tools.
+/// An [`EventInbox`] that forgets on restart; for tests and tools.
 #[derive(Debug, Default)]
-pub struct InMemoryTransactionLog {
-    handled: Mutex<HashSet<String>>,
+pub struct InMemoryInbox {
+    events: Mutex<InMemoryEvents>,
 }
 
-impl TransactionLog for InMemoryTransactionLog {
-    async fn is_handled(&self, txn_id: &str) -> Result<bool, TransactionLogError> {
-        let handled = self.handled.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(handled.contains(txn_id))
+#[derive(Debug, Default)]
+struct InMemoryEvents {
+    seen: HashSet<String>,
+    pending: Vec<DeliveredEvent>,
+}
+
+impl InMemoryInbox {
+    /// An inbox holding `pending` as if a previous process had stored them.
+    pub fn with_pending(pending: Vec<DeliveredEvent>) -> Self {
+        let seen = pending.iter().map(|e| e.event_id.clone()).collect();
+        Self {
+            events: Mutex::new(InMemoryEvents { seen, pending }),
+        }
     }
 
-    async fn mark_handled(&self, txn_id: &str) -> Result<(), TransactionLogError> {
-        let mut handled = self.handled.lock().unwrap_or_else(PoisonError::into_inner);
-        handled.insert(txn_id.to_owned());
+    /// Ids of the events stored and not done.
+    pub fn pending_ids(&self) -> Vec<String> {
+        let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        events.pending.iter().map(|e| e.event_id.clone()).collect()
+    }
+}
+
+impl EventInbox for InMemoryInbox {
+    async fn record(&self, events: &[DeliveredEvent]) -> Result<Vec<String>, InboxError> {
+        let mut stored = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut fresh = Vec::new();
+        for event in events {
+            if stored.seen.insert(event.event_id.clone()) {
+                stored.pending.push(event.clone());
+                fresh.push(event.event_id.clone());
+            }
+        }
+        Ok(fresh)
+    }
+
+    async fn done(&self, event_id: &str) -> Result<(), InboxError> {
+        let mut stored = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        stored.pending.retain(|e| e.event_id != event_id);
         Ok(())
+    }
+
+    async fn pending(&self) -> Result<Vec<DeliveredEvent>, InboxError> {
+        let stored = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(stored.pending.clone())
+    }
+}
+
+/// How long a transaction waits for the inbox (a database restarting)
+/// before it is refused with 500 for the homeserver to retry later.
+const RECORD_PATIENCE: Duration = Duration::from_secs(15);
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(200);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Marking done is retried this long; an event left pending is handled
+/// again after a restart, which the bridge's deduplication absorbs.
+const DONE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Retries `op` with backoff while it fails, for at most `patience`.
+async fn with_patience<T, F, Fut>(
+    what: &str,
+    patience: Duration,
+    mut op: F,
+) -> Result<T, InboxError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, InboxError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = RECORD_RETRY_FIRST;
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(error) if started.elapsed() + delay < patience => {
+                tracing::warn!(%error, what, "event inbox unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RECORD_RETRY_MAX);
+            }
+            Err(error) => return Err(error),
+        }
     }
 }
 
@@ -83,8 +169,17 @@ impl TransactionLog for InMemoryTransactionLog {
 /// `handle_event` and `handle_ephemeral` run on per-room queue workers: calls
 /// for one room never overlap and come in delivery order; rooms run
 /// concurrently. Errors are the handler's to log: the transaction is already
-/// acknowledged.
+/// acknowledged. `handle_event` returns once the event is dealt with for
+/// good: the inbox then marks it done, and an event whose handling a crash
+/// cut short is handled again after the restart.
 pub trait AppserviceHandler: Send + Sync + 'static {
+    /// Whether an event is worth storing and handling at all (the bridge's
+    /// own echoes are not); checked before the inbox sees it.
+    fn wants_event(&self, event: &RoomEvent) -> bool {
+        let _ = event;
+        true
+    }
+
     fn handle_event(&self, event: RoomEvent) -> impl Future<Output = ()> + Send;
 
     fn handle_ephemeral(&self, event: EphemeralEvent) -> impl Future<Output = ()> + Send {
@@ -135,9 +230,12 @@ enum Queued {
 struct Inner<H, L> {
     hs_token: Secret,
     handler: Arc<H>,
-    log: L,
     /// Keyed by room; ephemeral events without a room share the `None` key.
     queue: KeyedQueue<Option<OwnedRoomId>, Queued>,
+    inbox: Arc<L>,
+    /// True once the events left pending by a previous process are queued;
+    /// transactions wait for it so that nothing newer overtakes them.
+    resumed: watch::Receiver<bool>,
 }
 
 /// The appservice HTTP server. Build it, then [`serve`](Self::serve) it or mount
@@ -147,28 +245,50 @@ pub struct AppserviceServer<H, L> {
     max_body_bytes: usize,
 }
 
-impl<H: AppserviceHandler, L: TransactionLog> AppserviceServer<H, L> {
-    pub fn new(hs_token: Secret, handler: Arc<H>, log: L, options: ServerOptions) -> Self {
+impl<H: AppserviceHandler, L: EventInbox> AppserviceServer<H, L> {
+    /// Builds the server and, in the background, queues the events that
+    /// `inbox` holds as pending (a previous process did not finish them).
+    /// Must be called within a tokio runtime.
+    pub fn new(hs_token: Secret, handler: Arc<H>, inbox: L, options: ServerOptions) -> Self {
         let worker_handler = Arc::clone(&handler);
+        let inbox = Arc::new(inbox);
+        let worker_inbox = Arc::clone(&inbox);
         let queue = KeyedQueue::with_options(
             options.queue_capacity,
             options.queue_idle_timeout,
             move |_room, item: Queued| {
                 let handler = Arc::clone(&worker_handler);
+                let inbox = Arc::clone(&worker_inbox);
                 async move {
                     match item {
-                        Queued::Room(event) => handler.handle_event(event).await,
+                        Queued::Room(event) => {
+                            let event_id = event.event_id.to_string();
+                            handler.handle_event(event).await;
+                            let done =
+                                with_patience("done", DONE_PATIENCE, || inbox.done(&event_id))
+                                    .await;
+                            if let Err(error) = done {
+                                tracing::error!(event_id, %error, "could not mark an event done; it will be handled again after a restart");
+                            }
+                        }
                         Queued::Ephemeral(event) => handler.handle_ephemeral(event).await,
                     }
                 }
             },
         );
+        let (resumed_tx, resumed) = watch::channel(false);
+        tokio::spawn(resume_pending(
+            Arc::clone(&inbox),
+            queue.clone(),
+            resumed_tx,
+        ));
         Self {
             inner: Arc::new(Inner {
                 hs_token,
                 handler,
-                log,
                 queue,
+                inbox,
+                resumed,
             }),
             max_body_bytes: options.max_body_bytes,
         }
@@ -300,7 +420,7 @@ fn event_array(body: &mut serde_json::Map<String, Value>, key: &str) -> Result<V
     }
 }
 
-async fn put_transaction<H: AppserviceHandler, L: TransactionLog>(
+async fn put_transaction<H: AppserviceHandler, L: EventInbox>(
     State(state): State<Arc<Inner<H, L>>>,
     Path(txn_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -309,21 +429,6 @@ async fn put_transaction<H: AppserviceHandler, L: TransactionLog>(
         Ok(body) => body,
         Err(rejection) => return body_rejection(&rejection),
     };
-    match state.log.is_handled(&txn_id).await {
-        Ok(true) => {
-            tracing::debug!(txn_id, "transaction already handled; acknowledging again");
-            return empty_ok();
-        }
-        Ok(false) => {}
-        Err(error) => {
-            tracing::error!(txn_id, %error, "could not look up transaction log");
-            return matrix_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "M_UNKNOWN",
-                "Transaction log unavailable",
-            );
-        }
-    }
     let mut body = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(body)) => body,
         Ok(_) => {
@@ -365,20 +470,74 @@ async fn put_transaction<H: AppserviceHandler, L: TransactionLog>(
         "transaction received"
     );
 
+    // Newer events must not overtake those a previous process left pending.
+    let mut resumed = state.resumed.clone();
+    if resumed.wait_for(|done| *done).await.is_err() {
+        return matrix_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "M_UNKNOWN",
+            "Resuming pending events failed",
+        );
+    }
+
+    let mut wanted: Vec<(RoomEvent, DeliveredEvent)> = Vec::with_capacity(events.len());
     for raw in events {
         let event_id = raw
             .get("event_id")
             .and_then(Value::as_str)
             .map(str::to_owned);
+        let json = raw.to_string();
         match RoomEvent::from_json(raw) {
-            Ok(event) => {
-                let room = Some(event.room_id.clone());
-                state.queue.push(room, Queued::Room(event)).await;
+            Ok(event) if state.handler.wants_event(&event) => {
+                let delivered = DeliveredEvent {
+                    event_id: event.event_id.to_string(),
+                    room_id: event.room_id.to_string(),
+                    json,
+                };
+                wanted.push((event, delivered));
             }
+            Ok(_) => {}
             Err(error) => {
                 tracing::warn!(txn_id, event_id, %error, "skipping unparsable event");
             }
         }
+    }
+    let delivered: Vec<DeliveredEvent> = wanted.iter().map(|(_, d)| d.clone()).collect();
+    let fresh =
+        match with_patience("record", RECORD_PATIENCE, || state.inbox.record(&delivered)).await {
+            Ok(fresh) => fresh.into_iter().collect::<HashSet<String>>(),
+            Err(error) => {
+                // Not acknowledged: the homeserver delivers it again later.
+                tracing::error!(txn_id, %error, "could not store the transaction's events");
+                return matrix_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "M_UNKNOWN",
+                    "Event store unavailable",
+                );
+            }
+        };
+    let fresh: Vec<RoomEvent> = wanted
+        .into_iter()
+        .map(|(event, _)| event)
+        .filter(|event| {
+            let new = fresh.contains(event.event_id.as_str());
+            if !new {
+                tracing::debug!(txn_id, event_id = %event.event_id, "event delivered before; skipped");
+            }
+            new
+        })
+        .collect();
+    // Queued by a task of its own: if the homeserver gives up waiting (a
+    // full queue) and drops the request, the stored events are still queued.
+    let queue = state.queue.clone();
+    let queued = tokio::spawn(async move {
+        for event in fresh {
+            let room = Some(event.room_id.clone());
+            queue.push(room, Queued::Room(event)).await;
+        }
+    });
+    if queued.await.is_err() {
+        tracing::error!(txn_id, "queueing the transaction's events failed");
     }
     for raw in ephemeral {
         match EphemeralEvent::from_json(raw) {
@@ -391,17 +550,52 @@ async fn put_transaction<H: AppserviceHandler, L: TransactionLog>(
             }
         }
     }
-
-    if let Err(error) = state.log.mark_handled(&txn_id).await {
-        // The events are already queued; failing here would make the
-        // homeserver redeliver them, so acknowledge and accept that a restart
-        // right now could reprocess this transaction.
-        tracing::error!(txn_id, %error, "could not record handled transaction");
-    }
     empty_ok()
 }
 
-async fn query_user<H: AppserviceHandler, L: TransactionLog>(
+/// Queues the events a previous process stored but did not finish, in
+/// delivery order, then lets transactions through.
+async fn resume_pending<L: EventInbox>(
+    inbox: Arc<L>,
+    queue: KeyedQueue<Option<OwnedRoomId>, Queued>,
+    resumed: watch::Sender<bool>,
+) {
+    let pending = loop {
+        match inbox.pending().await {
+            Ok(pending) => break pending,
+            Err(error) => {
+                tracing::warn!(%error, "could not read pending events; retrying");
+                tokio::time::sleep(RECORD_RETRY_MAX).await;
+            }
+        }
+    };
+    if !pending.is_empty() {
+        tracing::info!(
+            events = pending.len(),
+            "handling events left pending by the last run"
+        );
+    }
+    for delivered in pending {
+        let event = serde_json::from_str::<Value>(&delivered.json)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| RoomEvent::from_json(raw).map_err(|e| e.to_string()));
+        match event {
+            Ok(event) => {
+                let room = Some(event.room_id.clone());
+                queue.push(room, Queued::Room(event)).await;
+            }
+            Err(error) => {
+                tracing::warn!(event_id = delivered.event_id, %error, "pending event unreadable; dropped");
+                if let Err(error) = inbox.done(&delivered.event_id).await {
+                    tracing::warn!(event_id = delivered.event_id, %error, "could not mark it done");
+                }
+            }
+        }
+    }
+    resumed.send_replace(true);
+}
+
+async fn query_user<H: AppserviceHandler, L: EventInbox>(
     State(state): State<Arc<Inner<H, L>>>,
     Path(user_id): Path<String>,
 ) -> Response {
@@ -419,7 +613,7 @@ async fn query_user<H: AppserviceHandler, L: TransactionLog>(
     }
 }
 
-async fn query_alias<H: AppserviceHandler, L: TransactionLog>(
+async fn query_alias<H: AppserviceHandler, L: EventInbox>(
     State(state): State<Arc<Inner<H, L>>>,
     Path(alias): Path<String>,
 ) -> Response {

@@ -23,6 +23,30 @@ impl StoreError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict { .. })
     }
+
+    /// Whether the same operation may succeed later: the database is
+    /// restarting, unreachable or overloaded, not refusing the data.
+    pub fn is_transient(&self) -> bool {
+        let error = match self {
+            Self::Database(error) | Self::Connect(error) => error,
+            _ => return false,
+        };
+        match error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // Connection exceptions, shutdowns, too many connections,
+                // serialization failures and deadlocks.
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || matches!(code.as_ref(), "53300" | "40001" | "40P01")
+            }),
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -4,6 +4,7 @@
 use sqlx::PgPool;
 
 use super::StoreError;
+use super::portals::{ADVANCE_MARK, PortalMark};
 
 /// One part of a bridged MAX message (a MAX message may become several events).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -61,6 +62,149 @@ impl<'a> Messages<'a> {
         .execute(self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records a bridged part unless it is already recorded (a retry after a
+    /// crash), and with `advance` moves the portal's mark to this message in
+    /// the same transaction, so the mark never runs ahead of the mappings.
+    /// Returns whether the part was new.
+    pub async fn record(&self, message: &MessageRow, advance: bool) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
+               sender, timestamp_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (chat_id, receiver, max_message_id, part) DO NOTHING",
+        )
+        .bind(message.chat_id)
+        .bind(message.receiver)
+        .bind(message.max_message_id)
+        .bind(message.part)
+        .bind(&message.event_id)
+        .bind(&message.room_id)
+        .bind(message.sender)
+        .bind(message.timestamp_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if advance {
+            let mark = PortalMark {
+                message_id: message.max_message_id,
+                time: message.timestamp_ms,
+            };
+            sqlx::query(ADVANCE_MARK)
+                .bind(message.chat_id)
+                .bind(message.receiver)
+                .bind(mark.message_id)
+                .bind(mark.time)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// When the last edit bridged to Matrix of a MAX message was made (MAX
+    /// `updateTime`), if any was.
+    pub async fn edited_ms(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+        max_message_id: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let edited: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT edited_ms FROM messages \
+             WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3 AND part = 0",
+        )
+        .bind(chat_id)
+        .bind(receiver)
+        .bind(max_message_id)
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(edited.flatten())
+    }
+
+    /// Records that the edit made at `edited_ms` is bridged.
+    pub async fn set_edited_ms(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+        max_message_id: i64,
+        edited_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE messages SET edited_ms = GREATEST(COALESCE(edited_ms, 0), $4) \
+             WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3",
+        )
+        .bind(chat_id)
+        .bind(receiver)
+        .bind(max_message_id)
+        .bind(edited_ms)
+        .execute(self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks every part of a MAX message deleted (its events are redacted).
+    pub async fn set_deleted(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+        max_message_id: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE messages SET deleted = true \
+             WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3",
+        )
+        .bind(chat_id)
+        .bind(receiver)
+        .bind(max_message_id)
+        .execute(self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a MAX message is marked deleted.
+    pub async fn is_deleted(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+        max_message_id: i64,
+    ) -> Result<bool, StoreError> {
+        let deleted: Option<bool> = sqlx::query_scalar(
+            "SELECT bool_or(deleted) FROM messages \
+             WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3",
+        )
+        .bind(chat_id)
+        .bind(receiver)
+        .bind(max_message_id)
+        .fetch_one(self.pool)
+        .await?;
+        Ok(deleted.unwrap_or(false))
+    }
+
+    /// First parts of the portal's messages not deleted, sent between
+    /// `from_ms` and `to_ms` (inclusive), oldest first.
+    pub async fn live_between(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let rows = sqlx::query_as(select!(
+            "WHERE chat_id = $1 AND receiver = $2 AND part = 0 AND NOT deleted \
+               AND timestamp_ms BETWEEN $3 AND $4 \
+             ORDER BY max_message_id"
+        ))
+        .bind(chat_id)
+        .bind(receiver)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(self.pool)
+        .await?;
+        Ok(rows)
     }
 
     /// Every part of a MAX message, in part order (empty if not bridged).

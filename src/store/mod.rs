@@ -4,22 +4,22 @@
 
 mod error;
 mod ghosts;
+mod inbox;
 mod kv;
 mod logins;
 mod messages;
 mod portals;
 mod reactions;
-mod transactions;
 mod users;
 
 pub use error::StoreError;
 pub use ghosts::{GhostRow, Ghosts};
+pub use inbox::{Inbox, InboxRow};
 pub use kv::Kv;
 pub use logins::{LoginRow, Logins};
 pub use messages::{MessageRow, Messages};
-pub use portals::{PortalKind, PortalRow, Portals, UnknownPortalKind};
+pub use portals::{PortalKind, PortalMark, PortalRow, Portals, UnknownPortalKind};
 pub use reactions::{ReactionRow, Reactions};
-pub use transactions::Transactions;
 pub use users::{UserRow, Users};
 
 use std::time::Duration;
@@ -98,8 +98,8 @@ impl Store {
         Reactions::new(&self.pool)
     }
 
-    pub fn transactions(&self) -> Transactions<'_> {
-        Transactions::new(&self.pool)
+    pub fn inbox(&self) -> Inbox<'_> {
+        Inbox::new(&self.pool)
     }
 
     pub fn kv(&self) -> Kv<'_> {

@@ -87,6 +87,17 @@ impl PortalRow {
     }
 }
 
+/// The newest MAX message a portal has accounted for, in MAX order: every
+/// message up to it is bridged (or was deliberately skipped). Catch-up reads
+/// the chat's history from `time` on and bridges what comes after `message_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortalMark {
+    /// 0 when no message is accounted for yet (a portal starts at a time).
+    pub message_id: i64,
+    /// MAX time of that message (or the portal's start), ms.
+    pub time: i64,
+}
+
 /// A `SELECT` of every [`PortalRow`] column, followed by `$rest`.
 macro_rules! select {
     ($rest:literal) => {
@@ -97,6 +108,12 @@ macro_rules! select {
         )
     };
 }
+
+/// Moves a portal's mark forward only ($1 chat, $2 receiver, $3 id, $4 time);
+/// shared with [`super::Messages::record`], which runs it in its transaction.
+pub(super) const ADVANCE_MARK: &str = "UPDATE portals SET last_max_message_id = $3, last_max_time = $4 \
+     WHERE chat_id = $1 AND receiver = $2 \
+       AND (last_max_message_id IS NULL OR last_max_message_id < $3)";
 
 pub struct Portals<'a> {
     pool: &'a PgPool,
@@ -191,6 +208,63 @@ impl<'a> Portals<'a> {
                 .bind(room_id)
                 .execute(self.pool)
                 .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The portal's mark; `None` if the portal or its mark does not exist.
+    pub async fn mark(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+    ) -> Result<Option<PortalMark>, StoreError> {
+        let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT last_max_message_id, last_max_time FROM portals \
+             WHERE chat_id = $1 AND receiver = $2",
+        )
+        .bind(chat_id)
+        .bind(receiver)
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(match row {
+            Some((Some(message_id), Some(time))) => Some(PortalMark { message_id, time }),
+            _ => None,
+        })
+    }
+
+    /// Moves the mark forward to `mark` (never back). Returns whether it moved.
+    pub async fn advance_mark(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+        mark: PortalMark,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(ADVANCE_MARK)
+            .bind(chat_id)
+            .bind(receiver)
+            .bind(mark.message_id)
+            .bind(mark.time)
+            .execute(self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Sets the mark of a portal that has none (a new portal's start).
+    pub async fn init_mark(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+        mark: PortalMark,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE portals SET last_max_message_id = $3, last_max_time = $4 \
+             WHERE chat_id = $1 AND receiver = $2 AND last_max_message_id IS NULL",
+        )
+        .bind(chat_id)
+        .bind(receiver)
+        .bind(mark.message_id)
+        .bind(mark.time)
+        .execute(self.pool)
+        .await?;
         Ok(done.rows_affected() > 0)
     }
 
