@@ -272,8 +272,8 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
     human.leave(&group).await;
 
     env.stop_bridge().await;
-    // Sent while the bridge is down: caught up from the LOGIN answer, also
-    // in a portal where nothing was bridged yet.
+    // Sent while the bridge is down: caught up from MAX history, also in a
+    // portal where nothing was bridged yet.
     boris_says(&control, "while you were away");
     control
         .send(
@@ -1067,4 +1067,116 @@ async fn matrix_images_and_files_are_uploaded_to_max() {
     let (bytes, content_type) = control.media(file_id).expect("stored file");
     assert_eq!(bytes.as_ref(), file.as_slice());
     assert_eq!(content_type, "application/pdf");
+}
+
+/// While the bridge is away, Boris edits one bridged message, deletes
+/// another and sends more than `max_catchup_messages`: at start the edit
+/// and the deletion are applied, the newest messages arrive once and in
+/// order, and a notice says how many older ones were skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_applies_edits_deletions_and_the_limit() {
+    let mut env = Env::start().await;
+    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let control = env.sim.control().clone();
+    let boris = env.ghost(fixture_ids::BORIS);
+    let kept = boris_says(&control, "kept");
+    let to_edit = boris_says(&control, "typo");
+    let to_delete = boris_says(&control, "regret");
+    human.wait_for_text(&dm, "regret").await;
+    let bridged = |text: &str| {
+        human
+            .messages(&dm)
+            .into_iter()
+            .find(|m| m.body == text && m.sender == boris)
+            .unwrap_or_else(|| panic!("{text:?} bridged"))
+            .event_id
+    };
+    let (edit_target, delete_target) = (bridged("typo"), bridged("regret"));
+
+    env.stop_bridge().await;
+    env.set_bridge_option("max_catchup_messages", "5");
+    control
+        .edit(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            to_edit.id,
+            "fixed",
+            None,
+        )
+        .expect("Boris edits");
+    control
+        .delete(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            &[to_delete.id],
+            false,
+        )
+        .expect("Boris deletes");
+    for n in 1..=8 {
+        boris_says(&control, &format!("away {n}"));
+    }
+    env.start_bridge().await;
+
+    human.wait_for_text(&dm, "away 8").await;
+    human
+        .wait_for_event(&dm, |e| {
+            e["content"]["m.relates_to"]["rel_type"] == "m.replace"
+                && e["content"]["m.relates_to"]["event_id"] == edit_target.as_str()
+                && e["content"]["m.new_content"]["body"] == "fixed"
+        })
+        .await;
+    human
+        .wait_for_event(&dm, |e| {
+            e["type"] == "m.room.redaction"
+                && (e["redacts"] == delete_target.as_str()
+                    || e["content"]["redacts"] == delete_target.as_str())
+        })
+        .await;
+    let notice = human
+        .wait_for_message(&dm, |m| {
+            m.msgtype == "m.notice" && m.body.contains("not bridged")
+        })
+        .await;
+    assert!(notice.body.contains("3 older messages"), "{}", notice.body);
+    let all = texts_from(&human, &dm, &boris);
+    assert!(
+        all.iter().filter(|t| *t == "regret").count() <= 1,
+        "{all:?}"
+    );
+    // Edits ("* …") and the redacted message aside.
+    let from_boris: Vec<&String> = all
+        .iter()
+        .filter(|t| !t.starts_with("* ") && !t.is_empty() && *t != "regret")
+        .collect();
+    assert_eq!(
+        from_boris,
+        [
+            "kept", "typo", "away 4", "away 5", "away 6", "away 7", "away 8"
+        ],
+        "the newest five once each, in order, after what was bridged before"
+    );
+    assert_eq!(kept.text, "kept");
+
+    // A second restart finds nothing new: nothing is bridged twice.
+    env.restart_bridge().await;
+    boris_says(&control, "after");
+    human.wait_for_text(&dm, "after").await;
+    let events = human.events(&dm);
+    let edits = events
+        .iter()
+        .filter(|e| e["content"]["m.relates_to"]["rel_type"] == "m.replace")
+        .count();
+    let redactions = events
+        .iter()
+        .filter(|e| e["type"] == "m.room.redaction")
+        .count();
+    assert_eq!(
+        (edits, redactions),
+        (1, 1),
+        "the edit and the deletion once each"
+    );
+    assert_eq!(
+        texts_from(&human, &dm, &boris).last().map(String::as_str),
+        Some("after")
+    );
 }

@@ -142,14 +142,14 @@ impl Bridge {
                 if message.is_removed() {
                     continue;
                 }
-                if missed.len() >= limit {
-                    if let Some(dropped) = missed.pop_front() {
-                        skipped += 1;
-                        skipped_up_to = Some(PortalMark {
-                            message_id: dropped.id.0,
-                            time: dropped.time,
-                        });
-                    }
+                if missed.len() >= limit
+                    && let Some(dropped) = missed.pop_front()
+                {
+                    skipped += 1;
+                    skipped_up_to = Some(PortalMark {
+                        message_id: dropped.id.0,
+                        time: dropped.time,
+                    });
                 }
                 if limit > 0 {
                     missed.push_back(message);

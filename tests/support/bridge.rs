@@ -112,6 +112,14 @@ logging:
         env
     }
 
+    /// Adds `key: value` to the `bridge:` section of the config, for the
+    /// next (re)start of the bridge.
+    pub fn set_bridge_option(&self, key: &str, value: &str) {
+        let yaml = std::fs::read_to_string(&self.config_path).expect("config readable");
+        let yaml = yaml.replacen("bridge:\n", &format!("bridge:\n    {key}: {value}\n"), 1);
+        std::fs::write(&self.config_path, yaml).expect("config written");
+    }
+
     pub fn config(&self) -> Config {
         Config::load(&self.config_path).expect("test config loads")
     }
