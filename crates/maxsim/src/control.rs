@@ -599,6 +599,7 @@ impl Control {
         if let Some(u) = self.sim.state().uploads.get_mut(&id) {
             u.ready = true;
         }
+        self.sim.changed();
         Ok(match kind {
             UploadKind::Photo => json!({"_type": "PHOTO", "photoToken": token}),
             UploadKind::Video => json!({"_type": "VIDEO", "videoId": id, "token": token}),
@@ -695,6 +696,8 @@ impl Control {
             .get_mut(&account)
             .ok_or(ControlError::UnknownAccount(account))?;
         a.rotate_on_login = true;
+        drop(st);
+        self.sim.changed();
         Ok(())
     }
 

@@ -375,7 +375,11 @@ fn auth_check(sim: &Sim, p: &Value) -> HResult {
     }
     st.auth_tracks.remove(track);
     let token = issue_token(&mut st, user);
-    ok(json!({"tokenAttrs": {"LOGIN": {"token": token}}, "profile": profile_json(&st, user)}))
+    let answer =
+        json!({"tokenAttrs": {"LOGIN": {"token": token}}, "profile": profile_json(&st, user)});
+    drop(st);
+    sim.changed();
+    ok(answer)
 }
 
 fn qr_request(sim: &Sim) -> HResult {
@@ -417,7 +421,11 @@ fn qr_login(sim: &Sim, p: &Value) -> HResult {
         .ok_or_else(|| ProtoError::new("track.not.found", "Track not found"))?;
     st.qr_tracks.remove(track);
     let token = issue_token(&mut st, user);
-    ok(json!({"tokenAttrs": {"LOGIN": {"token": token}}, "profile": profile_json(&st, user)}))
+    let answer =
+        json!({"tokenAttrs": {"LOGIN": {"token": token}}, "profile": profile_json(&st, user)});
+    drop(st);
+    sim.changed();
+    ok(answer)
 }
 
 fn login(sim: &Sim, conn: &Conn, p: &Value) -> HResult {
@@ -493,15 +501,19 @@ fn login(sim: &Sim, conn: &Conn, p: &Value) -> HResult {
         page.push(saved);
     }
     let chats: Vec<Value> = page.iter().map(|k| st.chats[k].to_json(user)).collect();
+    // The real service cannot be relied on to send recent messages (chats
+    // carry their lastMessage; clients catch up with CHAT_HISTORY), so by
+    // default this stays empty.
     let mut messages = Map::new();
-    for k in &page {
+    let per_chat = sim.settings.login_messages;
+    for k in page.iter().filter(|_| per_chat > 0) {
         let c = &st.chats[k];
         let mut recent: Vec<Value> = c
             .messages
             .iter()
             .rev()
             .filter(|m| m.visible_to(user) && m.time > chats_sync)
-            .take(10)
+            .take(per_chat)
             .map(|m| m.to_json(true))
             .collect();
         recent.reverse();
@@ -648,7 +660,10 @@ fn profile_update(sim: &Sim, user: i64, p: &Value) -> HResult {
         }
         a.update_time = now_ms();
     }
-    ok(json!({"profile": profile_json(&st, user)}))
+    let answer = json!({"profile": profile_json(&st, user)});
+    drop(st);
+    sim.changed();
+    ok(answer)
 }
 
 fn contact_info(sim: &Sim, p: &Value) -> HResult {
@@ -668,19 +683,22 @@ fn contact_update(sim: &Sim, user: i64, p: &Value) -> HResult {
     let Some(me) = st.accounts.get_mut(&user) else {
         return Err(ProtoError::new("not.found", "Unknown account"));
     };
-    match action {
+    let answer = match action {
         "ADD" | "UPDATE" => {
             if !me.contacts.contains(&id) {
                 me.contacts.push(id);
             }
-            ok(json!({"contact": st.user_json(id)}))
+            json!({"contact": st.user_json(id)})
         }
         "REMOVE" => {
             me.contacts.retain(|c| *c != id);
-            ok(json!({}))
+            json!({})
         }
-        _ => ok(json!({})),
-    }
+        _ => json!({}),
+    };
+    drop(st);
+    sim.changed();
+    ok(answer)
 }
 
 fn presence(sim: &Sim, p: &Value) -> HResult {

@@ -72,6 +72,40 @@
 //!   (`id` as string or number), any order.
 //! - `serverConfig` keys override the built-in `config.server` of LOGIN.
 //!
+//! # LOGIN and catching up
+//!
+//! Like the real service (which cannot be relied on to send recent
+//! messages), the LOGIN (19) answer's `messages` object is empty by default;
+//! every chat carries its `lastMessage`, and clients catch up with
+//! CHAT_HISTORY (49). [`SimConfig::login_messages`] (`maxsim serve
+//! --login-messages N`) puts the N most recent visible messages of each
+//! returned chat back into `messages` (oldest first).
+//!
+//! # State file
+//!
+//! With [`SimConfig::state_file`] (`maxsim serve --state FILE`) the
+//! server-side state lives on disk:
+//!
+//! - If FILE exists, the simulator starts from it and ignores the fixture;
+//!   an unreadable or malformed FILE fails the start
+//!   ([`SimError::StateFile`]) rather than being replaced. Otherwise it
+//!   starts from the fixture and creates FILE before serving.
+//! - Kept: accounts (profile, contacts, SMS codes), valid and revoked
+//!   tokens, chats (members, read marks), messages (edited/removed status,
+//!   reactions, "deleted for me"), the cid dedup table (a resent cid gets
+//!   the original message after a restart too), the id counters (new
+//!   message, chat, account and upload ids stay larger than stored ones),
+//!   server config overrides, and uploads (metadata in FILE, bytes in
+//!   `FILE.media/<id>`). URLs pointing at the previous run's address are
+//!   moved to the new one. Not kept: connections and what belongs to them
+//!   (sessions, presence, pending SMS/QR logins) and fault switches.
+//! - Writes: after every change a writer task writes FILE — to a
+//!   temporary file in the same directory, fsynced, then renamed over FILE
+//!   (and the directory fsynced) — at most every 50 ms, so bursts coalesce.
+//!   [`SimHandle::shutdown`], dropping the [`SimHandle`], and SIGTERM/Ctrl-C
+//!   of `maxsim serve` write it a last time. A `kill -9` loses at most the
+//!   changes of the last ~50 ms; FILE is never left half-written.
+//!
 //! # Presence
 //!
 //! An account is online while at least one of its connections is
@@ -141,6 +175,7 @@ mod handlers;
 mod http;
 mod hub;
 mod model;
+mod persist;
 mod png;
 mod sim;
 mod ws;
@@ -152,6 +187,7 @@ pub use control::{
 pub use fixture::{ChatKind, Fixture, FixtureAccount, FixtureChat, FixtureError};
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -200,6 +236,16 @@ pub struct SimConfig {
     pub public_url: Option<String>,
     /// Largest accepted HTTP upload body.
     pub max_upload_bytes: usize,
+    /// Keep the server-side state in this JSON file: if it exists, start
+    /// from it instead of [`SimConfig::fixture`]; write it (atomically,
+    /// at most every 50 ms) after changes and once more on
+    /// [`SimHandle::shutdown`] or drop. See the crate docs.
+    pub state_file: Option<PathBuf>,
+    /// How many recent messages per chat LOGIN (19) puts in its `messages`
+    /// object. 0 (the default) sends none, like the real service, which
+    /// cannot be relied on to send any: chats carry their `lastMessage`
+    /// and clients catch up with CHAT_HISTORY (49).
+    pub login_messages: usize,
 }
 
 impl Default for SimConfig {
@@ -214,6 +260,8 @@ impl Default for SimConfig {
             attach_ready_delay: Duration::from_millis(50),
             public_url: None,
             max_upload_bytes: 512 * 1024 * 1024,
+            state_file: None,
+            login_messages: 0,
         }
     }
 }
@@ -228,6 +276,11 @@ pub enum SimError {
     },
     #[error(transparent)]
     Fixture(#[from] FixtureError),
+    #[error("state file {path}: {source}")]
+    StateFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Entry point.
@@ -251,8 +304,29 @@ impl Simulator {
             .clone()
             .map(|u| u.trim_end_matches('/').to_owned())
             .unwrap_or_else(|| format!("http://{addr}"));
-        let mut state = model::State::new(base_url);
-        state.load(&config.fixture)?;
+        let state_error = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| SimError::StateFile { path, source }
+        };
+        let loaded = match &config.state_file {
+            Some(path) => persist::load(path, &base_url).map_err(state_error(path))?,
+            None => None,
+        };
+        let (state, last_cid) = match loaded {
+            Some(loaded) => {
+                tracing::info!(path = ?config.state_file, "state loaded from the state file");
+                (loaded.state, loaded.last_cid)
+            }
+            None => {
+                let mut state = model::State::new(base_url);
+                state.load(&config.fixture)?;
+                (state, 0)
+            }
+        };
+        let persister = config
+            .state_file
+            .as_ref()
+            .map(|path| Arc::new(persist::Persister::new(path.clone(), &state)));
         let faults = sim::Faults {
             echo_to_sender: config.echo_to_sender,
             attach_delay: config.attach_ready_delay,
@@ -263,8 +337,24 @@ impl Simulator {
             idle_timeout: config.idle_timeout,
             server_ping_interval: config.server_ping_interval,
             max_upload_bytes: config.max_upload_bytes,
+            login_messages: config.login_messages,
         };
         let sim = Arc::new(sim::Sim::new(settings, state, faults));
+        sim.restore_last_cid(last_cid);
+        // The first write (creating the file, or normalizing a loaded one)
+        // happens before serving, so that an unusable path fails the start.
+        let writer = match persister {
+            Some(p) => {
+                let (s, pp) = (Arc::clone(&sim), Arc::clone(&p));
+                tokio::task::spawn_blocking(move || pp.save(&s))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+                    .map_err(state_error(p.path()))?;
+                Some(persist::Writer::spawn(Arc::clone(&sim), p))
+            }
+            None => None,
+        };
         let app =
             http::router(Arc::clone(&sim)).into_make_service_with_connect_info::<SocketAddr>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -284,17 +374,19 @@ impl Simulator {
             control: Control { sim },
             stop: Some(stop_tx),
             task: Some(task),
+            writer,
         })
     }
 }
 
-/// A running simulator. Dropping it stops the server and drops every
-/// connection.
+/// A running simulator. Dropping it stops the server, drops every
+/// connection and (with a state file) writes the state file one last time.
 pub struct SimHandle {
     addr: SocketAddr,
     control: Control,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    writer: Option<persist::Writer>,
 }
 
 impl SimHandle {
@@ -316,11 +408,15 @@ impl SimHandle {
         &self.control
     }
 
-    /// Stop serving, drop every connection, and wait for the server task.
+    /// Stop serving, drop every connection, wait for the server task, and
+    /// (with a state file) write the final state before returning.
     pub async fn shutdown(mut self) {
         self.stop_now();
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        if let Some(writer) = self.writer.take() {
+            writer.finish(Arc::clone(&self.control.sim)).await;
         }
     }
 
@@ -335,5 +431,8 @@ impl SimHandle {
 impl Drop for SimHandle {
     fn drop(&mut self) {
         self.stop_now();
+        if let Some(writer) = self.writer.take() {
+            writer.finish_blocking(&self.control.sim);
+        }
     }
 }

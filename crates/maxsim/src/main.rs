@@ -40,6 +40,15 @@ enum Command {
         /// Close connections idle for N seconds.
         #[arg(long, default_value_t = 300)]
         idle_timeout: u64,
+        /// Keep the state in this JSON file: start from it if it exists
+        /// (instead of the fixture), write it after changes (atomically, at
+        /// most every 50 ms) and on SIGTERM/Ctrl-C.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Put the N most recent messages of each chat into LOGIN's
+        /// `messages` (0: none, like the real service).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        login_messages: usize,
     },
     /// Control a running simulator.
     Ctl {
@@ -232,6 +241,8 @@ async fn main() -> Result<()> {
             public_url,
             ping_interval,
             idle_timeout,
+            state,
+            login_messages,
         } => {
             let fixture = match fixture {
                 Some(path) => Fixture::from_file(&path)
@@ -245,6 +256,8 @@ async fn main() -> Result<()> {
                 public_url,
                 server_ping_interval: ping_interval.map(Duration::from_secs),
                 idle_timeout: Duration::from_secs(idle_timeout),
+                state_file: state,
+                login_messages,
                 ..SimConfig::default()
             })
             .await?;

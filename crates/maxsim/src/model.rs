@@ -3,12 +3,14 @@
 
 use crate::fixture::{ChatKind, Fixture, FixtureError};
 use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Where a chat lives. Saved messages are chat `0` on the wire for every
 /// user, so internally they are keyed by their owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) enum ChatKey {
     Saved(i64),
     Id(i64),
@@ -23,7 +25,8 @@ impl ChatKey {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct Account {
     pub id: i64,
     pub first_name: String,
@@ -38,7 +41,10 @@ pub(crate) struct Account {
     pub link: Option<String>,
     pub update_time: i64,
     pub registration_time: i64,
+    #[serde(default)]
     pub rotate_on_login: bool,
+    /// `(userAgent, deviceId)` of the last SESSION_INIT that logged in.
+    #[serde(default)]
     pub last_session: Option<(Value, Option<String>)>,
 }
 
@@ -87,7 +93,8 @@ impl Account {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub(crate) enum Status {
     Edited,
     Removed,
@@ -102,24 +109,36 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct Message {
     pub id: i64,
     pub time: i64,
+    #[serde(default)]
     pub sender: Option<i64>,
+    #[serde(default)]
     pub cid: Option<i64>,
     pub kind: String,
+    #[serde(default)]
     pub text: String,
+    #[serde(default)]
     pub elements: Vec<Value>,
+    #[serde(default)]
     pub attaches: Vec<Value>,
     /// The `link` object, rendered (with the quoted message) when sent.
+    #[serde(default)]
     pub link: Option<Value>,
+    #[serde(default)]
     pub status: Option<Status>,
+    #[serde(default)]
     pub update_time: Option<i64>,
     /// (user, reaction) in the order they were first set.
+    #[serde(default)]
     pub reactions: Vec<(i64, String)>,
     /// Users who deleted the message "for me".
+    #[serde(default)]
     pub hidden_for: BTreeSet<i64>,
+    #[serde(default)]
     pub extra: Map<String, Value>,
 }
 
@@ -260,22 +279,30 @@ pub(crate) fn as_i64(value: &Value) -> Option<i64> {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct Chat {
     pub key: ChatKey,
     pub kind: ChatKind,
+    #[serde(default)]
     pub title: Option<String>,
+    #[serde(default)]
     pub description: Option<String>,
     pub owner: i64,
+    #[serde(default)]
     pub admins: Vec<i64>,
     /// Member → read mark (ms).
     pub participants: BTreeMap<i64, i64>,
+    #[serde(default)]
     pub icon_url: Option<String>,
     pub created: i64,
     pub modified: i64,
     /// Ordered by id (which is ordered by time).
+    #[serde(default)]
     pub messages: Vec<Message>,
+    #[serde(default)]
     pub extra: Map<String, Value>,
+    #[serde(default)]
     pub last_reaction: Option<(i64, String)>,
 }
 
@@ -418,19 +445,24 @@ impl Chat {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum MediaKind {
     Photo,
     Video,
     File,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct Upload {
     pub kind: MediaKind,
     pub id: i64,
     pub token: String,
     pub owner: i64,
+    /// The uploaded bytes; the state file keeps them in files of their own
+    /// (see [`crate::persist`]).
+    #[serde(skip)]
     pub data: Option<Bytes>,
     pub name: String,
     pub content_type: String,
@@ -453,28 +485,131 @@ pub(crate) struct Presence {
 }
 
 /// Everything the server knows. Guarded by one mutex in [`crate::sim::Sim`].
-#[derive(Debug, Default)]
+///
+/// Serialized (the skipped parts excepted) as the `state` of the state file
+/// ([`crate::persist`]); ordered collections keep that file's bytes the
+/// same as long as nothing changed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct State {
+    /// What URLs in the state start with (rewritten when a state file is
+    /// loaded by a simulator with another base URL).
     pub base_url: String,
+    #[serde(with = "by_key")]
     pub accounts: BTreeMap<i64, Account>,
     /// Valid login token → user.
-    pub tokens: HashMap<String, i64>,
-    pub revoked: HashSet<String>,
+    pub tokens: BTreeMap<String, i64>,
+    pub revoked: BTreeSet<String>,
+    #[serde(with = "by_key")]
     pub chats: BTreeMap<ChatKey, Chat>,
     /// (sender, chat, cid) → message id, for idempotent sends.
-    pub cids: HashMap<(i64, ChatKey, i64), i64>,
-    pub uploads: HashMap<i64, Upload>,
+    #[serde(with = "cid_table")]
+    pub cids: CidTable,
+    #[serde(with = "by_key")]
+    pub uploads: BTreeMap<i64, Upload>,
+    /// Photo upload token → upload id (rebuilt from `uploads`).
+    #[serde(skip)]
     pub photo_tokens: HashMap<String, i64>,
     /// Short-lived token of AUTH_REQUEST (17) → user.
+    #[serde(skip)]
     pub auth_tracks: HashMap<String, i64>,
     /// QR track id → approving user, once approved.
+    #[serde(skip)]
     pub qr_tracks: HashMap<String, Option<i64>>,
     pub server_config: Map<String, Value>,
+    #[serde(skip)]
     pub presence: Presence,
     last_message_id: i64,
     next_group: i64,
     next_user: i64,
     next_media: i64,
+}
+
+/// (sender, chat, cid) → message id.
+pub(crate) type CidTable = BTreeMap<(i64, ChatKey, i64), i64>;
+
+/// Things stored in a map under a key they carry themselves; such maps are
+/// serialized as the list of their values.
+pub(crate) trait Keyed {
+    type Key: Ord;
+    fn key(&self) -> Self::Key;
+}
+
+impl Keyed for Account {
+    type Key = i64;
+    fn key(&self) -> i64 {
+        self.id
+    }
+}
+
+impl Keyed for Chat {
+    type Key = ChatKey;
+    fn key(&self) -> ChatKey {
+        self.key
+    }
+}
+
+impl Keyed for Upload {
+    type Key = i64;
+    fn key(&self) -> i64 {
+        self.id
+    }
+}
+
+/// `#[serde(with)]` for a `BTreeMap` of [`Keyed`] values: a JSON array.
+mod by_key {
+    use super::*;
+
+    pub fn serialize<K, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.values())
+    }
+
+    pub fn deserialize<'de, V, D>(d: D) -> Result<BTreeMap<V::Key, V>, D::Error>
+    where
+        V: Keyed + Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        let list = Vec::<V>::deserialize(d)?;
+        let len = list.len();
+        let map: BTreeMap<V::Key, V> = list.into_iter().map(|v| (v.key(), v)).collect();
+        if map.len() != len {
+            return Err(serde::de::Error::custom("duplicate key"));
+        }
+        Ok(map)
+    }
+}
+
+/// `#[serde(with)]` for [`State::cids`]: `[{sender, chat, cid, messageId}]`.
+mod cid_table {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Entry {
+        sender: i64,
+        chat: ChatKey,
+        cid: i64,
+        message_id: i64,
+    }
+
+    pub fn serialize<S: Serializer>(map: &CidTable, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter().map(|(&(sender, chat, cid), &message_id)| Entry {
+            sender,
+            chat,
+            cid,
+            message_id,
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<CidTable, D::Error> {
+        Ok(Vec::<Entry>::deserialize(d)?
+            .into_iter()
+            .map(|e| ((e.sender, e.chat, e.cid), e.message_id))
+            .collect())
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -612,6 +747,53 @@ impl State {
             );
         }
         Ok(())
+    }
+
+    /// Make a state read from a state file usable by a server at
+    /// `base_url`: URLs under the saved base URL are moved to the new one
+    /// (the port of a restarted simulator may differ), derived indexes are
+    /// rebuilt, uploads whose bytes survived count as processed, and
+    /// everybody is offline.
+    pub fn restored(mut self, base_url: String) -> State {
+        let old = std::mem::replace(&mut self.base_url, base_url);
+        if !old.is_empty() && old != self.base_url {
+            let rebase = Rebase {
+                old: &old,
+                new: &self.base_url,
+            };
+            for a in self.accounts.values_mut() {
+                rebase.opt(&mut a.avatar_url);
+            }
+            for c in self.chats.values_mut() {
+                rebase.opt(&mut c.icon_url);
+                rebase.map(&mut c.extra);
+                for m in &mut c.messages {
+                    m.attaches.iter_mut().for_each(|v| rebase.value(v));
+                    if let Some(link) = &mut m.link {
+                        rebase.value(link);
+                    }
+                    rebase.map(&mut m.extra);
+                }
+            }
+        }
+        self.photo_tokens = self
+            .uploads
+            .values()
+            .filter(|u| u.kind == MediaKind::Photo)
+            .map(|u| (u.token.clone(), u.id))
+            .collect();
+        for u in self.uploads.values_mut() {
+            if u.data.is_some() {
+                u.ready = true;
+            }
+        }
+        self.auth_tracks.clear();
+        self.qr_tracks.clear();
+        self.presence = Presence {
+            default_seen: now_ms() / 1000 - 600,
+            ..Presence::default()
+        };
+        self
     }
 
     /// A URL of the simulator's generated PNG for a user (`u`) or chat (`c`).
@@ -760,6 +942,41 @@ impl State {
             .collect();
         t.sort();
         t
+    }
+}
+
+/// Moves URLs from one base URL to another.
+struct Rebase<'a> {
+    old: &'a str,
+    new: &'a str,
+}
+
+impl Rebase<'_> {
+    fn string(&self, s: &mut String) {
+        if let Some(rest) = s.strip_prefix(self.old)
+            && (rest.is_empty() || rest.starts_with(['/', '?', '#']))
+        {
+            *s = format!("{}{rest}", self.new);
+        }
+    }
+
+    fn opt(&self, s: &mut Option<String>) {
+        if let Some(s) = s {
+            self.string(s);
+        }
+    }
+
+    fn map(&self, m: &mut Map<String, Value>) {
+        m.values_mut().for_each(|v| self.value(v));
+    }
+
+    fn value(&self, v: &mut Value) {
+        match v {
+            Value::String(s) => self.string(s),
+            Value::Array(a) => a.iter_mut().for_each(|v| self.value(v)),
+            Value::Object(m) => self.map(m),
+            _ => {}
+        }
     }
 }
 

@@ -96,6 +96,9 @@ pub(crate) struct Settings {
     pub idle_timeout: Duration,
     pub server_ping_interval: Option<Duration>,
     pub max_upload_bytes: usize,
+    /// Recent messages per chat in the LOGIN answer's `messages` (0: none,
+    /// like the real service, which cannot be relied on to send any).
+    pub login_messages: usize,
 }
 
 pub(crate) struct Sim {
@@ -155,6 +158,17 @@ impl Sim {
             })
             .unwrap_or(now);
         now.max(prev + 1)
+    }
+
+    /// The last client id [`Sim::next_cid`] handed out (kept in the state
+    /// file so that a restarted simulator does not hand it out again).
+    pub fn last_cid(&self) -> i64 {
+        self.last_cid.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn restore_last_cid(&self, cid: i64) {
+        self.last_cid
+            .fetch_max(cid, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -336,14 +350,14 @@ impl Sim {
     /// 135 (if the chat is new) and 128 to every session of every member.
     fn fan_out_new(&self, chat: &Chat, id: i64, actor: Actor, created: bool) {
         let Some(msg) = chat.find(id) else { return };
-        let prev = chat
-            .messages
-            .iter()
-            .rev()
-            .filter(|m| !m.is_removed() && m.id < id)
-            .map(|m| m.id.to_string())
-            .next();
         for &user in chat.participants.keys() {
+            // The message before it that this member can still see.
+            let prev = chat
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.id < id && m.visible_to(user))
+                .map(|m| m.id.to_string());
             let exclude = self.exclude_for(actor, user);
             if created {
                 self.hub.push_user(
@@ -919,6 +933,8 @@ impl Sim {
         if kind == MediaKind::Photo {
             st.photo_tokens.insert(token.clone(), id);
         }
+        drop(st);
+        self.changed();
         (id, token)
     }
 
@@ -942,7 +958,10 @@ impl Sim {
         if upload.kind == MediaKind::Photo {
             upload.ready = true;
         }
-        Some(upload.kind)
+        let kind = upload.kind;
+        drop(st);
+        self.changed();
+        Some(kind)
     }
 
     /// Mark an upload processed and push 136 to its owner's sessions.

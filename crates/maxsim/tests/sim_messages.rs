@@ -494,3 +494,128 @@ async fn members_update_adds_and_removes_with_pushes() {
     let info = carol_c.ok(48, json!({"chatIds": [TEST_GROUP]})).await;
     assert_eq!(info["chats"], json!([]));
 }
+
+#[tokio::test]
+async fn history_drops_removed_messages_and_marks_edited_ones() {
+    let sim = start().await;
+    let control = sim.control();
+    let mut sent = Vec::new();
+    for (who, text) in [
+        (ALICE, "h-keep"),
+        (ALICE, "h-edit"),
+        (ALICE, "h-remove"),
+        (BORIS, "h-hide"),
+        (BORIS, "h-last"),
+    ] {
+        let m = control
+            .send(who, DIALOG_ALICE_BORIS, Outgoing::text(text))
+            .unwrap();
+        // History anchors are times: give every message its own millisecond.
+        while now_ms() <= m.time {
+            tokio::task::yield_now().await;
+        }
+        sent.push(m);
+    }
+    control
+        .edit(ALICE, DIALOG_ALICE_BORIS, sent[1].id, "h-edited", None)
+        .unwrap();
+    control
+        .delete(ALICE, DIALOG_ALICE_BORIS, &[sent[2].id], false)
+        .unwrap();
+    control
+        .delete(ALICE, DIALOG_ALICE_BORIS, &[sent[3].id], true)
+        .unwrap();
+    let texts = |v: &Value| -> Vec<String> {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .filter(|t| t.starts_with("h-"))
+            .collect()
+    };
+    let hist = |from: i64, forward: i64, backward: i64| json!({"chatId": DIALOG_ALICE_BORIS, "from": from, "forward": forward, "backward": backward, "getMessages": true});
+
+    let mut alice = Client::logged_in(&sim, ALICE_TOKEN).await;
+    let latest = alice.ok(49, hist(i64::MAX / 2, 0, 50)).await;
+    assert_eq!(texts(&latest), ["h-keep", "h-edited", "h-last"]);
+    let messages = latest["messages"].as_array().unwrap();
+    let ids: Vec<i64> = messages.iter().map(msg_id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first");
+    let edited = messages.iter().find(|m| m["text"] == "h-edited").unwrap();
+    assert_eq!(edited["status"], "EDITED");
+    assert!(edited["updateTime"].as_i64().unwrap() >= sent[1].time);
+    let kept = messages.iter().find(|m| m["text"] == "h-keep").unwrap();
+    assert!(kept.get("status").is_none() && kept.get("updateTime").is_none());
+    assert!(
+        messages.iter().all(|m| m.get("reactionInfo").is_none()),
+        "reactions are not part of history"
+    );
+    // backward n ends with the anchor time, forward n (backward 0) starts
+    // with the anchor message; removed ones are skipped either way.
+    let back = alice.ok(49, hist(sent[3].time, 0, 2)).await;
+    assert_eq!(
+        back["messages"].as_array().unwrap().last().map(msg_id),
+        Some(sent[1].id),
+        "h-remove and (for Alice) h-hide are gone"
+    );
+    assert_eq!(back["messages"].as_array().unwrap().len(), 2);
+    let fwd = alice.ok(49, hist(sent[1].time, 2, 0)).await;
+    assert_eq!(texts(&fwd), ["h-edited", "h-last"]);
+    let from_removed = alice.ok(49, hist(sent[2].time, 1, 0)).await;
+    assert_eq!(texts(&from_removed), ["h-last"]);
+
+    // "Deleted for me" hides it from Alice only.
+    let mut boris = Client::logged_in(&sim, BORIS_TOKEN).await;
+    let theirs = boris.ok(49, hist(i64::MAX / 2, 0, 50)).await;
+    assert_eq!(texts(&theirs), ["h-keep", "h-edited", "h-hide", "h-last"]);
+}
+
+#[tokio::test]
+async fn new_message_push_names_the_previous_message_the_receiver_can_see() {
+    let sim = start().await;
+    let control = sim.control();
+    let first = control
+        .send(ALICE, DIALOG_ALICE_BORIS, Outgoing::text("p-1"))
+        .unwrap();
+    let second = control
+        .send(ALICE, DIALOG_ALICE_BORIS, Outgoing::text("p-2"))
+        .unwrap();
+    // Boris deleted the second one for himself.
+    control
+        .delete(BORIS, DIALOG_ALICE_BORIS, &[second.id], true)
+        .unwrap();
+    let mut alice = Client::logged_in(&sim, ALICE_TOKEN).await;
+    let mut boris = Client::logged_in(&sim, BORIS_TOKEN).await;
+    let third = alice
+        .ok(64, send_payload(DIALOG_ALICE_BORIS, "p-3", 31))
+        .await;
+    let third_id = msg_id(&third["message"]);
+    let to_boris = boris
+        .push_where(128, |p| p["message"]["text"] == "p-3")
+        .await;
+    assert_eq!(to_boris.payload["prevMessageId"], first.id.to_string());
+    let echo = alice
+        .push_where(128, |p| p["message"]["text"] == "p-3")
+        .await;
+    assert_eq!(echo.payload["prevMessageId"], second.id.to_string());
+
+    // A message removed for everyone is nobody's previous message.
+    alice
+        .ok(
+            66,
+            json!({"chatId": DIALOG_ALICE_BORIS, "messageIds": [third_id.to_string()], "forMe": false}),
+        )
+        .await;
+    control
+        .send(BORIS, DIALOG_ALICE_BORIS, Outgoing::text("p-4"))
+        .unwrap();
+    let fourth = alice
+        .push_where(128, |p| p["message"]["text"] == "p-4")
+        .await;
+    assert_eq!(fourth.payload["prevMessageId"], second.id.to_string());
+    let fourth = boris
+        .push_where(128, |p| p["message"]["text"] == "p-4")
+        .await;
+    assert_eq!(fourth.payload["prevMessageId"], first.id.to_string());
+}

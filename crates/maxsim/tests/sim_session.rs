@@ -306,3 +306,69 @@ async fn web_tab_requests_after_login_get_well_formed_answers() {
     assert_eq!(rest["members"].as_array().unwrap().len(), 1);
     assert!(rest.get("marker").is_none());
 }
+
+#[tokio::test]
+async fn login_sends_no_recent_messages_by_default_only_last_messages() {
+    let sim = start().await;
+    let sent = sim
+        .control()
+        .send(ALICE, DIALOG_ALICE_BORIS, maxsim::Outgoing::text("latest"))
+        .unwrap();
+    let mut c = Client::connect(&sim).await;
+    c.init().await;
+    let p = c.login(ALICE_TOKEN).await.payload;
+    assert_eq!(p["messages"], json!({}), "like the real service");
+    let dialog = p["chats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ch| ch["id"] == DIALOG_ALICE_BORIS)
+        .expect("dialog in LOGIN");
+    assert_eq!(dialog["lastMessage"]["id"], sent.id.to_string());
+    assert_eq!(dialog["lastMessage"]["text"], "latest");
+    // Catching up is CHAT_HISTORY's job.
+    let history = c
+        .ok(
+            49,
+            json!({"chatId": DIALOG_ALICE_BORIS, "from": i64::MAX / 2, "forward": 0, "backward": 30, "getMessages": true}),
+        )
+        .await;
+    let last = history["messages"].as_array().unwrap().last().cloned();
+    assert_eq!(last.unwrap()["id"], sent.id.to_string());
+}
+
+#[tokio::test]
+async fn login_messages_setting_puts_recent_messages_into_login() {
+    let sim = start_with(maxsim::SimConfig {
+        login_messages: 2,
+        ..maxsim::SimConfig::default()
+    })
+    .await;
+    let control = sim.control();
+    for text in ["s1", "s2", "s3", "s4"] {
+        control
+            .send(ALICE, 0, maxsim::Outgoing::text(text))
+            .unwrap();
+    }
+    let gone = control
+        .send(ALICE, 0, maxsim::Outgoing::text("s5"))
+        .unwrap();
+    control.delete(ALICE, 0, &[gone.id], false).unwrap();
+    let mut c = Client::connect(&sim).await;
+    c.init().await;
+    let p = c.login(ALICE_TOKEN).await.payload;
+    let saved: Vec<&str> = p["messages"]["0"]
+        .as_array()
+        .expect("Saved messages in LOGIN")
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        saved,
+        ["s3", "s4"],
+        "the most recent visible ones, oldest first"
+    );
+    for list in p["messages"].as_object().unwrap().values() {
+        assert!(list.as_array().unwrap().len() <= 2);
+    }
+}
