@@ -5,27 +5,11 @@
 mod support;
 
 use maxsim::{Outgoing, fixture_ids};
-use ruma::{OwnedRoomId, RoomId};
+use ruma::RoomId;
 use support::bridge::Env;
 use support::human::Human;
 
-const ALICE_PHONE: &str = "+7 900 000-00-01";
-const ALICE_CODE: &str = "000001";
-
-/// Logs the human in as MAX "Alice Ivanova" and joins the DM portal with
-/// Boris, returning its room.
-async fn alice_with_boris_dm(env: &Env, localpart: &str) -> (Human, OwnedRoomId, OwnedRoomId) {
-    let (human, management) = env.user_with_management_room(localpart).await;
-    env.login_sms(&human, &management, ALICE_PHONE, ALICE_CODE)
-        .await;
-    let boris = env.ghost(fixture_ids::BORIS);
-    let invite = human
-        .wait_for_invite(|i| i.inviter.as_ref() == Some(&boris))
-        .await;
-    assert!(invite.is_direct, "a MAX dialog becomes a direct room");
-    human.join(&invite.room_id).await;
-    (human, management, invite.room_id)
-}
+use support::bridge::{ALICE_CODE, ALICE_PHONE};
 
 /// Boris writes to Alice on MAX (through the simulator's control API).
 fn boris_says(control: &maxsim::Control, text: &str) -> maxsim::SimMessage {
@@ -50,7 +34,7 @@ fn texts_from(human: &Human, room: &RoomId, sender: &ruma::UserId) -> Vec<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sms_login_creates_portals_and_text_flows_both_ways() {
     let env = Env::start().await;
-    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control();
     let boris = env.ghost(fixture_ids::BORIS);
 
@@ -249,7 +233,7 @@ async fn sms_login_creates_portals_and_text_flows_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
     let mut env = Env::start().await;
-    let (human, management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control().clone();
     let boris = env.ghost(fixture_ids::BORIS);
     boris_says(&control, "before restart");
@@ -397,7 +381,7 @@ async fn appservice_api_rejects_wrong_tokens_and_refuses_unpermitted_users() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
     let env = Env::start().await;
-    let (human, management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control();
     let bot = env.bot();
 
@@ -460,7 +444,7 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_matrix_users_bridge_their_own_accounts() {
     let env = Env::start().await;
-    let (alice, _, alice_dm) = alice_with_boris_dm(&env, "alice").await;
+    let (alice, _, alice_dm) = env.alice_with_boris_dm("alice").await;
     let (bob, bob_management) = env.user_with_management_room("bob").await;
     env.command(
         &bob,
@@ -499,7 +483,7 @@ async fn two_matrix_users_bridge_their_own_accounts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saved_login_resumes_after_max_refused_it_for_a_while() {
     let mut env = Env::start().await;
-    let (human, management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control().clone();
     let bot = env.bot();
 
@@ -575,7 +559,7 @@ async fn typing_and_read_receipts_cross_both_ways() {
     use maxproto::types::Push;
 
     let env = Env::start().await;
-    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control();
     let boris_ghost = env.ghost(fixture_ids::BORIS);
     let room = human.client().get_room(&dm).expect("joined room");
@@ -667,7 +651,7 @@ async fn typing_and_read_receipts_cross_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_formatting_edits_and_redactions_reach_max() {
     let env = Env::start().await;
-    let (human, management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control();
     let stored = |text: &str| {
         let text = text.to_owned();
@@ -755,7 +739,7 @@ async fn matrix_formatting_edits_and_redactions_reach_max() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_wire_format_bridges_the_same() {
     let env = Env::start_with(maxsim::SimConfig::default(), "binary").await;
-    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control();
     let session = control
         .last_session(fixture_ids::ALICE)
@@ -791,7 +775,7 @@ async fn binary_wire_format_bridges_the_same() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn homeserver_outage_holds_messages_in_order_until_it_returns() {
     let mut env = Env::start().await;
-    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control().clone();
 
     env.synapse.stop().await;
@@ -819,7 +803,7 @@ async fn homeserver_outage_holds_messages_in_order_until_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reactions_cross_both_ways() {
     let env = Env::start().await;
-    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control();
     let boris = env.ghost(fixture_ids::BORIS);
     let bot = env.bot();
@@ -956,7 +940,7 @@ async fn download(env: &Env, human: &Human, mxc: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_photos_and_files_arrive_as_matrix_media() {
     let env = Env::start().await;
-    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control();
     let boris = env.ghost(fixture_ids::BORIS);
 
@@ -1013,7 +997,7 @@ async fn max_photos_and_files_arrive_as_matrix_media() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_images_and_files_are_uploaded_to_max() {
     let env = Env::start().await;
-    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control();
 
     let png = avatar_png(&env, fixture_ids::ALICE).await;
@@ -1076,7 +1060,7 @@ async fn matrix_images_and_files_are_uploaded_to_max() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_applies_edits_deletions_and_the_limit() {
     let mut env = Env::start().await;
-    let (human, _management, dm) = alice_with_boris_dm(&env, "alice").await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control().clone();
     let boris = env.ghost(fixture_ids::BORIS);
     let kept = boris_says(&control, "kept");

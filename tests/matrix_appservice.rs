@@ -323,6 +323,40 @@ async fn a_malformed_event_is_skipped_and_the_others_processed() {
     assert_eq!(server.next_event().await.event_id.as_str(), "$good2");
 }
 
+/// An event nested deeper than any JSON parser's limit (Synapse accepts
+/// such content from any local user) is skipped, not the transaction: a
+/// refused transaction would be retried forever and block every later one.
+#[tokio::test]
+async fn a_deeply_nested_event_is_skipped_and_the_transaction_acknowledged() {
+    let mut server = start_server().await;
+    for depth in [125, 5000] {
+        let nested = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let deep = format!(
+            r#"{{"type":"m.room.member","room_id":"!r","event_id":"$deep{depth}","sender":"@u:hs","state_key":"@bot:hs","content":{{"membership":"invite","x":{nested}}}}}"#
+        );
+        let good =
+            serde_json::to_string(&event("!r", &format!("$after{depth}"), "1")).expect("json");
+        let body = format!(r#"{{"events":[{deep},{good}],"ephemeral":[{nested}]}}"#);
+        let response = server
+            .http
+            .put(format!(
+                "{}/_matrix/app/v1/transactions/deep{depth}",
+                server.base
+            ))
+            .bearer_auth(HS_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::OK, "depth {depth}");
+        assert_eq!(
+            server.next_event().await.event_id.as_str(),
+            format!("$after{depth}")
+        );
+    }
+}
+
 #[tokio::test]
 async fn ephemeral_events_reach_the_handler() {
     let mut server = start_server().await;

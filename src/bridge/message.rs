@@ -558,7 +558,9 @@ impl Bridge {
         key: PortalKey,
         event: &RoomEvent,
     ) -> Result<(), PortalError> {
+        tracing::debug!(chat = key.chat_id, receiver = key.receiver, event = %event.event_id, kind = %event.event_type, "Matrix event");
         let Some(session) = self.wait_for_login(&event.sender).await? else {
+            tracing::debug!(event = %event.event_id, "no MAX login to send with");
             if let Some(login) = self.store.logins().get(event.sender.as_str()).await?
                 && login.max_user_id == key.receiver
             {
@@ -580,6 +582,7 @@ impl Bridge {
         };
         if session.max_user_id != key.receiver {
             // Someone else's portal: only its owner speaks for it on MAX.
+            tracing::debug!(event = %event.event_id, "not the portal's owner; not sent");
             return Ok(());
         }
         // How many MAX messages this event already became (a long text is
@@ -590,6 +593,9 @@ impl Bridge {
             .all_by_event_id(event.event_id.as_str())
             .await?
             .len();
+        if already > 0 {
+            tracing::debug!(event = %event.event_id, already, "Matrix event bridged before");
+        }
         if already > 0 && event.event_type != "m.room.message" {
             return Ok(());
         }
@@ -671,6 +677,7 @@ impl Bridge {
             let request = MsgSendRequest::new(maxproto::types::ChatId(key.chat_id), message);
             match self.send_to_max(&session, &request).await {
                 Ok(answer) => {
+                    tracing::debug!(event = %event.event_id, part = index, message = answer.message.id.0, "sent to MAX");
                     self.store
                         .messages()
                         .record(

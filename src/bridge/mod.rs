@@ -208,6 +208,12 @@ impl Bridge {
         let mut changed = self.logins_changed.subscribe();
         loop {
             changed.borrow_and_update();
+            // Read in this order: start-up marks every saved login resuming
+            // before it sets `started`, and a resumption installs the login
+            // before it clears its mark. So "started and not resuming" seen
+            // here means the login is running by the next line, or failed.
+            let started = self.started();
+            let resuming = self.is_resuming(mxid);
             if let Some(session) = self.login_of(mxid) {
                 return Ok(Some(session));
             }
@@ -215,7 +221,7 @@ impl Bridge {
             let resumable = saved.is_some_and(|login| login.state != login::STATE_LOGGED_OUT);
             // A saved login not (yet) being resumed is waited for only while
             // the bridge starts: resume_logins marks them all early on.
-            if !resumable || (!self.is_resuming(mxid) && self.started()) {
+            if !resumable || (!resuming && started) {
                 return Ok(None);
             }
             let now = tokio::time::Instant::now();

@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use ruma::{OwnedRoomId, RoomAliasId, UserId};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -410,14 +411,32 @@ fn body_rejection(rejection: &BytesRejection) -> Response {
     }
 }
 
-/// Takes the array under `key`; absent counts as empty, anything but an array
-/// is malformed.
-fn event_array(body: &mut serde_json::Map<String, Value>, key: &str) -> Result<Vec<Value>, ()> {
-    match body.remove(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(events)) => Ok(events),
-        Some(_) => Err(()),
+/// A transaction as the homeserver sends it, its events still unparsed.
+#[derive(serde::Deserialize)]
+struct TransactionBody<'a> {
+    #[serde(borrow, default)]
+    events: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    ephemeral: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default, rename = "de.sorunome.msc2409.ephemeral")]
+    ephemeral_unstable: Option<Vec<&'a RawValue>>,
+}
+
+fn parse_room_event(raw: &RawValue) -> Result<RoomEvent, String> {
+    let value = serde_json::from_str::<Value>(raw.get()).map_err(|e| e.to_string())?;
+    RoomEvent::from_json(value).map_err(|e| e.to_string())
+}
+
+/// The `event_id` of an event that could not be parsed, for the log; the
+/// rest of it is skipped without building it (serde_json skips any depth).
+fn event_id_of(raw: &RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        event_id: Option<String>,
     }
+    serde_json::from_str::<Id>(raw.get())
+        .ok()
+        .and_then(|id| id.event_id)
 }
 
 async fn put_transaction<H: AppserviceHandler, L: EventInbox>(
@@ -429,40 +448,32 @@ async fn put_transaction<H: AppserviceHandler, L: EventInbox>(
         Ok(body) => body,
         Err(rejection) => return body_rejection(&rejection),
     };
-    let mut body = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(body)) => body,
-        Ok(_) => {
+    // The body is read without building its events: each is parsed on its
+    // own below, so one that cannot be (nested too deep, malformed) is
+    // skipped instead of refusing the transaction, which the homeserver
+    // would retry forever with nothing behind it delivered.
+    let body = match serde_json::from_slice::<TransactionBody<'_>>(&body) {
+        Ok(body) => body,
+        Err(error) if error.is_syntax() || error.is_eof() => {
+            tracing::warn!(txn_id, %error, "transaction body is not JSON; refused");
+            return matrix_error(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Body is not JSON");
+        }
+        Err(error) => {
+            tracing::warn!(txn_id, %error, "transaction body has the wrong shape; refused");
             return matrix_error(
                 StatusCode::BAD_REQUEST,
                 "M_BAD_JSON",
-                "Body is not a JSON object",
+                "`events` and `ephemeral` must be arrays",
             );
         }
-        Err(_) => {
-            return matrix_error(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Body is not JSON");
-        }
     };
-    let Ok(events) = event_array(&mut body, "events") else {
-        return matrix_error(
-            StatusCode::BAD_REQUEST,
-            "M_BAD_JSON",
-            "`events` is not an array",
-        );
-    };
+    let events = body.events.unwrap_or_default();
     // Prefer the stable key; a homeserver sending both must not get each
     // ephemeral event handled twice.
-    let ephemeral_key = if body.contains_key("ephemeral") {
-        "ephemeral"
-    } else {
-        "de.sorunome.msc2409.ephemeral"
-    };
-    let Ok(ephemeral) = event_array(&mut body, ephemeral_key) else {
-        return matrix_error(
-            StatusCode::BAD_REQUEST,
-            "M_BAD_JSON",
-            "`ephemeral` is not an array",
-        );
-    };
+    let ephemeral = body
+        .ephemeral
+        .or(body.ephemeral_unstable)
+        .unwrap_or_default();
     tracing::debug!(
         txn_id,
         events = events.len(),
@@ -482,22 +493,18 @@ async fn put_transaction<H: AppserviceHandler, L: EventInbox>(
 
     let mut wanted: Vec<(RoomEvent, DeliveredEvent)> = Vec::with_capacity(events.len());
     for raw in events {
-        let event_id = raw
-            .get("event_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let json = raw.to_string();
-        match RoomEvent::from_json(raw) {
+        match parse_room_event(raw) {
             Ok(event) if state.handler.wants_event(&event) => {
                 let delivered = DeliveredEvent {
                     event_id: event.event_id.to_string(),
                     room_id: event.room_id.to_string(),
-                    json,
+                    json: raw.get().to_owned(),
                 };
                 wanted.push((event, delivered));
             }
             Ok(_) => {}
             Err(error) => {
+                let event_id = event_id_of(raw);
                 tracing::warn!(txn_id, event_id, %error, "skipping unparsable event");
             }
         }
@@ -521,7 +528,9 @@ async fn put_transaction<H: AppserviceHandler, L: EventInbox>(
         .map(|(event, _)| event)
         .filter(|event| {
             let new = fresh.contains(event.event_id.as_str());
-            if !new {
+            if new {
+                tracing::debug!(txn_id, event_id = %event.event_id, "event stored");
+            } else {
                 tracing::debug!(txn_id, event_id = %event.event_id, "event delivered before; skipped");
             }
             new
@@ -540,7 +549,10 @@ async fn put_transaction<H: AppserviceHandler, L: EventInbox>(
         tracing::error!(txn_id, "queueing the transaction's events failed");
     }
     for raw in ephemeral {
-        match EphemeralEvent::from_json(raw) {
+        let event = serde_json::from_str::<Value>(raw.get())
+            .map_err(|e| e.to_string())
+            .and_then(|value| EphemeralEvent::from_json(value).map_err(|e| e.to_string()));
+        match event {
             Ok(event) => {
                 let room = event.room_id.clone();
                 state.queue.push(room, Queued::Ephemeral(event)).await;

@@ -1,7 +1,8 @@
 //! A whole deployment for end-to-end tests: a throwaway PostgreSQL database,
 //! the MAX simulator with its default fixture, a real Synapse with the
-//! bridge's registration, and the bridge itself running in-process (so a
-//! test can stop and restart it).
+//! bridge's registration, and the bridge itself — in-process (so a test can
+//! stop and restart it) or as a child process of the `maxbridge` binary (so
+//! a fault test can `kill -9` it).
 
 use super::human::Human;
 use super::pg::TestDb;
@@ -12,6 +13,10 @@ use maxsim::{SimConfig, SimHandle, Simulator};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId};
 use std::path::PathBuf;
 
+/// The simulator's Alice Ivanova, as a human types her number.
+pub const ALICE_PHONE: &str = "+7 900 000-00-01";
+pub const ALICE_CODE: &str = "000001";
+
 pub struct Env {
     pub db: TestDb,
     pub sim: SimHandle,
@@ -19,11 +24,56 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub bridge: Option<Running>,
-    /// The appservice's socket, bound once and kept: every (re)start of the
-    /// bridge serves on a duplicate of it, so no other process can take the
-    /// port that Synapse's registration points at.
-    listener: std::net::TcpListener,
+    /// The bridge as a child process (`EnvOptions::process`).
+    pub process: Option<BridgeProcess>,
+    /// The appservice's socket, bound once and kept: every in-process
+    /// (re)start of the bridge serves on a duplicate of it, so no other
+    /// process can take the port that Synapse's registration points at.
+    /// A bridge process binds the port itself.
+    listener: Option<std::net::TcpListener>,
     port: u16,
+    process_mode: bool,
+}
+
+/// How [`Env::start_with_options`] sets up the deployment.
+pub struct EnvOptions {
+    pub sim: SimConfig,
+    /// `json` or `binary`.
+    pub wire_format: &'static str,
+    /// Run the bridge as a child process of the `maxbridge` binary.
+    pub process: bool,
+    /// The PostgreSQL server for the bridge's database (default: the test
+    /// server of `MAXBRIDGE_TEST_PG_URL`).
+    pub pg_admin_url: Option<String>,
+    /// Extra lines of the `bridge:` section (`key: value`).
+    pub bridge_options: Vec<(String, String)>,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        EnvOptions {
+            sim: SimConfig::default(),
+            wire_format: "json",
+            process: false,
+            pg_admin_url: None,
+            bridge_options: Vec::new(),
+        }
+    }
+}
+
+/// How long a bridge process may take to say it runs.
+const PROCESS_START_DEADLINE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// The `maxbridge` binary running as a child; its JSON log lines go to
+/// `log_path`, appended across restarts.
+pub struct BridgeProcess {
+    child: tokio::process::Child,
+}
+
+impl BridgeProcess {
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
 
 pub fn init_tracing() {
@@ -41,9 +91,28 @@ impl Env {
     }
 
     /// The bridge talks to the simulator in `wire_format` (`json` or `binary`).
-    pub async fn start_with(sim_config: SimConfig, wire_format: &str) -> Env {
+    pub async fn start_with(sim_config: SimConfig, wire_format: &'static str) -> Env {
+        Env::start_with_options(EnvOptions {
+            sim: sim_config,
+            wire_format,
+            ..EnvOptions::default()
+        })
+        .await
+    }
+
+    pub async fn start_with_options(options: EnvOptions) -> Env {
         init_tracing();
-        let db = TestDb::create().await;
+        let EnvOptions {
+            sim: sim_config,
+            wire_format,
+            process,
+            pg_admin_url,
+            bridge_options,
+        } = options;
+        let db = match &pg_admin_url {
+            Some(url) => TestDb::create_on(url).await,
+            None => TestDb::create().await,
+        };
         let sim = Simulator::start(sim_config)
             .await
             .expect("simulator starts");
@@ -55,6 +124,11 @@ impl Env {
         // through a first config written with a placeholder, then rewrite.
         let registration_path = dir.path().join("registration.yaml");
         let config_path = dir.path().join("config.yaml");
+        let extra: String = bridge_options
+            .iter()
+            .map(|(key, value)| format!("    {key}: {value}\n"))
+            .collect();
+        let log_format = if process { "json" } else { "pretty" };
         let write_config = |homeserver: &str| {
             let yaml = format!(
                 r#"homeserver:
@@ -80,8 +154,9 @@ bridge:
         "*": none
         localhost: user
         "@mallory:localhost": none
-logging:
+{extra}logging:
     level: info
+    format: {log_format}
 "#,
                 registration = registration_path.display(),
                 db = db.url(),
@@ -105,8 +180,10 @@ logging:
             dir,
             config_path,
             bridge: None,
-            listener,
+            process: None,
+            listener: (!process).then_some(listener),
             port,
+            process_mode: process,
         };
         env.start_bridge().await;
         env
@@ -125,11 +202,23 @@ logging:
     }
 
     pub async fn start_bridge(&mut self) {
-        assert!(self.bridge.is_none(), "bridge already running");
+        assert!(
+            self.bridge.is_none() && self.process.is_none(),
+            "bridge already running"
+        );
+        if self.process_mode {
+            self.spawn_bridge_process().await;
+            return;
+        }
         let config = self.config();
         let registration =
             Registration::load(&config.appservice.registration).expect("registration loads");
-        let socket = self.listener.try_clone().expect("duplicate the socket");
+        let socket = self
+            .listener
+            .as_ref()
+            .expect("in-process mode keeps the socket")
+            .try_clone()
+            .expect("duplicate the socket");
         socket.set_nonblocking(true).expect("non-blocking socket");
         let listener = tokio::net::TcpListener::from_std(socket).expect("tokio listener");
         let running = maxbridge::app::start_on(config, registration, listener)
@@ -147,6 +236,102 @@ logging:
     pub async fn stop_bridge(&mut self) {
         if let Some(running) = self.bridge.take() {
             running.shutdown().await;
+        }
+        self.kill_bridge().await;
+    }
+
+    /// `kill -9` of the bridge process: no shutdown of any kind.
+    pub async fn kill_bridge(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.child.start_kill().expect("SIGKILL the bridge");
+            let status = process.child.wait().await.expect("reap the bridge");
+            tracing::info!(%status, "bridge process killed");
+        }
+    }
+
+    /// Where a bridge process logs (JSON lines, all its runs).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("bridge.log")
+    }
+
+    /// The bridge process's log so far.
+    pub fn bridge_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The last lines of the bridge process's log, for failure messages;
+    /// the whole log is copied next to the temp dir's other leftovers
+    /// (the test's own dir is removed when it ends) and its path named.
+    pub fn bridge_log_tail(&self, lines: usize) -> String {
+        let log = self.bridge_log();
+        let kept = std::env::temp_dir().join(format!(
+            "maxbridge-bridge-{}.log",
+            self.dir
+                .path()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        ));
+        let saved = match std::fs::write(&kept, &log) {
+            Ok(()) => format!("(whole log: {})", kept.display()),
+            Err(error) => format!("(could not keep the whole log: {error})"),
+        };
+        let all: Vec<&str> = log.lines().collect();
+        format!(
+            "{}\n{saved}",
+            all[all.len().saturating_sub(lines)..].join("\n")
+        )
+    }
+
+    /// Starts the binary and waits until it logs that it runs.
+    async fn spawn_bridge_process(&mut self) {
+        let log_path = self.log_path();
+        let offset = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("bridge log file");
+        let filter = std::env::var("MAXBRIDGE_FAULT_LOG")
+            .unwrap_or_else(|_| "info,maxbridge=debug,maxproto=info".to_owned());
+        // MAXBRIDGE_BIN runs the suite against another build (e.g. release).
+        let binary = std::env::var_os("MAXBRIDGE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_maxbridge")));
+        let child = tokio::process::Command::new(binary)
+            .arg("-c")
+            .arg(&self.config_path)
+            .env("RUST_LOG", filter)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the maxbridge binary");
+        self.process = Some(BridgeProcess { child });
+        let deadline = tokio::time::Instant::now() + PROCESS_START_DEADLINE;
+        loop {
+            let text = std::fs::read(&log_path).unwrap_or_default();
+            let since = String::from_utf8_lossy(&text[(offset as usize).min(text.len())..]);
+            if since.contains("bridge running") {
+                return;
+            }
+            let exited = self
+                .process
+                .as_mut()
+                .and_then(|p| p.child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.process = None;
+                panic!(
+                    "the bridge process exited ({status}) before running:\n{since}\n--- synapse log ---\n{}",
+                    self.synapse.log_tail()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bridge process did not start within {PROCESS_START_DEADLINE:?}:\n{since}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
@@ -205,6 +390,21 @@ logging:
             })
             .await;
         message.body
+    }
+
+    /// Logs the human in as MAX "Alice Ivanova" and joins the DM portal
+    /// with Boris; returns the human, the management room and the DM.
+    pub async fn alice_with_boris_dm(&self, localpart: &str) -> (Human, OwnedRoomId, OwnedRoomId) {
+        let (human, management) = self.user_with_management_room(localpart).await;
+        self.login_sms(&human, &management, ALICE_PHONE, ALICE_CODE)
+            .await;
+        let boris = self.ghost(maxsim::fixture_ids::BORIS);
+        let invite = human
+            .wait_for_invite(|i| i.inviter.as_ref() == Some(&boris))
+            .await;
+        assert!(invite.is_direct, "a MAX dialog becomes a direct room");
+        human.join(&invite.room_id).await;
+        (human, management, invite.room_id)
     }
 
     /// The whole SMS login flow through the bot.

@@ -515,6 +515,39 @@ impl Human {
         self.send_message(room, "m.text", body).await
     }
 
+    /// Sends a text with the client transaction id `txn`, retrying (with
+    /// the same id, so the homeserver never makes two events of it) while
+    /// the homeserver is unavailable, up to the wait deadline.
+    pub async fn send_text_until_accepted(
+        &self,
+        room: &RoomId,
+        body: &str,
+        txn: &str,
+    ) -> OwnedEventId {
+        let txn = matrix_sdk::ruma::OwnedTransactionId::from(txn);
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let content = json!({ "msgtype": "m.text", "body": body });
+            match self
+                .room(room)
+                .send_raw("m.room.message", content)
+                .with_transaction_id(&txn)
+                .await
+            {
+                Ok(sent) => return sent.response.event_id,
+                Err(err) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} could not send {body:?} within {:?}: {err}",
+                        self.user_id,
+                        self.wait
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
     pub async fn send_notice(&self, room: &RoomId, body: &str) -> OwnedEventId {
         self.send_message(room, "m.notice", body).await
     }
