@@ -33,6 +33,7 @@ pub struct Env {
     listener: Option<std::net::TcpListener>,
     port: u16,
     process_mode: bool,
+    log_filter: Option<String>,
 }
 
 /// How [`Env::start_with_options`] sets up the deployment.
@@ -47,6 +48,9 @@ pub struct EnvOptions {
     pub pg_admin_url: Option<String>,
     /// Extra lines of the `bridge:` section (`key: value`).
     pub bridge_options: Vec<(String, String)>,
+    /// `RUST_LOG` of a bridge process (default: `MAXBRIDGE_FAULT_LOG`, or
+    /// debug for the bridge and info for the rest).
+    pub log_filter: Option<String>,
 }
 
 impl Default for EnvOptions {
@@ -57,6 +61,7 @@ impl Default for EnvOptions {
             process: false,
             pg_admin_url: None,
             bridge_options: Vec::new(),
+            log_filter: None,
         }
     }
 }
@@ -108,6 +113,7 @@ impl Env {
             process,
             pg_admin_url,
             bridge_options,
+            log_filter,
         } = options;
         let db = match &pg_admin_url {
             Some(url) => TestDb::create_on(url).await,
@@ -184,6 +190,7 @@ bridge:
             listener: (!process).then_some(listener),
             port,
             process_mode: process,
+            log_filter,
         };
         env.start_bridge().await;
         env
@@ -292,8 +299,10 @@ bridge:
             .append(true)
             .open(&log_path)
             .expect("bridge log file");
-        let filter = std::env::var("MAXBRIDGE_FAULT_LOG")
-            .unwrap_or_else(|_| "info,maxbridge=debug,maxproto=info".to_owned());
+        let filter = self.log_filter.clone().unwrap_or_else(|| {
+            std::env::var("MAXBRIDGE_FAULT_LOG")
+                .unwrap_or_else(|_| "info,maxbridge=debug,maxproto=info".to_owned())
+        });
         // MAXBRIDGE_BIN runs the suite against another build (e.g. release).
         let binary = std::env::var_os("MAXBRIDGE_BIN")
             .map(PathBuf::from)

@@ -79,6 +79,9 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, CodecError> {
     let payload = if raw.is_empty() {
         Value::Null
     } else {
+        // Bounded before anything is built: rmpv recurses per level and
+        // preallocates what an array header announces.
+        super::limits::check_msgpack(&raw)?;
         let mut cursor: &[u8] = &raw;
         let value = rmpv::decode::read_value(&mut cursor)
             .map_err(|e| CodecError::MsgPack(e.to_string()))?;

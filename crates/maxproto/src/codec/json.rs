@@ -44,6 +44,7 @@ pub fn decode(text: &str) -> Result<Frame, CodecError> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(CodecError::TooLarge(text.len()));
     }
+    super::limits::check_json(text)?;
     let raw: In = serde_json::from_str(text)?;
     let cmd = u8::try_from(raw.cmd).map_err(|_| CodecError::Envelope("cmd out of range"))?;
     let opcode =

@@ -7,6 +7,7 @@
 
 pub mod binary;
 pub mod json;
+pub mod limits;
 
 use crate::frame::Frame;
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,10 @@ pub enum CodecError {
     Zstd(String),
     #[error("MessagePack body: {0}")]
     MsgPack(String),
+    #[error("frame nests deeper than {0} levels")]
+    TooDeep(usize),
+    #[error("frame holds more than {0} values")]
+    TooManyValues(usize),
 }
 
 impl WireFormat {

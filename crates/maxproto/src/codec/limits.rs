@@ -1,0 +1,212 @@
+//! Bounds on what one received frame may build, checked on the raw bytes
+//! before anything is built: a hostile or broken server must not make the
+//! client recurse off its stack (deep nesting) or allocate without bound
+//! (millions of tiny values, an array header announcing billions). Both
+//! scans are iterative and allocation-free.
+
+use super::CodecError;
+
+/// Deepest nesting of arrays and objects (maps) a frame may have. MAX's
+/// payloads nest about eight deep.
+pub const MAX_DEPTH: usize = 32;
+/// Most values (scalars, arrays, objects) one frame may hold. A large
+/// LOGIN answer or history page holds some tens of thousands.
+pub const MAX_VALUES: usize = 250_000;
+
+/// Checks a JSON text's nesting depth and an upper bound of its value count
+/// (every value but the first follows a `,` or an opening bracket).
+pub fn check_json(text: &str) -> Result<(), CodecError> {
+    let mut depth = 0usize;
+    let mut values = 1usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                values += 1;
+                if depth > MAX_DEPTH {
+                    return Err(CodecError::TooDeep(MAX_DEPTH));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' => values += 1,
+            _ => {}
+        }
+        if values > MAX_VALUES {
+            return Err(CodecError::TooManyValues(MAX_VALUES));
+        }
+    }
+    Ok(())
+}
+
+/// Walks one MessagePack value without building it: checks nesting depth,
+/// counts values (announced lengths count before their items are read, so a
+/// huge announcement is refused at once) and that the bytes hold them.
+pub fn check_msgpack(bytes: &[u8]) -> Result<(), CodecError> {
+    // Items still to read in each open array or map, innermost last.
+    let mut open: [u64; MAX_DEPTH] = [0; MAX_DEPTH];
+    let mut depth = 0usize;
+    let mut values: u64 = 0;
+    let mut at = 0usize;
+    loop {
+        let marker = *bytes.get(at).ok_or_else(truncated)?;
+        at += 1;
+        values += 1;
+        let (skip, items): (u64, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xc4 | 0xd9 => (read_len(bytes, &mut at, 1)?, 0),
+            0xc5 | 0xda => (read_len(bytes, &mut at, 2)?, 0),
+            0xc6 | 0xdb => (read_len(bytes, &mut at, 4)?, 0),
+            // ext 8/16/32: length, then the type byte, then the data.
+            0xc7 => (read_len(bytes, &mut at, 1)? + 1, 0),
+            0xc8 => (read_len(bytes, &mut at, 2)? + 1, 0),
+            0xc9 => (read_len(bytes, &mut at, 4)? + 1, 0),
+            0xdc => (0, read_len(bytes, &mut at, 2)?),
+            0xdd => (0, read_len(bytes, &mut at, 4)?),
+            0xde => (0, 2 * read_len(bytes, &mut at, 2)?),
+            0xdf => (0, 2 * read_len(bytes, &mut at, 4)?),
+            // 0xc1 is never used.
+            0xc1 => return Err(CodecError::MsgPack("reserved marker 0xc1".to_owned())),
+        };
+        at = usize::try_from(skip)
+            .ok()
+            .and_then(|skip| at.checked_add(skip))
+            .filter(|end| *end <= bytes.len())
+            .ok_or_else(truncated)?;
+        if values.saturating_add(items) > MAX_VALUES as u64 {
+            return Err(CodecError::TooManyValues(MAX_VALUES));
+        }
+        let opens = matches!(marker, 0x80..=0x9f | 0xdc..=0xdf);
+        if opens && items > 0 {
+            if depth == MAX_DEPTH {
+                return Err(CodecError::TooDeep(MAX_DEPTH));
+            }
+            open[depth] = items;
+            depth += 1;
+            continue;
+        }
+        // A value is complete: close every container it completes.
+        loop {
+            if depth == 0 {
+                return Ok(());
+            }
+            open[depth - 1] -= 1;
+            if open[depth - 1] > 0 {
+                break;
+            }
+            depth -= 1;
+        }
+    }
+}
+
+fn read_len(bytes: &[u8], at: &mut usize, width: usize) -> Result<u64, CodecError> {
+    let end = at.checked_add(width).ok_or_else(truncated)?;
+    let field = bytes.get(*at..end).ok_or_else(truncated)?;
+    *at = end;
+    Ok(field.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b)))
+}
+
+fn truncated() -> CodecError {
+    CodecError::MsgPack("truncated MessagePack value".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmpv::Value as Mp;
+
+    fn packed(value: &Mp) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, value).unwrap();
+        out
+    }
+
+    #[test]
+    fn ordinary_payloads_pass_both_checks() {
+        let value = serde_json::json!({
+            "chatId": -70000000000001i64,
+            "message": {"id": 1, "text": "a \"quoted\" [not] {nesting}", "elements": [{"type": "STRONG"}],
+                        "attaches": [], "ratio": 1.5, "none": null, "yes": true},
+        });
+        check_json(&value.to_string()).unwrap();
+        check_msgpack(&packed(&super::super::binary::to_msgpack(&value))).unwrap();
+        let ext = Mp::Map(vec![(
+            Mp::from("id"),
+            Mp::Ext(1, vec![0xcf, 0, 0, 0, 0, 0, 0, 0, 1]),
+        )]);
+        check_msgpack(&packed(&ext)).unwrap();
+        check_msgpack(&packed(&Mp::Binary(vec![1; 300]))).unwrap();
+        check_msgpack(&packed(&Mp::Array(vec![]))).unwrap();
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let deep = format!(
+            "{}1{}",
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        assert!(matches!(check_json(&deep), Err(CodecError::TooDeep(_))));
+        let ok = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        check_json(&ok).unwrap();
+
+        let mut bytes = vec![0x91; MAX_DEPTH + 1];
+        bytes.push(0x01);
+        assert!(matches!(check_msgpack(&bytes), Err(CodecError::TooDeep(_))));
+        let mut bytes = vec![0x91; MAX_DEPTH];
+        bytes.push(0x01);
+        check_msgpack(&bytes).unwrap();
+    }
+
+    #[test]
+    fn too_many_values_and_huge_announcements_are_refused() {
+        let many = format!("[{}0]", "0,".repeat(MAX_VALUES));
+        assert!(matches!(
+            check_json(&many),
+            Err(CodecError::TooManyValues(_))
+        ));
+        // An array 32 bits long announced in five bytes.
+        let bytes = [0xdd, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            check_msgpack(&bytes),
+            Err(CodecError::TooManyValues(_))
+        ));
+        // Nulls inflated from a tiny LZ4 body.
+        let mut nulls = vec![0xdd, 0x00, 0x10, 0x00, 0x00];
+        nulls.extend(std::iter::repeat_n(0xc0, 0x10_0000));
+        assert!(matches!(
+            check_msgpack(&nulls),
+            Err(CodecError::TooManyValues(_))
+        ));
+    }
+
+    #[test]
+    fn truncated_msgpack_is_refused() {
+        assert!(check_msgpack(&[0x92, 0x01]).is_err());
+        assert!(check_msgpack(&[0xda, 0x00, 0x10, b'a']).is_err());
+        assert!(check_msgpack(&[]).is_err());
+    }
+}
