@@ -1164,3 +1164,65 @@ async fn catch_up_applies_edits_deletions_and_the_limit() {
         Some("after")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_room_keeps_logins_and_commands_apart() {
+    let env = Env::start().await;
+    let (human, management) = env.user_with_management_room("alice").await;
+    let control = env.sim.control().clone();
+
+    // During a login, known commands run as themselves and a text that is
+    // not a phone number is not sent to MAX; `cancel` ends the login.
+    env.command(&human, &management, "login", "phone number")
+        .await;
+    env.command(&human, &management, "help", "Commands").await;
+    env.command(
+        &human,
+        &management,
+        "call me maybe",
+        "does not look like a phone number",
+    )
+    .await;
+    env.command(&human, &management, "cancel", "Login cancelled")
+        .await;
+    env.command(&human, &management, "+79000000001", "Unknown command")
+        .await;
+
+    env.login_sms(&human, &management, ALICE_PHONE, ALICE_CODE)
+        .await;
+    // Logged in: neither login nor login-token switches accounts silently.
+    env.command(
+        &human,
+        &management,
+        "login-token sim-token-boris",
+        "already logged in",
+    )
+    .await;
+    env.command(&human, &management, "login", "already logged in")
+        .await;
+
+    // A prefixed command in a portal is answered there and never sent to MAX.
+    let boris = env.ghost(fixture_ids::BORIS);
+    let dm = human.accept_invite_from(&boris).await;
+    let before = control
+        .messages(fixture_ids::ALICE, fixture_ids::DIALOG_ALICE_BORIS)
+        .expect("history")
+        .len();
+    env.command(&human, &dm, "!max ping", "Logged in to MAX as")
+        .await;
+    human.send_text(&dm, "a real message").await;
+    control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.text == "a real message"
+        })
+        .await
+        .expect("the real message reaches MAX");
+    let texts: Vec<String> = control
+        .messages(fixture_ids::ALICE, fixture_ids::DIALOG_ALICE_BORIS)
+        .expect("history")
+        .into_iter()
+        .skip(before)
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["a real message"], "the command stayed on Matrix");
+}

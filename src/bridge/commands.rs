@@ -87,6 +87,18 @@ pub(crate) async fn on_bot_invited(bridge: &Arc<Bridge>, event: &RoomEvent) {
         .await;
 }
 
+/// Whether a message starts with the command prefix (e.g. `!max ping`).
+pub(crate) fn has_prefix(config: &crate::config::Config, event: &RoomEvent) -> bool {
+    let prefix = config.bridge.command_prefix.as_str();
+    event.event_type == "m.room.message"
+        && !prefix.is_empty()
+        && event
+            .content
+            .get("body")
+            .and_then(Value::as_str)
+            .is_some_and(|body| body.trim_start().starts_with(prefix))
+}
+
 /// A message in a room that is not a portal: a command when it is the
 /// user's management room, or when it starts with the command prefix.
 pub(crate) async fn on_room_message(bridge: &Arc<Bridge>, event: &RoomEvent) {
@@ -128,7 +140,14 @@ async fn run_command(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, te
     let mut words = text.split_whitespace();
     let name = words.next().unwrap_or("").to_lowercase();
     let args: Vec<&str> = words.collect();
-    let pending = bridge.pending_logins.lock().await.remove(user);
+    // A known command typed during a login runs as itself; the login
+    // keeps waiting for its step (except for `cancel`, which ends it).
+    let known = KNOWN_COMMANDS.contains(&name.as_str()) && name != "cancel";
+    let pending = if known {
+        None
+    } else {
+        bridge.pending_logins.lock().await.remove(user)
+    };
     if let Some(pending) = pending {
         if name == "cancel" {
             if let PendingLogin::Code { session, .. } | PendingLogin::Password { session, .. } =
@@ -164,6 +183,10 @@ async fn run_command(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, te
                     reply("Send your phone number in international format, e.g. +79001234567 (or `cancel`).".to_owned()).await;
                 }
             }
+        }
+        "login-token" if bridge.login_of(user).is_some() => {
+            reply("You are already logged in. Send `logout` first to switch accounts.".to_owned())
+                .await
         }
         "login-token" => match args.first() {
             Some(token) => {
@@ -219,6 +242,20 @@ pub(crate) fn describe(error: &ClientError) -> String {
 }
 
 async fn start_sms(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, phone: &str) {
+    if !looks_like_phone(phone) {
+        bridge
+            .pending_logins
+            .lock()
+            .await
+            .insert(user.clone(), PendingLogin::Phone);
+        bridge
+            .bot_notice(
+                room,
+                "That does not look like a phone number. Send it in international format, e.g. +79001234567 (or `cancel`).",
+            )
+            .await;
+        return;
+    }
     let phone = normalize_phone(phone);
     let device_id = device_id_for(bridge, user).await;
     let session = match AuthSession::connect(client_config(&bridge.config, &device_id)).await {
@@ -264,6 +301,31 @@ async fn start_sms(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, phon
                 .await;
         }
     }
+}
+
+/// Commands the bot knows; typed during a login they are not taken for
+/// its next step.
+const KNOWN_COMMANDS: [&str; 8] = [
+    "help",
+    "login",
+    "login-token",
+    "logout",
+    "ping",
+    "sync",
+    "list",
+    "cancel",
+];
+
+/// A phone number as people type it: digits with an optional leading `+`
+/// and spaces, dashes, dots or parentheses between them; 10 to 15 digits
+/// (E.164). Anything else is not sent to MAX.
+fn looks_like_phone(text: &str) -> bool {
+    let text = text.trim();
+    let rest = text.strip_prefix('+').unwrap_or(text);
+    let digits = rest.chars().filter(char::is_ascii_digit).count();
+    rest.chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        && (10..=15).contains(&digits)
 }
 
 fn normalize_phone(phone: &str) -> String {
@@ -540,4 +602,31 @@ async fn list(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
         text.push_str(&format!("\n• {name} [{}] — {room}", portal.kind.as_str()));
     }
     bridge.bot_notice(room, &text).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_phone;
+
+    #[test]
+    fn phone_numbers_as_people_type_them() {
+        for phone in [
+            "+79001234567",
+            "+7 900 123-45-67",
+            "8 (900) 123-45-67",
+            "+44.20.7946.0958",
+        ] {
+            assert!(looks_like_phone(phone), "{phone}");
+        }
+        for text in [
+            "help",
+            "+7900",
+            "hello 79001234567",
+            "+7 900 123 45 67 89 01 2",
+            "",
+            "+",
+        ] {
+            assert!(!looks_like_phone(text), "{text}");
+        }
+    }
 }

@@ -472,6 +472,11 @@ impl Bridge {
             }
         };
         if let Some(portal) = portal {
+            // A command with the prefix is for the bot, never for MAX.
+            if commands::has_prefix(&self.config, &event) {
+                commands::on_room_message(self, &event).await;
+                return;
+            }
             let key = PortalKey {
                 chat_id: portal.chat_id,
                 receiver: portal.receiver,
