@@ -178,7 +178,9 @@ pub async fn start_on(
         source,
     })?;
 
-    let bridge = Bridge::new(config.clone(), store.clone(), matrix.clone());
+    let http = crate::fetch::GuardedClient::new(config.max.media.fetch_policy())
+        .map_err(|e| StartError::Config(format!("max.media: {e}")))?;
+    let bridge = Bridge::new(config.clone(), store.clone(), matrix.clone(), http);
     let handler = Arc::new(MatrixHandler {
         bridge: Arc::clone(&bridge),
     });

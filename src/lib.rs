@@ -5,11 +5,13 @@
 //! - [`store`]: PostgreSQL storage, one module per table.
 //! - [`config`]: the YAML configuration and the appservice registration.
 //! - [`queue`]: per-key ordered work queues used on both sides.
+//! - [`fetch`]: fetching URLs from outside: public addresses only, bounded.
 //! - [`app`]: starting and stopping a bridge.
 
 pub mod app;
 pub mod bridge;
 pub mod config;
+pub mod fetch;
 pub mod matrix;
 pub mod queue;
 pub mod store;

@@ -172,3 +172,56 @@ async fn a_trace_log_holds_no_secret() {
         .collect();
     assert!(leaks.is_empty(), "secrets in the log: {leaks:#?}");
 }
+
+/// Media URLs in MAX messages that point inside (loopback other than the
+/// allowed simulator address, link-local metadata services) are refused
+/// before any connection; the room gets a notice saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_urls_on_internal_addresses_are_not_fetched() {
+    let env = Env::start().await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control().clone();
+    // An internal server that must never be reached: it counts connections.
+    let internal = tokio::net::TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("127.0.0.2 is loopback too");
+    let port = internal.local_addr().expect("addr").port();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&reached);
+    tokio::spawn(async move {
+        while internal.accept().await.is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let urls = [
+        format!("http://127.0.0.2:{port}/photo.jpg"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        format!("http://[::1]:{port}/photo.jpg"),
+        "http://10.0.0.1/photo.jpg".to_owned(),
+    ];
+    let boris = env.ghost(fixture_ids::BORIS);
+    for url in &urls {
+        let mut outgoing = Outgoing::text("");
+        outgoing.attaches = vec![serde_json::json!({
+            "_type": "PHOTO", "baseUrl": url, "width": 10, "height": 10,
+        })];
+        control
+            .send(
+                fixture_ids::BORIS,
+                fixture_ids::DIALOG_ALICE_BORIS,
+                outgoing,
+            )
+            .expect("Boris sends a photo");
+    }
+    let notices = human
+        .wait_for_messages(&dm, urls.len(), |m| {
+            m.sender == boris && m.body.contains("not a public address")
+        })
+        .await;
+    assert_eq!(notices.len(), urls.len());
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "an internal address was connected to"
+    );
+}

@@ -11,7 +11,7 @@ use ruma::{OwnedMxcUri, OwnedUserId};
 use std::sync::Arc;
 
 /// MAX avatars are small pictures; anything larger is not an avatar.
-const MAX_AVATAR_BYTES: usize = 10 * 1024 * 1024;
+const MAX_AVATAR_BYTES: u64 = 10 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GhostError {
@@ -111,41 +111,17 @@ impl Bridge {
 
     /// Downloads a MAX picture and uploads it to the media repository.
     pub(crate) async fn mirror_avatar(&self, url: &str) -> Option<OwnedMxcUri> {
-        let response = match self.http.get(url).send().await {
-            Ok(response) if response.status().is_success() => response,
-            Ok(response) => {
-                tracing::warn!(status = %response.status(), "avatar download refused");
-                return None;
-            }
+        let (bytes, content_type) = match self.http.get_all(url, MAX_AVATAR_BYTES).await {
+            Ok(fetched) => fetched,
             Err(error) => {
-                tracing::warn!(%error, "avatar download failed");
+                tracing::warn!(%error, "avatar not downloaded");
                 return None;
             }
         };
-        if response
-            .content_length()
-            .is_some_and(|n| n as usize > MAX_AVATAR_BYTES)
-        {
-            tracing::warn!("avatar too large; skipped");
-            return None;
-        }
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("image/jpeg")
-            .to_owned();
-        let bytes = match response.bytes().await {
-            Ok(bytes) if bytes.len() <= MAX_AVATAR_BYTES => bytes,
-            Ok(_) => return None,
-            Err(error) => {
-                tracing::warn!(%error, "avatar download failed");
-                return None;
-            }
-        };
+        let content_type = content_type.unwrap_or_else(|| "image/jpeg".to_owned());
         match self
             .matrix
-            .upload_media(bytes.to_vec(), &content_type, Some("avatar"))
+            .upload_media(bytes, &content_type, Some("avatar"))
             .await
         {
             Ok(mxc) => Some(mxc),

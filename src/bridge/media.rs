@@ -22,9 +22,6 @@ pub(crate) fn is_media_msgtype(msgtype: &str) -> bool {
     matches!(msgtype, "m.image" | "m.file" | "m.video" | "m.audio")
 }
 
-/// Larger media are not mirrored (the notice says so).
-const MAX_MEDIA_BYTES: usize = 100 * 1024 * 1024;
-
 /// A downloaded attachment.
 struct Fetched {
     bytes: Vec<u8>,
@@ -154,8 +151,9 @@ impl Bridge {
             .download_media(&mxc)
             .await
             .map_err(|e| format!("could not fetch it from the homeserver: {e}"))?;
-        if bytes.len() > MAX_MEDIA_BYTES {
-            return Err(format!("larger than {} MiB", MAX_MEDIA_BYTES >> 20));
+        let max_bytes = self.config.max.media.max_bytes;
+        if bytes.len() as u64 > max_bytes {
+            return Err(format!("larger than {} MiB", max_bytes >> 20));
         }
         let name = content
             .get("filename")
@@ -185,6 +183,7 @@ impl Bridge {
                 let response = self
                     .http
                     .post(&slot.url)
+                    .map_err(|e| format!("upload to MAX refused: {e}"))?
                     .multipart(form)
                     .send()
                     .await
@@ -241,6 +240,7 @@ impl Bridge {
         let response = self
             .http
             .post(&slot.url)
+            .map_err(|e| format!("upload to MAX refused: {e}"))?
             .header(reqwest::header::CONTENT_TYPE, &fetched.mimetype)
             .header(
                 reqwest::header::CONTENT_DISPOSITION,
@@ -257,41 +257,17 @@ impl Bridge {
         Ok(())
     }
 
-    /// Downloads at most [`MAX_MEDIA_BYTES`].
+    /// Downloads at most `max.media.max_bytes`, through the guarded client
+    /// (public addresses only, an idle timeout per chunk).
     async fn fetch(&self, url: &str, fallback_type: &str) -> Result<Fetched, String> {
-        let mut response = self
+        let (bytes, served) = self
             .http
-            .get(url)
-            .send()
+            .get_all(url, self.config.max.media.max_bytes)
             .await
-            .map_err(|e| format!("download failed: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("download refused ({})", response.status()));
-        }
-        if response
-            .content_length()
-            .is_some_and(|n| n as usize > MAX_MEDIA_BYTES)
-        {
-            return Err(format!("larger than {} MiB", MAX_MEDIA_BYTES >> 20));
-        }
-        let mimetype = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
-            .filter(|v| !v.is_empty() && v != "application/octet-stream")
+            .map_err(|e| e.to_string())?;
+        let mimetype = served
+            .filter(|v| v != "application/octet-stream")
             .unwrap_or_else(|| fallback_type.to_owned());
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| format!("download failed: {e}"))?
-        {
-            if bytes.len() + chunk.len() > MAX_MEDIA_BYTES {
-                return Err(format!("larger than {} MiB", MAX_MEDIA_BYTES >> 20));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
         Ok(Fetched { bytes, mimetype })
     }
 

@@ -46,8 +46,9 @@ pub struct Bridge {
     pub(crate) store: Store,
     pub(crate) matrix: MatrixClient,
     pub(crate) bot: OwnedUserId,
-    /// For fetching MAX avatars.
-    pub(crate) http: reqwest::Client,
+    /// For URLs that MAX hands out (avatars, media, upload slots): public
+    /// addresses only, unless the config allows a network.
+    pub(crate) http: crate::fetch::GuardedClient,
     /// Running logins by Matrix user. Locked only to look up or replace.
     logins: Mutex<HashMap<OwnedUserId, Arc<LoginSession>>>,
     /// Half-done SMS logins, by Matrix user.
@@ -89,7 +90,12 @@ impl std::fmt::Debug for Bridge {
 }
 
 impl Bridge {
-    pub fn new(config: Config, store: Store, matrix: MatrixClient) -> Arc<Bridge> {
+    pub fn new(
+        config: Config,
+        store: Store,
+        matrix: MatrixClient,
+        http: crate::fetch::GuardedClient,
+    ) -> Arc<Bridge> {
         let bot = matrix.bot_user_id().to_owned();
         Arc::new_cyclic(|weak: &Weak<Bridge>| {
             let weak = weak.clone();
@@ -110,10 +116,7 @@ impl Bridge {
                 store,
                 matrix,
                 bot,
-                http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(30))
-                    .build()
-                    .unwrap_or_default(),
+                http,
                 logins: Mutex::new(HashMap::new()),
                 pending_logins: AsyncMutex::new(HashMap::new()),
                 portals,

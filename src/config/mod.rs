@@ -175,6 +175,8 @@ pub struct MaxConfig {
     pub user_agent: String,
     #[serde(default)]
     pub device: DeviceConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
 }
 
 impl Default for MaxConfig {
@@ -185,6 +187,45 @@ impl Default for MaxConfig {
             origin: default_origin(),
             user_agent: default_user_agent(),
             device: DeviceConfig::default(),
+            media: MediaConfig::default(),
+        }
+    }
+}
+
+/// How media behind URLs that MAX hands out are fetched (and uploaded).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Networks that may be fetched from although they are not public
+    /// (loopback, private, link-local…): none by default. A MAX server on
+    /// the same host or network (a simulator) needs its network here.
+    pub allow_networks: Vec<ipnet::IpNet>,
+    /// Largest media mirrored either way, in bytes.
+    pub max_bytes: u64,
+    /// Seconds to connect to a media server.
+    pub connect_timeout: u64,
+    /// Seconds a download may go without receiving a byte.
+    pub idle_timeout: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            allow_networks: Vec::new(),
+            max_bytes: 100 * 1024 * 1024,
+            connect_timeout: 10,
+            idle_timeout: 30,
+        }
+    }
+}
+
+impl MediaConfig {
+    pub fn fetch_policy(&self) -> crate::fetch::FetchPolicy {
+        crate::fetch::FetchPolicy {
+            allow_networks: self.allow_networks.clone(),
+            connect_timeout: Duration::from_secs(self.connect_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            max_bytes: self.max_bytes,
         }
     }
 }

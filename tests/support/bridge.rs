@@ -155,6 +155,8 @@ database:
 max:
     endpoint: {ws}
     wire_format: {wire_format}
+    media:
+        allow_networks: ["127.0.0.1/32"]
 bridge:
     permissions:
         "*": none
