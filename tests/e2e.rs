@@ -1167,7 +1167,11 @@ async fn catch_up_applies_edits_deletions_and_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn management_room_keeps_logins_and_commands_apart() {
-    let env = Env::start().await;
+    let env = Env::start_with_options(support::bridge::EnvOptions {
+        bridge_options: vec![("login_step_timeout".to_owned(), "3".to_owned())],
+        ..Default::default()
+    })
+    .await;
     let (human, management) = env.user_with_management_room("alice").await;
     let control = env.sim.control().clone();
 
@@ -1185,10 +1189,34 @@ async fn management_room_keeps_logins_and_commands_apart() {
     .await;
     env.command(&human, &management, "cancel", "Login cancelled")
         .await;
+    // A login left waiting ends by itself, with a notice.
+    env.command(&human, &management, "login", "phone number")
+        .await;
+    human
+        .wait_for_message(&management, |m| {
+            m.sender == env.bot() && m.body.contains("login timed out after 3 s")
+        })
+        .await;
     env.command(&human, &management, "+79000000001", "Unknown command")
         .await;
 
     env.login_sms(&human, &management, ALICE_PHONE, ALICE_CODE)
+        .await;
+    // The messages with the code and with a token are removed, and the bot
+    // says so.
+    let redacted = |target: String| {
+        move |e: &serde_json::Value| {
+            e["type"] == "m.room.redaction"
+                && (e["redacts"] == target.as_str() || e["content"]["redacts"] == target.as_str())
+        }
+    };
+    let code = human
+        .messages(&management)
+        .into_iter()
+        .find(|m| m.body == ALICE_CODE)
+        .expect("the code was sent");
+    human
+        .wait_for_event(&management, redacted(code.event_id.to_string()))
         .await;
     // Logged in: neither login nor login-token switches accounts silently.
     env.command(
@@ -1198,6 +1226,19 @@ async fn management_room_keeps_logins_and_commands_apart() {
         "already logged in",
     )
     .await;
+    let token = human
+        .messages(&management)
+        .into_iter()
+        .find(|m| m.body.starts_with("login-token sim-token-boris"))
+        .expect("the token was sent");
+    human
+        .wait_for_event(&management, redacted(token.event_id.to_string()))
+        .await;
+    human
+        .wait_for_message(&management, |m| {
+            m.sender == env.bot() && m.body.contains("removed your message with the token")
+        })
+        .await;
     env.command(&human, &management, "login", "already logged in")
         .await;
 

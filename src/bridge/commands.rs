@@ -23,6 +23,15 @@ Commands (in this room no prefix is needed):
 • cancel — cancel a login in progress
 • help — this text";
 
+/// A login in progress and the number that tells it from a later one of
+/// the same user (for its expiry).
+pub struct Pending {
+    id: u64,
+    login: PendingLogin,
+}
+
+static NEXT_PENDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A login in progress, waiting for the user's next message.
 pub enum PendingLogin {
     Phone,
@@ -132,10 +141,12 @@ pub(crate) async fn on_room_message(bridge: &Arc<Bridge>, event: &RoomEvent) {
             .await;
         return;
     }
-    run_command(bridge, &event.room_id, &event.sender, command).await;
+    run_command(bridge, event, command).await;
 }
 
-async fn run_command(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, text: &str) {
+async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
+    let room = &event.room_id;
+    let user = &event.sender;
     // A pending login takes the next plain message (phone, code, password).
     let mut words = text.split_whitespace();
     let name = words.next().unwrap_or("").to_lowercase();
@@ -146,7 +157,12 @@ async fn run_command(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, te
     let pending = if known {
         None
     } else {
-        bridge.pending_logins.lock().await.remove(user)
+        bridge
+            .pending_logins
+            .lock()
+            .await
+            .remove(user)
+            .map(|p| p.login)
     };
     if let Some(pending) = pending {
         if name == "cancel" {
@@ -157,6 +173,16 @@ async fn run_command(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, te
             }
             bridge.bot_notice(room, "Login cancelled.").await;
             return;
+        }
+        if matches!(
+            pending,
+            PendingLogin::Code { .. } | PendingLogin::Password { .. }
+        ) {
+            let what = match pending {
+                PendingLogin::Password { .. } => "password",
+                _ => "code",
+            };
+            forget_secret(bridge, event, what).await;
         }
         continue_login(bridge, room, user, pending, text).await;
         return;
@@ -175,26 +201,31 @@ async fn run_command(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, te
             match args.first() {
                 Some(phone) => start_sms(bridge, room, user, phone).await,
                 None => {
-                    bridge
-                        .pending_logins
-                        .lock()
-                        .await
-                        .insert(user.clone(), PendingLogin::Phone);
+                    set_pending(bridge, room, user, PendingLogin::Phone).await;
                     reply("Send your phone number in international format, e.g. +79001234567 (or `cancel`).".to_owned()).await;
                 }
             }
         }
-        "login-token" if bridge.login_of(user).is_some() => {
-            reply("You are already logged in. Send `logout` first to switch accounts.".to_owned())
-                .await
-        }
-        "login-token" => match args.first() {
-            Some(token) => {
-                let device_id = device_id_for(bridge, user).await;
-                finish_login(bridge, room, user, Token::new(*token), device_id).await;
+        "login-token" => {
+            // The token is a secret whatever happens next.
+            if !args.is_empty() {
+                forget_secret(bridge, event, "token").await;
             }
-            None => reply("Usage: login-token <token>".to_owned()).await,
-        },
+            match args.first() {
+                _ if bridge.login_of(user).is_some() => {
+                    reply(
+                        "You are already logged in. Send `logout` first to switch accounts."
+                            .to_owned(),
+                    )
+                    .await
+                }
+                Some(token) => {
+                    let device_id = device_id_for(bridge, user).await;
+                    finish_login(bridge, room, user, Token::new(*token), device_id).await;
+                }
+                None => reply("Usage: login-token <token>".to_owned()).await,
+            }
+        }
         "logout" => logout(bridge, room, user).await,
         "ping" => ping(bridge, room, user).await,
         "sync" => sync(bridge, room, user).await,
@@ -243,11 +274,7 @@ pub(crate) fn describe(error: &ClientError) -> String {
 
 async fn start_sms(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, phone: &str) {
     if !looks_like_phone(phone) {
-        bridge
-            .pending_logins
-            .lock()
-            .await
-            .insert(user.clone(), PendingLogin::Phone);
+        set_pending(bridge, room, user, PendingLogin::Phone).await;
         bridge
             .bot_notice(
                 room,
@@ -276,14 +303,17 @@ async fn start_sms(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, phon
                 .code_length
                 .map(|n| format!("{n}-digit "))
                 .unwrap_or_default();
-            bridge.pending_logins.lock().await.insert(
-                user.clone(),
+            set_pending(
+                bridge,
+                room,
+                user,
                 PendingLogin::Code {
                     session,
                     challenge,
                     device_id,
                 },
-            );
+            )
+            .await;
             bridge
                 .bot_notice(
                     room,
@@ -378,6 +408,86 @@ async fn continue_login(
     }
 }
 
+/// Waits for the user's next login step; a step not taken within
+/// `bridge.login_step_timeout` ends the login with a notice.
+async fn set_pending(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, login: PendingLogin) {
+    let id = NEXT_PENDING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    bridge
+        .pending_logins
+        .lock()
+        .await
+        .insert(user.clone(), Pending { id, login });
+    let weak = Arc::downgrade(bridge);
+    let (room, user) = (room.to_owned(), user.clone());
+    let timeout = bridge.config.login_step_timeout();
+    bridge.spawn_task(async move {
+        tokio::time::sleep(timeout).await;
+        let Some(bridge) = weak.upgrade() else {
+            return;
+        };
+        let expired = {
+            let mut pending = bridge.pending_logins.lock().await;
+            match pending.get(&user) {
+                Some(current) if current.id == id => pending.remove(&user),
+                _ => None,
+            }
+        };
+        let Some(expired) = expired else {
+            return;
+        };
+        if let PendingLogin::Code { session, .. } | PendingLogin::Password { session, .. } =
+            expired.login
+        {
+            session.close().await;
+        }
+        bridge
+            .bot_notice(
+                &room,
+                &format!(
+                    "⌛ The login timed out after {} s without an answer. Send `login` to start again.",
+                    timeout.as_secs()
+                ),
+            )
+            .await;
+    });
+}
+
+/// Removes the user's message that carried a secret (a code, a password, a
+/// token) from the room's history, and says so; when the bot may not (it
+/// lacks power in the room), it asks the user to.
+async fn forget_secret(bridge: &Arc<Bridge>, event: &RoomEvent, what: &str) {
+    let txn = format!("forget-{}", event.event_id);
+    match bridge
+        .matrix
+        .redact(
+            &bridge.bot,
+            &event.room_id,
+            &event.event_id,
+            Some("carried a secret"),
+            &txn,
+        )
+        .await
+    {
+        Ok(_) => {
+            bridge
+                .bot_notice(
+                    &event.room_id,
+                    &format!("🔒 I removed your message with the {what} from this room."),
+                )
+                .await
+        }
+        Err(error) => {
+            tracing::warn!(room = %event.room_id, %error, "could not redact a message with a secret");
+            bridge
+                .bot_notice(
+                    &event.room_id,
+                    &format!("⚠️ I could not remove your message with the {what} ({error}); please delete it yourself."),
+                )
+                .await;
+        }
+    }
+}
+
 /// A step was refused (wrong code or password): say why and wait for
 /// another try.
 async fn ask_again(
@@ -397,11 +507,7 @@ async fn ask_again(
             ),
         )
         .await;
-    bridge
-        .pending_logins
-        .lock()
-        .await
-        .insert(user.clone(), pending);
+    set_pending(bridge, room, user, pending).await;
 }
 
 async fn on_outcome(
@@ -419,14 +525,17 @@ async fn on_outcome(
         }
         SmsLoginOutcome::PasswordRequired { track_id, hint } => {
             let hint = hint.map(|h| format!(" (hint: {h})")).unwrap_or_default();
-            bridge.pending_logins.lock().await.insert(
-                user.clone(),
+            set_pending(
+                bridge,
+                room,
+                user,
                 PendingLogin::Password {
                     session,
                     track_id,
                     device_id,
                 },
-            );
+            )
+            .await;
             bridge
                 .bot_notice(
                     room,

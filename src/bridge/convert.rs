@@ -11,6 +11,15 @@ use serde_json::{Value, json};
 /// `max-msg-length` of the MAX server config.
 pub const MAX_TEXT_CHARS: usize = 4000;
 
+/// Most attachments of one MAX message bridged (media and described alike);
+/// the rest are counted in the text. A hostile server could send 100,000.
+pub const MAX_ATTACHES: usize = 50;
+/// Most formatting elements of one message turned into HTML.
+const MAX_ELEMENTS: usize = 1000;
+/// Longest text put into one Matrix event, in bytes: a Matrix event is at
+/// most 64 KiB in all, and MAX's own limit is far below this.
+const MAX_MATRIX_TEXT_BYTES: usize = 48 * 1024;
+
 /// Attachments bridged as media events of their own.
 pub fn is_media(attach: &Attach) -> bool {
     matches!(
@@ -27,8 +36,10 @@ pub fn is_media(attach: &Attach) -> bool {
 /// `None` when the message is nothing but media.
 pub fn max_text_to_matrix(message: &Message) -> Option<Value> {
     let forwarded = message.forwarded().is_some() && message.text.is_empty();
-    let has_text =
-        !message.text.is_empty() || forwarded || message.attaches.iter().any(|a| !is_media(a));
+    let has_text = !message.text.is_empty()
+        || forwarded
+        || message.attaches.len() > MAX_ATTACHES
+        || message.attaches.iter().any(|a| !is_media(a));
     (has_text || message.attaches.is_empty()).then(|| max_to_matrix(message))
 }
 
@@ -38,18 +49,43 @@ pub fn max_to_matrix(message: &Message) -> Value {
         Some(original) if message.text.is_empty() => (&original.text, &original.elements),
         _ => (&message.text, &message.elements),
     };
-    let mut body = text.clone();
+    let (text, cut) = truncate_bytes(text, MAX_MATRIX_TEXT_BYTES);
+    let elements = &elements[..elements.len().min(MAX_ELEMENTS)];
+    let mut body = text.to_owned();
     let mut html = if elements.is_empty() {
         None
     } else {
         Some(elements_to_html(text, elements))
     };
+    if cut > 0 {
+        let note = format!("[… {cut} more characters not bridged]");
+        body.push('\n');
+        body.push_str(&note);
+        if let Some(html) = html.as_mut() {
+            html.push_str("<br>");
+            html.push_str(&escape_html(&note));
+        }
+    }
     let forwarded = message.forwarded().is_some() && message.text.is_empty();
-    let described: Vec<&Attach> = message.attaches.iter().filter(|a| !is_media(a)).collect();
+    let bridged = &message.attaches[..message.attaches.len().min(MAX_ATTACHES)];
+    // Each line, and whether it is a service event (a chat change).
+    let mut described: Vec<(bool, String)> = bridged
+        .iter()
+        .filter(|a| !is_media(a))
+        .map(|a| (matches!(a, Attach::Control(_)), describe_attach(a)))
+        .collect();
+    if message.attaches.len() > MAX_ATTACHES {
+        described.push((
+            false,
+            format!(
+                "[{} more attachments not bridged]",
+                message.attaches.len() - MAX_ATTACHES
+            ),
+        ));
+    }
     let mut only_service = !described.is_empty() && text.is_empty();
-    for attach in described {
-        let line = describe_attach(attach);
-        if !matches!(attach, Attach::Control(_)) {
+    for (service, line) in described {
+        if !service {
             only_service = false;
         }
         if !body.is_empty() {
@@ -67,6 +103,14 @@ pub fn max_to_matrix(message: &Message) -> Value {
             *html = format!("<blockquote>{html}</blockquote>");
         }
     }
+    // Formatting that would push the event over Matrix's size limit is
+    // dropped; the plain text stays.
+    if html
+        .as_ref()
+        .is_some_and(|html| html.len() + body.len() > 60 * 1024)
+    {
+        html = None;
+    }
     let msgtype = if only_service { "m.notice" } else { "m.text" };
     let mut content = json!({"msgtype": msgtype, "body": body});
     if let Some(html) = html {
@@ -74,6 +118,19 @@ pub fn max_to_matrix(message: &Message) -> Value {
         content["formatted_body"] = json!(html);
     }
     content
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, and how many
+/// characters were cut.
+fn truncate_bytes(text: &str, max: usize) -> (&str, usize) {
+    if text.len() <= max {
+        return (text, 0);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], text[end..].chars().count())
 }
 
 /// A one-line description of an attachment that is not bridged as media.
@@ -480,6 +537,39 @@ mod tests {
         let mut m = Message::new(MessageId(1), 1, Some(UserId(2)), text);
         m.elements = elements;
         m
+    }
+
+    #[test]
+    fn huge_texts_and_attachment_lists_are_cut_and_counted() {
+        let mut m = message(
+            &"я".repeat(40_000),
+            vec![Element::new(ElementType::Strong, 0, 5)],
+        );
+        m.attaches = (0..100_000)
+            .map(|_| serde_json::from_value(json!({"_type": "HOLOGRAM"})).unwrap())
+            .collect();
+        let content = max_text_to_matrix(&m).expect("text part");
+        let body = content["body"].as_str().unwrap();
+        assert!(body.len() < 60 * 1024, "{} bytes", body.len());
+        assert!(body.contains(&format!(
+            "[… {} more characters not bridged]",
+            40_000 - 24 * 1024
+        )));
+        assert!(
+            body.ends_with("[99950 more attachments not bridged]"),
+            "{}",
+            &body[body.len() - 80..]
+        );
+        assert_eq!(body.matches("hologram attachment").count(), MAX_ATTACHES);
+        // Media beyond the limit alone still say so.
+        let mut photos = message("", vec![]);
+        photos.attaches = (0..60)
+            .map(|_| {
+                serde_json::from_value(json!({"_type": "PHOTO", "baseUrl": "https://x/y"})).unwrap()
+            })
+            .collect();
+        let content = max_text_to_matrix(&photos).expect("a note");
+        assert_eq!(content["body"], "[10 more attachments not bridged]");
     }
 
     #[test]

@@ -295,6 +295,7 @@ impl Bridge {
         let media: Vec<_> = message
             .attaches
             .iter()
+            .take(convert::MAX_ATTACHES)
             .filter(|a| convert::is_media(a))
             .collect();
         let parts = usize::from(text.is_some()) + media.len();

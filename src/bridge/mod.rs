@@ -52,7 +52,7 @@ pub struct Bridge {
     /// Running logins by Matrix user. Locked only to look up or replace.
     logins: Mutex<HashMap<OwnedUserId, Arc<LoginSession>>>,
     /// Half-done SMS logins, by Matrix user.
-    pub(crate) pending_logins: AsyncMutex<HashMap<OwnedUserId, commands::PendingLogin>>,
+    pub(crate) pending_logins: AsyncMutex<HashMap<OwnedUserId, commands::Pending>>,
     portals: KeyedQueue<PortalKey, PortalEvent>,
     /// Memberships known to be in place, so sends skip the join dance.
     joined: Mutex<HashSet<(OwnedRoomId, OwnedUserId)>>,

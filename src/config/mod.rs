@@ -303,6 +303,10 @@ pub struct BridgeConfig {
     /// MAX connection, retrying, before it gives up on a message and says so.
     #[serde(default = "default_outage_patience")]
     pub outage_patience: u64,
+    /// Seconds a login in the management room waits for the user's next
+    /// step (phone number, code, password) before it is dropped.
+    #[serde(default = "default_login_step_timeout")]
+    pub login_step_timeout: u64,
 }
 
 impl Default for BridgeConfig {
@@ -316,6 +320,7 @@ impl Default for BridgeConfig {
             max_catchup_messages: default_max_catchup_messages(),
             login_patience: default_login_patience(),
             outage_patience: default_outage_patience(),
+            login_step_timeout: default_login_step_timeout(),
         }
     }
 }
@@ -401,6 +406,9 @@ fn default_max_catchup_messages() -> u32 {
 }
 fn default_login_patience() -> u64 {
     120
+}
+fn default_login_step_timeout() -> u64 {
+    300
 }
 fn default_outage_patience() -> u64 {
     600
@@ -656,6 +664,10 @@ impl Config {
     }
 
     /// How long a portal retries through an outage before giving up.
+    pub fn login_step_timeout(&self) -> Duration {
+        Duration::from_secs(self.bridge.login_step_timeout)
+    }
+
     pub fn outage_patience(&self) -> Duration {
         Duration::from_secs(self.bridge.outage_patience)
     }
