@@ -1267,3 +1267,44 @@ async fn management_room_keeps_logins_and_commands_apart() {
         .collect();
     assert_eq!(texts, ["a real message"], "the command stayed on Matrix");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_portal_gives_posting_power_only_to_who_may_post_on_max() {
+    let env = Env::start().await;
+    let (human, _management, _dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control().clone();
+    let channel = human
+        .wait_for_invite(|i| i.room_name.as_deref() == Some("Test channel"))
+        .await
+        .room_id;
+    human.join(&channel).await;
+    // Alice only reads "Test channel" on MAX (Boris owns it).
+    let levels = human
+        .wait_for_state(&channel, "m.room.power_levels", "", |l| {
+            l["events_default"] == 50
+        })
+        .await;
+    assert_eq!(levels["users"][human.user_id().as_str()], 0, "{levels}");
+    let refused = human
+        .client()
+        .get_room(&channel)
+        .expect("joined")
+        .send_raw(
+            "m.room.message",
+            serde_json::json!({"msgtype": "m.text", "body": "hi"}),
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "a subscriber could post in the channel portal"
+    );
+    // The channel's posts still arrive.
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::TEST_CHANNEL,
+            Outgoing::text("channel news"),
+        )
+        .expect("Boris posts");
+    human.wait_for_text(&channel, "channel news").await;
+}

@@ -9,7 +9,7 @@ use super::Bridge;
 use super::login::LoginSession;
 use crate::matrix::{CreateRoomOptions, EphemeralEvent, MatrixError, RoomEvent, RoomPreset};
 use crate::store::{PortalKind, PortalMark, PortalRow};
-use maxproto::types::{Chat, ChatType, Message};
+use maxproto::types::{Chat, ChatRole, ChatType, Message};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -360,6 +360,10 @@ impl Bridge {
             let room = self.matrix.create_room(&self.bot, options).await?;
             self.record_portal(&mut portal, &room, start).await?;
             self.mark_joined(&room, &self.bot);
+            if kind == PortalKind::Channel {
+                let may_post = chat.role_of(maxproto::types::UserId(me)) != ChatRole::Member;
+                self.channel_posting(&room, &user, may_post).await?;
+            }
             let members: Vec<i64> = chat
                 .participant_ids()
                 .map(|u| u.0)
@@ -418,6 +422,33 @@ impl Bridge {
         levels["users"][self.bot.as_str()] = json!(100);
         self.matrix
             .send_state(creator, room, "m.room.power_levels", "", &levels)
+            .await?;
+        Ok(())
+    }
+
+    /// In a channel only the owner and admins post on MAX, so the room asks
+    /// for power 50 to post and the user gets it only when MAX lets them
+    /// (otherwise each message would fail on MAX). Ghosts (the channel's
+    /// authors) post at the room's default of 50.
+    async fn channel_posting(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        may_post: bool,
+    ) -> Result<(), MatrixError> {
+        let mut levels = self
+            .matrix
+            .get_state_event(&self.bot, room, "m.room.power_levels", "")
+            .await?
+            .unwrap_or_else(|| json!({}));
+        if !levels.get("users").is_some_and(Value::is_object) {
+            levels["users"] = json!({});
+        }
+        levels["events_default"] = json!(50);
+        levels["users_default"] = json!(50);
+        levels["users"][user.as_str()] = json!(if may_post { 50 } else { 0 });
+        self.matrix
+            .send_state(&self.bot, room, "m.room.power_levels", "", &levels)
             .await?;
         Ok(())
     }
