@@ -179,6 +179,10 @@ pub fn client_config(config: &Config, device_id: &str) -> ClientConfig {
     ua.app_version = device.app_version.clone();
     ua.screen = device.screen.clone();
     ua.timezone = device.timezone.clone();
+    client.frame_limits = maxproto::codec::limits::FrameLimits {
+        max_depth: config.max.frame_max_depth,
+        max_values: config.max.frame_max_values,
+    };
     client
 }
 

@@ -177,6 +177,12 @@ pub struct MaxConfig {
     pub device: DeviceConfig,
     #[serde(default)]
     pub media: MediaConfig,
+    /// Deepest nesting a received frame may have; deeper ones are dropped.
+    #[serde(default = "default_frame_max_depth")]
+    pub frame_max_depth: usize,
+    /// Most values a received frame may hold; bigger ones are dropped.
+    #[serde(default = "default_frame_max_values")]
+    pub frame_max_values: usize,
 }
 
 impl Default for MaxConfig {
@@ -188,6 +194,8 @@ impl Default for MaxConfig {
             user_agent: default_user_agent(),
             device: DeviceConfig::default(),
             media: MediaConfig::default(),
+            frame_max_depth: default_frame_max_depth(),
+            frame_max_values: default_frame_max_values(),
         }
     }
 }
@@ -379,6 +387,12 @@ fn default_max_connections() -> u32 {
 }
 fn default_max_endpoint() -> Url {
     Url::parse(maxproto::client::JSON_ENDPOINT).expect("constant URL is valid")
+}
+fn default_frame_max_depth() -> usize {
+    maxproto::codec::limits::MAX_DEPTH
+}
+fn default_frame_max_values() -> usize {
+    maxproto::codec::limits::MAX_VALUES
 }
 fn default_wire_format() -> WireFormat {
     WireFormat::Json

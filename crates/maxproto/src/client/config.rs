@@ -50,6 +50,9 @@ pub struct ClientConfig {
     pub push_capacity: usize,
     /// Ack every NOTIF_MESSAGE push like the web client (§1.6).
     pub ack_messages: bool,
+    /// Bounds on received frames; a frame over them is dropped with a
+    /// warning and the connection carries on.
+    pub frame_limits: crate::codec::limits::FrameLimits,
 }
 
 impl Default for ClientConfig {
@@ -78,6 +81,7 @@ impl ClientConfig {
             reconnect: ReconnectPolicy::default(),
             push_capacity: 1024,
             ack_messages: true,
+            frame_limits: Default::default(),
         }
     }
 

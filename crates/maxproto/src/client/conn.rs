@@ -177,7 +177,7 @@ pub(crate) async fn open(
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let conn = Arc::new(Conn {
-        router: Router::new(config.ack_messages),
+        router: Router::new(config.ack_messages).with_limits(config.frame_limits),
         format: config.wire_format,
         out: out_tx,
     });

@@ -7,6 +7,7 @@
 //! the code a live connection runs.
 
 use super::error::ClientError;
+use crate::codec::limits::FrameLimits;
 use crate::codec::{self, CodecError, WireMessage};
 use crate::frame::{Cmd, Frame};
 use crate::opcode::Opcode;
@@ -105,6 +106,7 @@ pub(crate) struct Registration {
 pub struct Router {
     pending: Mutex<PendingTable>,
     ack_messages: bool,
+    limits: FrameLimits,
 }
 
 impl Router {
@@ -119,7 +121,14 @@ impl Router {
                 entries: HashMap::new(),
             }),
             ack_messages,
+            limits: FrameLimits::default(),
         }
+    }
+
+    /// The same router with other bounds on received frames.
+    pub fn with_limits(mut self, limits: FrameLimits) -> Router {
+        self.limits = limits;
+        self
     }
 
     fn table(&self) -> MutexGuard<'_, PendingTable> {
@@ -199,7 +208,7 @@ impl Router {
 
     /// Routes a JSON text frame.
     pub fn route_text(&self, text: &str) -> Routed {
-        match codec::json::decode(text) {
+        match codec::json::decode_within(text, self.limits) {
             Ok(frame) => self.route_frame(frame),
             Err(error) => {
                 let end = floor_char_boundary(text, EXCERPT_BYTES);
@@ -210,7 +219,7 @@ impl Router {
 
     /// Routes a binary frame.
     pub fn route_binary(&self, bytes: &[u8]) -> Routed {
-        match codec::binary::decode(bytes) {
+        match codec::binary::decode_within(bytes, self.limits) {
             Ok(frame) => self.route_frame(frame),
             Err(error) => {
                 let head = &bytes[..bytes.len().min(EXCERPT_BYTES / 2)];

@@ -7,6 +7,7 @@
 //! formats share every typed view. MessagePack extension type 1 (a wrapped
 //! int64, used by the web client for 64-bit ids) becomes a plain number.
 
+use super::limits::FrameLimits;
 use super::{CodecError, MAX_FRAME_BYTES};
 use crate::frame::{Cmd, Frame, VER_BINARY};
 use crate::opcode::Opcode;
@@ -59,6 +60,11 @@ fn compress(raw: Vec<u8>) -> Result<(u8, Vec<u8>), CodecError> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Frame, CodecError> {
+    decode_within(bytes, FrameLimits::default())
+}
+
+/// [`decode`] with other bounds on depth and values.
+pub fn decode_within(bytes: &[u8], limits: FrameLimits) -> Result<Frame, CodecError> {
     if bytes.len() < HEADER_LEN {
         return Err(CodecError::ShortHeader(bytes.len()));
     }
@@ -81,7 +87,7 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, CodecError> {
     } else {
         // Bounded before anything is built: rmpv recurses per level and
         // preallocates what an array header announces.
-        super::limits::check_msgpack(&raw)?;
+        super::limits::check_msgpack(&raw, limits)?;
         let mut cursor: &[u8] = &raw;
         let value = rmpv::decode::read_value(&mut cursor)
             .map_err(|e| CodecError::MsgPack(e.to_string()))?;

@@ -1,5 +1,6 @@
 //! JSON text frames: `{"ver":11,"cmd":0,"seq":7,"opcode":64,"payload":{…}}`.
 
+use super::limits::FrameLimits;
 use super::{CodecError, MAX_FRAME_BYTES};
 use crate::frame::{Cmd, Frame, VER_JSON};
 use crate::opcode::Opcode;
@@ -41,10 +42,15 @@ pub fn encode(frame: &Frame) -> Result<String, CodecError> {
 }
 
 pub fn decode(text: &str) -> Result<Frame, CodecError> {
+    decode_within(text, FrameLimits::default())
+}
+
+/// [`decode`] with other bounds on depth and values.
+pub fn decode_within(text: &str, limits: FrameLimits) -> Result<Frame, CodecError> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(CodecError::TooLarge(text.len()));
     }
-    super::limits::check_json(text)?;
+    super::limits::check_json(text, limits)?;
     let raw: In = serde_json::from_str(text)?;
     let cmd = u8::try_from(raw.cmd).map_err(|_| CodecError::Envelope("cmd out of range"))?;
     let opcode =

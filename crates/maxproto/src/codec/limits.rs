@@ -2,20 +2,36 @@
 //! before anything is built: a hostile or broken server must not make the
 //! client recurse off its stack (deep nesting) or allocate without bound
 //! (millions of tiny values, an array header announcing billions). Both
-//! scans are iterative and allocation-free.
+//! scans are iterative and allocate at most one word per nesting level.
 
 use super::CodecError;
 
-/// Deepest nesting of arrays and objects (maps) a frame may have. MAX's
-/// payloads nest about eight deep.
+/// Default deepest nesting of arrays and objects (maps) a frame may have.
+/// MAX's payloads nest about eight deep.
 pub const MAX_DEPTH: usize = 32;
-/// Most values (scalars, arrays, objects) one frame may hold. A large
-/// LOGIN answer or history page holds some tens of thousands.
+/// Default most values (scalars, arrays, objects) one frame may hold. A
+/// large LOGIN answer or history page holds some tens of thousands.
 pub const MAX_VALUES: usize = 250_000;
+
+/// The bounds a received frame is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    pub max_depth: usize,
+    pub max_values: usize,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        FrameLimits {
+            max_depth: MAX_DEPTH,
+            max_values: MAX_VALUES,
+        }
+    }
+}
 
 /// Checks a JSON text's nesting depth and an upper bound of its value count
 /// (every value but the first follows a `,` or an opening bracket).
-pub fn check_json(text: &str) -> Result<(), CodecError> {
+pub fn check_json(text: &str, limits: FrameLimits) -> Result<(), CodecError> {
     let mut depth = 0usize;
     let mut values = 1usize;
     let mut in_string = false;
@@ -35,16 +51,16 @@ pub fn check_json(text: &str) -> Result<(), CodecError> {
             b'[' | b'{' => {
                 depth += 1;
                 values += 1;
-                if depth > MAX_DEPTH {
-                    return Err(CodecError::TooDeep(MAX_DEPTH));
+                if depth > limits.max_depth {
+                    return Err(CodecError::TooDeep(limits.max_depth));
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             b',' => values += 1,
             _ => {}
         }
-        if values > MAX_VALUES {
-            return Err(CodecError::TooManyValues(MAX_VALUES));
+        if values > limits.max_values {
+            return Err(CodecError::TooManyValues(limits.max_values));
         }
     }
     Ok(())
@@ -53,10 +69,9 @@ pub fn check_json(text: &str) -> Result<(), CodecError> {
 /// Walks one MessagePack value without building it: checks nesting depth,
 /// counts values (announced lengths count before their items are read, so a
 /// huge announcement is refused at once) and that the bytes hold them.
-pub fn check_msgpack(bytes: &[u8]) -> Result<(), CodecError> {
+pub fn check_msgpack(bytes: &[u8], limits: FrameLimits) -> Result<(), CodecError> {
     // Items still to read in each open array or map, innermost last.
-    let mut open: [u64; MAX_DEPTH] = [0; MAX_DEPTH];
-    let mut depth = 0usize;
+    let mut open: Vec<u64> = Vec::new();
     let mut values: u64 = 0;
     let mut at = 0usize;
     loop {
@@ -96,28 +111,27 @@ pub fn check_msgpack(bytes: &[u8]) -> Result<(), CodecError> {
             .and_then(|skip| at.checked_add(skip))
             .filter(|end| *end <= bytes.len())
             .ok_or_else(truncated)?;
-        if values.saturating_add(items) > MAX_VALUES as u64 {
-            return Err(CodecError::TooManyValues(MAX_VALUES));
+        if values.saturating_add(items) > limits.max_values as u64 {
+            return Err(CodecError::TooManyValues(limits.max_values));
         }
         let opens = matches!(marker, 0x80..=0x9f | 0xdc..=0xdf);
         if opens && items > 0 {
-            if depth == MAX_DEPTH {
-                return Err(CodecError::TooDeep(MAX_DEPTH));
+            if open.len() == limits.max_depth {
+                return Err(CodecError::TooDeep(limits.max_depth));
             }
-            open[depth] = items;
-            depth += 1;
+            open.push(items);
             continue;
         }
         // A value is complete: close every container it completes.
         loop {
-            if depth == 0 {
+            let Some(remaining) = open.last_mut() else {
                 return Ok(());
-            }
-            open[depth - 1] -= 1;
-            if open[depth - 1] > 0 {
+            };
+            *remaining -= 1;
+            if *remaining > 0 {
                 break;
             }
-            depth -= 1;
+            open.pop();
         }
     }
 }
@@ -151,15 +165,19 @@ mod tests {
             "message": {"id": 1, "text": "a \"quoted\" [not] {nesting}", "elements": [{"type": "STRONG"}],
                         "attaches": [], "ratio": 1.5, "none": null, "yes": true},
         });
-        check_json(&value.to_string()).unwrap();
-        check_msgpack(&packed(&super::super::binary::to_msgpack(&value))).unwrap();
+        check_json(&value.to_string(), FrameLimits::default()).unwrap();
+        check_msgpack(
+            &packed(&super::super::binary::to_msgpack(&value)),
+            FrameLimits::default(),
+        )
+        .unwrap();
         let ext = Mp::Map(vec![(
             Mp::from("id"),
             Mp::Ext(1, vec![0xcf, 0, 0, 0, 0, 0, 0, 0, 1]),
         )]);
-        check_msgpack(&packed(&ext)).unwrap();
-        check_msgpack(&packed(&Mp::Binary(vec![1; 300]))).unwrap();
-        check_msgpack(&packed(&Mp::Array(vec![]))).unwrap();
+        check_msgpack(&packed(&ext), FrameLimits::default()).unwrap();
+        check_msgpack(&packed(&Mp::Binary(vec![1; 300])), FrameLimits::default()).unwrap();
+        check_msgpack(&packed(&Mp::Array(vec![])), FrameLimits::default()).unwrap();
     }
 
     #[test]
@@ -169,44 +187,69 @@ mod tests {
             "[".repeat(MAX_DEPTH + 1),
             "]".repeat(MAX_DEPTH + 1)
         );
-        assert!(matches!(check_json(&deep), Err(CodecError::TooDeep(_))));
+        assert!(matches!(
+            check_json(&deep, FrameLimits::default()),
+            Err(CodecError::TooDeep(_))
+        ));
         let ok = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
-        check_json(&ok).unwrap();
+        check_json(&ok, FrameLimits::default()).unwrap();
 
         let mut bytes = vec![0x91; MAX_DEPTH + 1];
         bytes.push(0x01);
-        assert!(matches!(check_msgpack(&bytes), Err(CodecError::TooDeep(_))));
+        assert!(matches!(
+            check_msgpack(&bytes, FrameLimits::default()),
+            Err(CodecError::TooDeep(_))
+        ));
         let mut bytes = vec![0x91; MAX_DEPTH];
         bytes.push(0x01);
-        check_msgpack(&bytes).unwrap();
+        check_msgpack(&bytes, FrameLimits::default()).unwrap();
     }
 
     #[test]
     fn too_many_values_and_huge_announcements_are_refused() {
         let many = format!("[{}0]", "0,".repeat(MAX_VALUES));
         assert!(matches!(
-            check_json(&many),
+            check_json(&many, FrameLimits::default()),
             Err(CodecError::TooManyValues(_))
         ));
         // An array 32 bits long announced in five bytes.
         let bytes = [0xdd, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(
-            check_msgpack(&bytes),
+            check_msgpack(&bytes, FrameLimits::default()),
             Err(CodecError::TooManyValues(_))
         ));
         // Nulls inflated from a tiny LZ4 body.
         let mut nulls = vec![0xdd, 0x00, 0x10, 0x00, 0x00];
         nulls.extend(std::iter::repeat_n(0xc0, 0x10_0000));
         assert!(matches!(
-            check_msgpack(&nulls),
+            check_msgpack(&nulls, FrameLimits::default()),
             Err(CodecError::TooManyValues(_))
         ));
     }
 
     #[test]
+    fn limits_are_configurable() {
+        let tight = FrameLimits {
+            max_depth: 2,
+            max_values: 5,
+        };
+        assert!(check_json("[[1]]", tight).is_ok());
+        assert!(matches!(
+            check_json("[[[1]]]", tight),
+            Err(CodecError::TooDeep(2))
+        ));
+        assert!(matches!(
+            check_json("[1,2,3,4,5]", tight),
+            Err(CodecError::TooManyValues(5))
+        ));
+        assert!(check_msgpack(&[0x91, 0x91, 0x01], tight).is_ok());
+        assert!(check_msgpack(&[0x91, 0x91, 0x91, 0x01], tight).is_err());
+    }
+
+    #[test]
     fn truncated_msgpack_is_refused() {
-        assert!(check_msgpack(&[0x92, 0x01]).is_err());
-        assert!(check_msgpack(&[0xda, 0x00, 0x10, b'a']).is_err());
-        assert!(check_msgpack(&[]).is_err());
+        assert!(check_msgpack(&[0x92, 0x01], FrameLimits::default()).is_err());
+        assert!(check_msgpack(&[0xda, 0x00, 0x10, b'a'], FrameLimits::default()).is_err());
+        assert!(check_msgpack(&[], FrameLimits::default()).is_err());
     }
 }
