@@ -1,7 +1,8 @@
-//! A hostile MAX server: frames built to crash a client or make it allocate
-//! without bound are pushed down the bridge's live connection (the bridge
-//! runs as its own process). The bridge must drop each with a warning, stay
-//! up within a memory bound, and bridge the next ordinary message.
+//! A hostile or heavy MAX server: frames built to crash a client or make it
+//! allocate without bound are pushed down the bridge's live connection (the
+//! bridge runs as its own process), media URLs point inside, and media are
+//! huge. The bridge must refuse what it must with a word why, stay up
+//! within a memory bound, and bridge the next ordinary message.
 
 mod support;
 
@@ -223,5 +224,94 @@ async fn media_urls_on_internal_addresses_are_not_fetched() {
         reached.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "an internal address was connected to"
+    );
+}
+
+/// A media file far bigger than the bridge's memory is streamed from the
+/// download into the homeserver's upload: the bridge's peak RSS hardly
+/// moves. One over `max.media.max_bytes` is refused with a notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_media_stream_through_with_flat_memory() {
+    const BIG: u64 = 256 * 1024 * 1024;
+    const CAP: u64 = 512 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+    let env = Env::start_with_options(EnvOptions {
+        process: true,
+        media_max_bytes: Some(CAP),
+        synapse_yaml: "max_upload_size: 1G".to_owned(),
+        ..EnvOptions::default()
+    })
+    .await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control().clone();
+    let pid = env
+        .process
+        .as_ref()
+        .and_then(|p| p.id())
+        .expect("bridge pid");
+
+    // A media server that makes its bytes up as it sends them.
+    let app = axum::Router::new().route(
+        "/{size}",
+        axum::routing::get(
+            |axum::extract::Path(size): axum::extract::Path<u64>| async move {
+                let chunks = (0..size.div_ceil(CHUNK as u64)).map(move |i| {
+                    let len = (size - i * CHUNK as u64).min(CHUNK as u64) as usize;
+                    Ok::<_, std::convert::Infallible>(bytes::Bytes::from(vec![0u8; len]))
+                });
+                (
+                    [
+                        (axum::http::header::CONTENT_TYPE, "video/mp4".to_owned()),
+                        (axum::http::header::CONTENT_LENGTH, size.to_string()),
+                    ],
+                    axum::body::Body::from_stream(futures_util::stream::iter(chunks)),
+                )
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let before = peak_rss_kib(pid);
+    let boris = env.ghost(fixture_ids::BORIS);
+    for size in [BIG, CAP + 1] {
+        let mut outgoing = Outgoing::text("");
+        outgoing.attaches = vec![serde_json::json!({
+            "_type": "PHOTO", "baseUrl": format!("http://{addr}/{size}"),
+        })];
+        control
+            .send(
+                fixture_ids::BORIS,
+                fixture_ids::DIALOG_ALICE_BORIS,
+                outgoing,
+            )
+            .expect("Boris sends");
+    }
+    let mut human = human;
+    human.set_wait_timeout(std::time::Duration::from_secs(120));
+    let image = human
+        .wait_for_message(&dm, |m| m.sender == boris && m.msgtype == "m.image")
+        .await;
+    assert_eq!(image.json["content"]["info"]["size"], BIG, "{}", image.json);
+    human
+        .wait_for_message(&dm, |m| {
+            m.sender == boris && m.body.contains("larger than 512 MiB")
+        })
+        .await;
+    let after = peak_rss_kib(pid);
+    eprintln!(
+        "bridge peak RSS {} MiB before, {} MiB after mirroring {} MiB",
+        before / 1024,
+        after / 1024,
+        BIG >> 20
+    );
+    assert!(
+        after - before <= 16 * 1024,
+        "peak RSS grew by {} KiB while mirroring {} MiB",
+        after - before,
+        BIG >> 20
     );
 }

@@ -62,19 +62,14 @@ impl Bridge {
         match attach {
             Attach::Photo(photo) => {
                 let url = photo.base_url.as_deref().ok_or("no URL")?;
-                let fetched = self.fetch(url, "image/jpeg").await?;
-                let name = format!("photo.{}", extension(&fetched.mimetype));
-                let mut info = info(&fetched);
+                let (mxc, mut info, name) = self.mirror(url, "image/jpeg", "photo").await?;
                 dimensions(&mut info, photo.width, photo.height);
-                let mxc = self.upload(fetched, &name).await?;
                 Ok(("m.room.message", media("m.image", &name, mxc, info)))
             }
             Attach::Sticker(sticker) => {
                 let url = sticker.url.as_deref().ok_or("no URL")?;
-                let fetched = self.fetch(url, "image/webp").await?;
-                let mut info = info(&fetched);
+                let (mxc, mut info, _) = self.mirror(url, "image/webp", "sticker").await?;
                 dimensions(&mut info, sticker.width, sticker.height);
-                let mxc = self.upload(fetched, "sticker").await?;
                 Ok((
                     "m.sticker",
                     json!({"body": "sticker", "url": mxc, "info": info}),
@@ -88,9 +83,9 @@ impl Bridge {
                     .await
                     .map_err(|e| super::commands::describe(&e))?;
                 let name = file.name.clone().unwrap_or_else(|| "file".to_owned());
-                let fetched = self.fetch(&answer.url, "application/octet-stream").await?;
-                let info = info(&fetched);
-                let mxc = self.upload(fetched, &name).await?;
+                let (mxc, info, _) = self
+                    .mirror_named(&answer.url, "application/octet-stream", &name)
+                    .await?;
                 let mut content = media("m.file", &name, mxc, info);
                 content["filename"] = json!(name);
                 Ok(("m.room.message", content))
@@ -103,25 +98,19 @@ impl Bridge {
                     .await
                     .map_err(|e| super::commands::describe(&e))?;
                 let url = answer.best_url().ok_or("MAX offered no playable URL")?;
-                let fetched = self.fetch(url, "video/mp4").await?;
-                let name = format!("video.{}", extension(&fetched.mimetype));
-                let mut info = info(&fetched);
+                let (mxc, mut info, name) = self.mirror(url, "video/mp4", "video").await?;
                 dimensions(&mut info, video.width, video.height);
                 if let Some(duration) = video.duration {
                     info["duration"] = json!(duration);
                 }
-                let mxc = self.upload(fetched, &name).await?;
                 Ok(("m.room.message", media("m.video", &name, mxc, info)))
             }
             Attach::Audio(audio) => {
                 let url = audio.url.as_deref().ok_or("no URL")?;
-                let fetched = self.fetch(url, "audio/ogg").await?;
-                let name = format!("voice.{}", extension(&fetched.mimetype));
-                let mut info = info(&fetched);
+                let (mxc, mut info, name) = self.mirror(url, "audio/ogg", "voice").await?;
                 if let Some(duration) = audio.duration {
                     info["duration"] = json!(duration);
                 }
-                let mxc = self.upload(fetched, &name).await?;
                 let mut content = media("m.audio", &name, mxc, info);
                 content["org.matrix.msc3245.voice"] = json!({});
                 Ok(("m.room.message", content))
@@ -257,30 +246,89 @@ impl Bridge {
         Ok(())
     }
 
-    /// Downloads at most `max.media.max_bytes`, through the guarded client
-    /// (public addresses only, an idle timeout per chunk).
-    async fn fetch(&self, url: &str, fallback_type: &str) -> Result<Fetched, String> {
-        let (bytes, served) = self
-            .http
-            .get_all(url, self.config.max.media.max_bytes)
+    /// Mirrors a MAX URL into the media repository as `{stem}.{ext}` (the
+    /// extension from the served type); returns the mxc URI, the `info`
+    /// block and the name.
+    async fn mirror(
+        &self,
+        url: &str,
+        fallback_type: &str,
+        stem: &str,
+    ) -> Result<(OwnedMxcUri, Value, String), String> {
+        self.mirror_as(url, fallback_type, |mimetype| {
+            format!("{stem}.{}", extension(mimetype))
+        })
+        .await
+    }
+
+    /// [`Bridge::mirror`] under a name of its own.
+    async fn mirror_named(
+        &self,
+        url: &str,
+        fallback_type: &str,
+        name: &str,
+    ) -> Result<(OwnedMxcUri, Value, String), String> {
+        self.mirror_as(url, fallback_type, |_| name.to_owned())
             .await
-            .map_err(|e| e.to_string())?;
-        let mimetype = served
+    }
+
+    /// Downloads at most `max.media.max_bytes` through the guarded client
+    /// (public addresses only, an idle timeout per chunk) and uploads it.
+    /// A download of announced length is streamed straight into the upload,
+    /// so memory stays flat whatever its size; one without a length is held
+    /// (up to the cap) because the homeserver wants the length first.
+    async fn mirror_as(
+        &self,
+        url: &str,
+        fallback_type: &str,
+        name: impl FnOnce(&str) -> String,
+    ) -> Result<(OwnedMxcUri, Value, String), String> {
+        let mut download = self.http.get(url).await.map_err(|e| e.to_string())?;
+        let mimetype = download
+            .content_type()
             .filter(|v| v != "application/octet-stream")
             .unwrap_or_else(|| fallback_type.to_owned());
-        Ok(Fetched { bytes, mimetype })
+        let name = name(&mimetype);
+        let (mxc, size) = match download.content_length() {
+            Some(length) => {
+                let chunks = futures_util::stream::unfold(Some(download), |state| async move {
+                    let mut download = state?;
+                    match download.chunk().await {
+                        Ok(Some(chunk)) => Some((Ok(chunk), Some(download))),
+                        Ok(None) => None,
+                        // The error ends the stream (and so the upload).
+                        Err(error) => Some((Err(error), None)),
+                    }
+                });
+                let mxc = self
+                    .matrix
+                    .upload_media_stream(
+                        reqwest::Body::wrap_stream(chunks),
+                        length,
+                        &mimetype,
+                        Some(&name),
+                    )
+                    .await
+                    .map_err(|e| format!("upload to the homeserver failed: {e}"))?;
+                (mxc, length)
+            }
+            None => {
+                let mut bytes = Vec::new();
+                while let Some(chunk) = download.chunk().await.map_err(|e| e.to_string())? {
+                    bytes.extend_from_slice(&chunk);
+                }
+                let size = bytes.len() as u64;
+                let mxc = self
+                    .matrix
+                    .upload_media(bytes, &mimetype, Some(&name))
+                    .await
+                    .map_err(|e| format!("upload to the homeserver failed: {e}"))?;
+                (mxc, size)
+            }
+        };
+        let info = json!({"mimetype": mimetype, "size": size});
+        Ok((mxc, info, name))
     }
-
-    async fn upload(&self, fetched: Fetched, name: &str) -> Result<OwnedMxcUri, String> {
-        self.matrix
-            .upload_media(fetched.bytes, &fetched.mimetype, Some(name))
-            .await
-            .map_err(|e| format!("upload to the homeserver failed: {e}"))
-    }
-}
-
-fn info(fetched: &Fetched) -> Value {
-    json!({"mimetype": fetched.mimetype, "size": fetched.bytes.len()})
 }
 
 fn dimensions(info: &mut Value, width: Option<i64>, height: Option<i64>) {

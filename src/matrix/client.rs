@@ -779,48 +779,129 @@ impl MatrixClient {
                 });
             }
         };
-        if status.is_success() {
-            let mut response = http::Response::new(bytes);
-            *response.status_mut() = status;
-            *response.headers_mut() = headers;
-            return Attempt::Done(response);
+        classify(name, status, headers, bytes)
+    }
+
+    /// Uploads media from a stream of `length` bytes without holding it in
+    /// memory. Not retried: the first attempt spends the stream, so a
+    /// caller that wants another try starts over.
+    pub async fn upload_media_stream(
+        &self,
+        body: reqwest::Body,
+        length: u64,
+        content_type: &str,
+        filename: Option<&str>,
+    ) -> Result<OwnedMxcUri, MatrixError> {
+        const REQUEST: &str = "upload media";
+        let mut url = reqwest::Url::parse(&format!(
+            "{}/_matrix/media/v3/upload",
+            self.base_url.trim_end_matches('/')
+        ))
+        .map_err(|e| MatrixError::invalid_request(REQUEST, e))?;
+        if let Some(name) = filename {
+            url.query_pairs_mut().append_pair("filename", name);
         }
-        let body: Option<Value> = serde_json::from_slice(&bytes).ok();
-        let field = |key: &str| {
-            body.as_ref()
-                .and_then(|b| b.get(key))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let message = field("error").unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&bytes);
-            text.chars().take(200).collect()
-        });
-        let error = MatrixError::Api {
-            request: name,
-            status,
-            errcode: field("errcode").unwrap_or_else(|| "M_UNKNOWN".to_owned()),
-            message,
-        };
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            let from_body = body
-                .as_ref()
-                .and_then(|b| b.get("retry_after_ms"))
-                .and_then(Value::as_u64)
-                .map(Duration::from_millis);
-            let from_header = headers
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            Attempt::RateLimited(error, from_body.or(from_header))
-        } else if status.is_server_error() {
-            Attempt::Transient(error)
-        } else {
-            Attempt::Fatal(error)
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(self.as_token.expose())
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, length)
+            // The body arrives as fast as its source sends it; that source
+            // has an idle timeout of its own.
+            .timeout(STREAMED_UPLOAD_TIMEOUT)
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| MatrixError::Transport {
+                request: REQUEST,
+                source,
+            })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| MatrixError::Transport {
+                request: REQUEST,
+                source,
+            })?;
+        match classify(REQUEST, status, headers, bytes) {
+            Attempt::Done(response) => {
+                let answer: Value = serde_json::from_slice(response.body()).map_err(|e| {
+                    MatrixError::InvalidResponse {
+                        request: REQUEST,
+                        message: e.to_string(),
+                    }
+                })?;
+                answer
+                    .get("content_uri")
+                    .and_then(Value::as_str)
+                    .map(OwnedMxcUri::from)
+                    .filter(|mxc| mxc.is_valid())
+                    .ok_or_else(|| MatrixError::InvalidResponse {
+                        request: REQUEST,
+                        message: "no content_uri".to_owned(),
+                    })
+            }
+            Attempt::RateLimited(error, _) | Attempt::Transient(error) | Attempt::Fatal(error) => {
+                Err(error)
+            }
         }
     }
 }
+
+/// The outcome of one exchange, from its status, headers and body.
+fn classify(
+    name: &'static str,
+    status: StatusCode,
+    headers: http::HeaderMap,
+    bytes: Bytes,
+) -> Attempt {
+    if status.is_success() {
+        let mut response = http::Response::new(bytes);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        return Attempt::Done(response);
+    }
+    let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let field = |key: &str| {
+        body.as_ref()
+            .and_then(|b| b.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let message = field("error").unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(&bytes);
+        text.chars().take(200).collect()
+    });
+    let error = MatrixError::Api {
+        request: name,
+        status,
+        errcode: field("errcode").unwrap_or_else(|| "M_UNKNOWN".to_owned()),
+        message,
+    };
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let from_body = body
+            .as_ref()
+            .and_then(|b| b.get("retry_after_ms"))
+            .and_then(Value::as_u64)
+            .map(Duration::from_millis);
+        let from_header = headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Attempt::RateLimited(error, from_body.or(from_header))
+    } else if status.is_server_error() {
+        Attempt::Transient(error)
+    } else {
+        Attempt::Fatal(error)
+    }
+}
+
+/// A streamed upload may take this long in all.
+const STREAMED_UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 
 enum Attempt {
     Done(http::Response<Bytes>),

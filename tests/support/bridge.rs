@@ -51,6 +51,10 @@ pub struct EnvOptions {
     /// `RUST_LOG` of a bridge process (default: `MAXBRIDGE_FAULT_LOG`, or
     /// debug for the bridge and info for the rest).
     pub log_filter: Option<String>,
+    /// `max.media.max_bytes` of the bridge.
+    pub media_max_bytes: Option<u64>,
+    /// Extra top-level YAML for Synapse's config.
+    pub synapse_yaml: String,
 }
 
 impl Default for EnvOptions {
@@ -62,6 +66,8 @@ impl Default for EnvOptions {
             pg_admin_url: None,
             bridge_options: Vec::new(),
             log_filter: None,
+            media_max_bytes: None,
+            synapse_yaml: String::new(),
         }
     }
 }
@@ -114,6 +120,8 @@ impl Env {
             pg_admin_url,
             bridge_options,
             log_filter,
+            media_max_bytes,
+            synapse_yaml,
         } = options;
         let db = match &pg_admin_url {
             Some(url) => TestDb::create_on(url).await,
@@ -157,6 +165,7 @@ max:
     wire_format: {wire_format}
     media:
         allow_networks: ["127.0.0.1/32"]
+        max_bytes: {media_max_bytes}
 bridge:
     permissions:
         "*": none
@@ -167,6 +176,7 @@ bridge:
     format: {log_format}
 "#,
                 registration = registration_path.display(),
+                media_max_bytes = media_max_bytes.unwrap_or(100 * 1024 * 1024),
                 db = db.url(),
                 ws = sim.ws_url(),
             );
@@ -178,8 +188,11 @@ bridge:
             .expect("registration generates")
             .save(&registration_path)
             .expect("registration saved");
-        let synapse =
-            Synapse::start(SynapseOptions::with_appservice(registration_path.clone())).await;
+        let synapse = Synapse::start(SynapseOptions {
+            extra_yaml: synapse_yaml,
+            ..SynapseOptions::with_appservice(registration_path.clone())
+        })
+        .await;
         write_config(&synapse.base_url());
         let mut env = Env {
             db,
