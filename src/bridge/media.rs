@@ -22,9 +22,11 @@ pub(crate) fn is_media_msgtype(msgtype: &str) -> bool {
     matches!(msgtype, "m.image" | "m.file" | "m.video" | "m.audio")
 }
 
-/// A downloaded attachment.
+/// Media from the homeserver on its way to MAX: a body (streamed where
+/// possible) and its length, known before the first byte is sent.
 struct Fetched {
-    bytes: Vec<u8>,
+    body: reqwest::Body,
+    length: u64,
     mimetype: String,
 }
 
@@ -135,15 +137,36 @@ impl Bridge {
             .map(OwnedMxcUri::from)
             .filter(|m| m.is_valid())
             .ok_or("the message has no media URL")?;
-        let (bytes, served_type) = self
+        let (response, served_type, length) = self
             .matrix
-            .download_media(&mxc)
+            .download_media_stream(&mxc)
             .await
             .map_err(|e| format!("could not fetch it from the homeserver: {e}"))?;
         let max_bytes = self.config.max.media.max_bytes;
-        if bytes.len() as u64 > max_bytes {
-            return Err(format!("larger than {} MiB", max_bytes >> 20));
-        }
+        // MAX wants the size before the bytes (Content-Range); a homeserver
+        // that does not announce it gets its media held, up to the cap.
+        let (body, length) = match length {
+            Some(length) if length > max_bytes => {
+                return Err(format!("larger than {} MiB", max_bytes >> 20));
+            }
+            Some(length) => (reqwest::Body::wrap_stream(response.bytes_stream()), length),
+            None => {
+                let mut bytes = Vec::new();
+                let mut response = response;
+                while let Some(chunk) = response
+                    .chunk()
+                    .await
+                    .map_err(|e| format!("could not fetch it from the homeserver: {e}"))?
+                {
+                    if (bytes.len() + chunk.len()) as u64 > max_bytes {
+                        return Err(format!("larger than {} MiB", max_bytes >> 20));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                let length = bytes.len() as u64;
+                (reqwest::Body::from(bytes), length)
+            }
+        };
         let name = content
             .get("filename")
             .or_else(|| content.get("body"))
@@ -157,14 +180,18 @@ impl Bridge {
             .map(str::to_owned)
             .or(served_type)
             .unwrap_or_else(|| "application/octet-stream".to_owned());
-        let fetched = Fetched { bytes, mimetype };
+        let fetched = Fetched {
+            body,
+            length,
+            mimetype,
+        };
         let described = |e: maxproto::client::ClientError| super::commands::describe(&e);
         match content.get("msgtype").and_then(Value::as_str) {
             Some("m.image") => {
                 let slot = session.client.photo_upload_url().await.map_err(described)?;
                 let form = reqwest::multipart::Form::new().part(
                     "file",
-                    reqwest::multipart::Part::bytes(fetched.bytes)
+                    reqwest::multipart::Part::stream_with_length(fetched.body, fetched.length)
                         .file_name(name)
                         .mime_str(&fetched.mimetype)
                         .map_err(|e| format!("bad content type: {e}"))?,
@@ -220,7 +247,7 @@ impl Bridge {
         fetched: Fetched,
         name: &str,
     ) -> Result<(), String> {
-        let size = fetched.bytes.len();
+        let size = fetched.length;
         let range = if size == 0 {
             "bytes */0".to_owned()
         } else {
@@ -236,7 +263,8 @@ impl Bridge {
                 format!("attachment; filename={}", percent_encode(name)),
             )
             .header(reqwest::header::CONTENT_RANGE, range)
-            .body(fetched.bytes)
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(fetched.body)
             .send()
             .await
             .map_err(|e| format!("upload to MAX failed: {e}"))?;
@@ -357,16 +385,14 @@ fn extension(mimetype: &str) -> &str {
     }
 }
 
-/// Percent-encodes a file name for `Content-Disposition`, as the web client
-/// does.
+/// Characters escaped in a `Content-Disposition` file name, as the web
+/// client does: all but the unreserved ones.
+const FILENAME: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn percent_encode(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(name, FILENAME).to_string()
 }

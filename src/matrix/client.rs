@@ -371,6 +371,57 @@ impl MatrixClient {
         Ok((response.file, response.content_type))
     }
 
+    /// Starts downloading media (authenticated media endpoint) without
+    /// reading its body: the response, for the caller to stream, with its
+    /// content type and length as the homeserver announced them.
+    pub async fn download_media_stream(
+        &self,
+        uri: &MxcUri,
+    ) -> Result<(reqwest::Response, Option<String>, Option<u64>), MatrixError> {
+        const REQUEST: &str = "download media";
+        let (server, media_id) = uri
+            .parts()
+            .map_err(|e| MatrixError::invalid_request(REQUEST, e))?;
+        let url = format!(
+            "{}/_matrix/client/v1/media/download/{}/{}",
+            self.base_url.trim_end_matches('/'),
+            percent_encoding::utf8_percent_encode(server.as_str(), PATH_SEGMENT),
+            percent_encoding::utf8_percent_encode(media_id, PATH_SEGMENT),
+        );
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(self.as_token.expose())
+            .timeout(STREAMED_UPLOAD_TIMEOUT)
+            .send()
+            .await
+            .map_err(|source| MatrixError::Transport {
+                request: REQUEST,
+                source,
+            })?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response.bytes().await.unwrap_or_default();
+            return match classify(REQUEST, status, headers, bytes) {
+                Attempt::Done(_) => Err(MatrixError::InvalidResponse {
+                    request: REQUEST,
+                    message: format!("status {status}"),
+                }),
+                Attempt::RateLimited(error, _)
+                | Attempt::Transient(error)
+                | Attempt::Fatal(error) => Err(error),
+            };
+        }
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let length = response.content_length();
+        Ok((response, content_type, length))
+    }
+
     /// Uploads media as the bot and returns its `mxc://` URI.
     pub async fn upload_media(
         &self,
@@ -900,7 +951,14 @@ fn classify(
     }
 }
 
-/// A streamed upload may take this long in all.
+/// Characters escaped in one path segment.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A streamed upload or download may take this long in all.
 const STREAMED_UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 
 enum Attempt {
