@@ -119,6 +119,57 @@ async fn hostile_frames_are_dropped_and_the_bridge_carries_on() {
             .expect("Boris sends");
         human.wait_for_text(&dm, &after).await;
     }
+    // Well-formed frames with nonsense inside: ids of the wrong type, an
+    // opcode nobody knows, an attachment kind nobody knows.
+    let odd = [
+        (
+            "ids of the wrong type",
+            RawPush::Frame {
+                cmd: 0,
+                seq: 7,
+                opcode: 128,
+                payload: serde_json::json!({
+                    "chatId": "not a number",
+                    "message": {"id": {"x": 1}, "sender": [1], "text": 5, "attaches": "none"},
+                    "prevMessageId": true,
+                }),
+            },
+        ),
+        (
+            "an unknown opcode",
+            RawPush::Frame {
+                cmd: 0,
+                seq: 8,
+                opcode: 9999,
+                payload: serde_json::json!({"whatever": [1, 2, 3]}),
+            },
+        ),
+    ];
+    for (name, push) in odd {
+        assert!(control.push_raw(fixture_ids::ALICE, push) > 0, "{name}");
+        let after = format!("after {name}");
+        control
+            .send(
+                fixture_ids::BORIS,
+                fixture_ids::DIALOG_ALICE_BORIS,
+                Outgoing::text(&after),
+            )
+            .expect("Boris sends");
+        human.wait_for_text(&dm, &after).await;
+    }
+    let mut hologram = Outgoing::text("look");
+    hologram.attaches = vec![serde_json::json!({"_type": "HOLOGRAM", "depth": 3})];
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            hologram,
+        )
+        .expect("Boris sends a hologram");
+    human
+        .wait_for_text(&dm, "look\n[hologram attachment — not bridged yet]")
+        .await;
+
     let peak = peak_rss_kib(pid);
     eprintln!("bridge peak RSS: {} MiB", peak / 1024);
     assert!(
