@@ -429,7 +429,7 @@ impl Bridge {
     /// In a channel only the owner and admins post on MAX, so the room asks
     /// for power 50 to post and the user gets it only when MAX lets them
     /// (otherwise each message would fail on MAX). Ghosts (the channel's
-    /// authors) post at the room's default of 50.
+    /// authors) post at the room's default of 50. Writes only a change.
     async fn channel_posting(
         &self,
         room: &RoomId,
@@ -444,9 +444,16 @@ impl Bridge {
         if !levels.get("users").is_some_and(Value::is_object) {
             levels["users"] = json!({});
         }
+        let wanted = json!(if may_post { 50 } else { 0 });
+        if levels["events_default"] == 50
+            && levels["users_default"] == 50
+            && levels["users"][user.as_str()] == wanted
+        {
+            return Ok(());
+        }
         levels["events_default"] = json!(50);
         levels["users_default"] = json!(50);
-        levels["users"][user.as_str()] = json!(if may_post { 50 } else { 0 });
+        levels["users"][user.as_str()] = wanted;
         self.matrix
             .send_state(&self.bot, room, "m.room.power_levels", "", &levels)
             .await?;
@@ -489,6 +496,12 @@ impl Bridge {
         .await?;
         if portal.kind == PortalKind::Dialog {
             return Ok(());
+        }
+        if portal.kind == PortalKind::Channel {
+            // Follows the user's role (and fixes portals made before it).
+            let may_post =
+                chat.role_of(maxproto::types::UserId(session.max_user_id)) != ChatRole::Member;
+            self.channel_posting(&room, &session.mxid, may_post).await?;
         }
         let mut changed = false;
         if let Some(title) = chat.title.as_deref().filter(|t| !t.is_empty())
