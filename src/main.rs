@@ -87,24 +87,40 @@ async fn terminate() {
     std::future::pending::<()>().await;
 }
 
-/// The WebSocket library dumps whole frames at `trace`, and frames carry
-/// SMS codes, passwords and tokens: its log stops at `debug` whatever the
-/// configured level. The bridge's own frame traces redact those.
-const SECRET_SAFE_DIRECTIVES: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
+/// Whether an event may be logged whatever the configured level: the
+/// WebSocket library dumps whole frames at `trace`, and frames carry SMS
+/// codes, passwords and tokens, so its events stop at `debug`. (This only
+/// lowers; the configured filter applies too. The bridge's own frame
+/// traces redact those.)
+fn secret_safe(meta: &tracing::Metadata<'_>) -> bool {
+    let websocket =
+        meta.target().starts_with("tungstenite") || meta.target().starts_with("tokio_tungstenite");
+    !websocket || *meta.level() <= tracing::Level::DEBUG
+}
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let configured = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.logging.level))
         .context("logging.level")?;
-    for directive in SECRET_SAFE_DIRECTIVES {
-        filter = filter.add_directive(directive.parse().context("built-in log directive")?);
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match config.logging.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
-    }
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let safe = tracing_subscriber::filter::filter_fn(secret_safe);
+    let layer = match config.logging.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_filter(safe)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_filter(safe)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(configured)
+        .with(layer)
+        .try_init()
+        .context("installing the logger")?;
     Ok(())
 }

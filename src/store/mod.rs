@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -42,10 +42,22 @@ pub struct Store {
 impl Store {
     /// Connects to `url` and applies pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let mut options: PgConnectOptions = url.parse().map_err(StoreError::Connect)?;
+        // TLS to a server on this host protects nothing and costs CPU on
+        // every statement; a URL that names an sslmode keeps it.
+        let loopback = matches!(options.get_host(), "localhost" | "127.0.0.1" | "::1")
+            || options.get_host().starts_with('/');
+        if loopback && !url.contains("sslmode=") {
+            options = options.ssl_mode(PgSslMode::Disable);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(url)
+            // A ping per acquire doubles the round trips of every statement;
+            // a connection that died (PostgreSQL restarting) fails its next
+            // statement instead, which callers retry as a transient error.
+            .test_before_acquire(false)
+            .connect_with(options)
             .await
             .map_err(StoreError::Connect)?;
         let store = Store::from_pool(pool);
