@@ -228,14 +228,8 @@ impl Bench {
             hs.messages_sent.load(Ordering::Relaxed) >= expected
         })
         .await;
-        let elapsed = start.elapsed();
-        let (cpu1, xact1) = self.end_readings().await;
-        Round {
-            messages: per_portal * portals,
-            elapsed,
-            cpu: cpu1.saturating_sub(cpu0),
-            transactions: xact1.saturating_sub(xact0),
-        }
+        self.finish(start, per_portal * portals, (cpu0, xact0))
+            .await
     }
 
     async fn matrix_to_max(&mut self, portals: usize, total: usize) -> Round {
@@ -279,13 +273,19 @@ impl Bench {
             assert!(Instant::now() < deadline, "timed out waiting for MAX");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        self.finish(start, per_portal * portals, (cpu0, xact0))
+            .await
+    }
+
+    /// The round that started at `start` with readings `before`.
+    async fn finish(&mut self, start: Instant, messages: usize, before: (Duration, u64)) -> Round {
         let elapsed = start.elapsed();
-        let (cpu1, xact1) = self.end_readings().await;
+        let (cpu, xact) = self.end_readings().await;
         Round {
-            messages: per_portal * portals,
+            messages,
             elapsed,
-            cpu: cpu1.saturating_sub(cpu0),
-            transactions: xact1.saturating_sub(xact0),
+            cpu: cpu.saturating_sub(before.0),
+            transactions: xact.saturating_sub(before.1),
         }
     }
 

@@ -60,11 +60,7 @@ async fn hostile_frames_are_dropped_and_the_bridge_carries_on() {
     .await;
     let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control().clone();
-    let pid = env
-        .process
-        .as_ref()
-        .and_then(|p| p.id())
-        .expect("bridge pid");
+    let pid = env.bridge_pid();
 
     let mut deep_msgpack = vec![0x91; 500];
     deep_msgpack.push(0x01);
@@ -104,20 +100,27 @@ async fn hostile_frames_are_dropped_and_the_bridge_carries_on() {
         ),
     ];
     let count = bombs.len();
+    // Each push, then an ordinary message that must still arrive.
+    let survive = |name: &'static str, push: RawPush| {
+        let (control, human, dm) = (&control, &human, &dm);
+        async move {
+            assert!(
+                control.push_raw(fixture_ids::ALICE, push) > 0,
+                "the bridge is connected for {name}"
+            );
+            let after = format!("after {name}");
+            control
+                .send(
+                    fixture_ids::BORIS,
+                    fixture_ids::DIALOG_ALICE_BORIS,
+                    Outgoing::text(&after),
+                )
+                .expect("Boris sends");
+            human.wait_for_text(dm, &after).await;
+        }
+    };
     for (name, bomb) in bombs {
-        assert!(
-            control.push_raw(fixture_ids::ALICE, bomb) > 0,
-            "the bridge is connected for {name}"
-        );
-        let after = format!("after {name}");
-        control
-            .send(
-                fixture_ids::BORIS,
-                fixture_ids::DIALOG_ALICE_BORIS,
-                Outgoing::text(&after),
-            )
-            .expect("Boris sends");
-        human.wait_for_text(&dm, &after).await;
+        survive(name, bomb).await;
     }
     // Well-formed frames with nonsense inside: ids of the wrong type, an
     // opcode nobody knows, an attachment kind nobody knows.
@@ -146,16 +149,7 @@ async fn hostile_frames_are_dropped_and_the_bridge_carries_on() {
         ),
     ];
     for (name, push) in odd {
-        assert!(control.push_raw(fixture_ids::ALICE, push) > 0, "{name}");
-        let after = format!("after {name}");
-        control
-            .send(
-                fixture_ids::BORIS,
-                fixture_ids::DIALOG_ALICE_BORIS,
-                Outgoing::text(&after),
-            )
-            .expect("Boris sends");
-        human.wait_for_text(&dm, &after).await;
+        survive(name, push).await;
     }
     let mut hologram = Outgoing::text("look");
     hologram.attaches = vec![serde_json::json!({"_type": "HOLOGRAM", "depth": 3})];
@@ -295,11 +289,7 @@ async fn big_media_stream_through_with_flat_memory() {
     .await;
     let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control().clone();
-    let pid = env
-        .process
-        .as_ref()
-        .and_then(|p| p.id())
-        .expect("bridge pid");
+    let pid = env.bridge_pid();
 
     // A media server that makes its bytes up as it sends them.
     let app = axum::Router::new().route(

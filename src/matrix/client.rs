@@ -400,18 +400,13 @@ impl MatrixClient {
                 source,
             })?;
         if !response.status().is_success() {
-            let status = response.status();
-            let headers = response.headers().clone();
-            let bytes = response.bytes().await.unwrap_or_default();
-            return match classify(REQUEST, status, headers, bytes) {
-                Attempt::Done(_) => Err(MatrixError::InvalidResponse {
+            return Err(match settle(REQUEST, response).await {
+                Err(error) => error,
+                Ok(_) => MatrixError::InvalidResponse {
                     request: REQUEST,
-                    message: format!("status {status}"),
-                }),
-                Attempt::RateLimited(error, _)
-                | Attempt::Transient(error)
-                | Attempt::Fatal(error) => Err(error),
-            };
+                    message: "a failed status settled as a success".to_owned(),
+                },
+            });
         }
         let content_type = response
             .headers()
@@ -868,36 +863,40 @@ impl MatrixClient {
                 request: REQUEST,
                 source,
             })?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| MatrixError::Transport {
+        let body = settle(REQUEST, response).await?;
+        let answer: Value =
+            serde_json::from_slice(&body).map_err(|e| MatrixError::InvalidResponse {
                 request: REQUEST,
-                source,
+                message: e.to_string(),
             })?;
-        match classify(REQUEST, status, headers, bytes) {
-            Attempt::Done(response) => {
-                let answer: Value = serde_json::from_slice(response.body()).map_err(|e| {
-                    MatrixError::InvalidResponse {
-                        request: REQUEST,
-                        message: e.to_string(),
-                    }
-                })?;
-                answer
-                    .get("content_uri")
-                    .and_then(Value::as_str)
-                    .map(OwnedMxcUri::from)
-                    .filter(|mxc| mxc.is_valid())
-                    .ok_or_else(|| MatrixError::InvalidResponse {
-                        request: REQUEST,
-                        message: "no content_uri".to_owned(),
-                    })
-            }
-            Attempt::RateLimited(error, _) | Attempt::Transient(error) | Attempt::Fatal(error) => {
-                Err(error)
-            }
+        answer
+            .get("content_uri")
+            .and_then(Value::as_str)
+            .map(OwnedMxcUri::from)
+            .filter(|mxc| mxc.is_valid())
+            .ok_or_else(|| MatrixError::InvalidResponse {
+                request: REQUEST,
+                message: "no content_uri".to_owned(),
+            })
+    }
+}
+
+/// The body of a response sent outside the retrying path: a success's
+/// bytes, or the error its status and body say.
+async fn settle(name: &'static str, response: reqwest::Response) -> Result<Bytes, MatrixError> {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|source| MatrixError::Transport {
+            request: name,
+            source,
+        })?;
+    match classify(name, status, headers, bytes) {
+        Attempt::Done(response) => Ok(response.into_body()),
+        Attempt::RateLimited(error, _) | Attempt::Transient(error) | Attempt::Fatal(error) => {
+            Err(error)
         }
     }
 }

@@ -262,6 +262,14 @@ bridge:
         self.kill_bridge().await;
     }
 
+    /// The process id of the running bridge process.
+    pub fn bridge_pid(&self) -> u32 {
+        self.process
+            .as_ref()
+            .and_then(BridgeProcess::id)
+            .expect("a bridge process is running")
+    }
+
     /// `kill -9` of the bridge process: no shutdown of any kind.
     pub async fn kill_bridge(&mut self) {
         if let Some(mut process) = self.process.take() {
