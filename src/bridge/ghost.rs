@@ -12,6 +12,42 @@ use std::sync::Arc;
 
 /// MAX avatars are small pictures; anything larger is not an avatar.
 const MAX_AVATAR_BYTES: u64 = 10 * 1024 * 1024;
+/// A picture that could not be fetched is not tried again for this long:
+/// every message of its ghost would otherwise wait for another attempt.
+const AVATAR_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// Failed pictures remembered at most; past it the oldest are forgotten.
+const AVATAR_FAILURES_KEPT: usize = 10_000;
+
+/// Pictures whose download failed lately, by URL, and when.
+#[derive(Default)]
+pub(crate) struct FailedPictures(
+    std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+);
+
+impl FailedPictures {
+    /// Whether `url` may be tried now.
+    fn may_try(&self, url: &str, now: std::time::Instant) -> bool {
+        let failures = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        failures
+            .get(url)
+            .is_none_or(|failed| now.duration_since(*failed) >= AVATAR_RETRY_AFTER)
+    }
+
+    fn failed(&self, url: &str, now: std::time::Instant) {
+        let mut failures = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() >= AVATAR_FAILURES_KEPT {
+            failures.retain(|_, failed| now.duration_since(*failed) < AVATAR_RETRY_AFTER);
+            if failures.len() >= AVATAR_FAILURES_KEPT {
+                failures.clear();
+            }
+        }
+        failures.insert(url.to_owned(), now);
+    }
+
+    fn succeeded(&self, url: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(url);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GhostError {
@@ -111,13 +147,20 @@ impl Bridge {
 
     /// Downloads a MAX picture and uploads it to the media repository.
     pub(crate) async fn mirror_avatar(&self, url: &str) -> Option<OwnedMxcUri> {
+        let now = std::time::Instant::now();
+        if !self.failed_pictures.may_try(url, now) {
+            tracing::debug!("avatar failed lately; not tried again yet");
+            return None;
+        }
         let (bytes, content_type) = match self.http.get_all(url, MAX_AVATAR_BYTES).await {
             Ok(fetched) => fetched,
             Err(error) => {
                 tracing::warn!(%error, "avatar not downloaded");
+                self.failed_pictures.failed(url, now);
                 return None;
             }
         };
+        self.failed_pictures.succeeded(url);
         let content_type = content_type.unwrap_or_else(|| "image/jpeg".to_owned());
         match self
             .matrix
@@ -130,5 +173,34 @@ impl Bridge {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_failed_picture_waits_before_it_is_tried_again() {
+        let failures = FailedPictures::default();
+        let start = Instant::now();
+        assert!(failures.may_try("https://x/a.jpg", start));
+        failures.failed("https://x/a.jpg", start);
+        assert!(!failures.may_try("https://x/a.jpg", start + Duration::from_secs(60)));
+        assert!(failures.may_try("https://x/b.jpg", start));
+        assert!(failures.may_try("https://x/a.jpg", start + AVATAR_RETRY_AFTER));
+        failures.succeeded("https://x/a.jpg");
+        assert!(failures.may_try("https://x/a.jpg", start));
+    }
+
+    #[test]
+    fn failures_kept_are_bounded() {
+        let failures = FailedPictures::default();
+        let now = Instant::now();
+        for n in 0..AVATAR_FAILURES_KEPT + 5 {
+            failures.failed(&format!("https://x/{n}"), now);
+        }
+        assert!(failures.0.lock().unwrap().len() <= AVATAR_FAILURES_KEPT);
     }
 }

@@ -70,6 +70,8 @@ pub struct Bridge {
     unsure_sends: Mutex<HashSet<String>>,
     /// MAX messages currently held because the homeserver is unavailable.
     held_for_homeserver: Arc<AtomicUsize>,
+    /// Avatars and chat pictures that could not be fetched lately.
+    failed_pictures: ghost::FailedPictures,
 }
 
 /// Counts one held message while alive.
@@ -127,6 +129,7 @@ impl Bridge {
                 unsure_sends: Mutex::new(HashSet::new()),
                 tasks: Mutex::new(tokio::task::JoinSet::new()),
                 held_for_homeserver: Arc::new(AtomicUsize::new(0)),
+                failed_pictures: ghost::FailedPictures::default(),
             }
         })
     }
