@@ -12,6 +12,7 @@ use crate::store::{InboxRow, Store};
 use ruma::OwnedServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -164,8 +165,8 @@ pub async fn start_on(
         url: config.homeserver.address.to_string(),
         source,
     })?;
-    let versions = matrix
-        .versions()
+    let patience = Duration::from_secs(config.homeserver.start_patience);
+    let versions = patiently("homeserver versions", patience, || matrix.versions())
         .await
         .map_err(|source| StartError::Homeserver {
             url: config.homeserver.address.to_string(),
@@ -202,7 +203,7 @@ pub async fn start_on(
         server,
     };
 
-    if let Err(error) = check_homeserver(&bridge, &matrix, &registration).await {
+    if let Err(error) = check_homeserver(&bridge, &matrix, &registration, patience).await {
         running.shutdown().await;
         return Err(error);
     }
@@ -211,12 +212,40 @@ pub async fn start_on(
     Ok(running)
 }
 
+/// Runs `attempt` until it succeeds, fails for good, or `patience` runs
+/// out, retrying with backoff while the homeserver is unavailable (starting
+/// too, or too loaded to answer its ping in time).
+async fn patiently<T, F, Fut>(
+    what: &str,
+    patience: Duration,
+    mut attempt: F,
+) -> Result<T, MatrixError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, MatrixError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_transient() && started.elapsed() + delay < patience => {
+                tracing::warn!(what, %error, retry_in = ?delay, "homeserver not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 async fn check_homeserver(
     bridge: &Bridge,
     matrix: &MatrixClient,
     registration: &Registration,
+    patience: Duration,
 ) -> Result<(), StartError> {
-    match matrix.ping().await {
+    match patiently("appservice ping", patience, || matrix.ping()).await {
         Ok(rtt) => tracing::info!(?rtt, "homeserver reaches the appservice"),
         Err(error) if error.errcode() == Some("M_UNRECOGNIZED") => {
             tracing::warn!("homeserver has no appservice ping endpoint; skipping the check")

@@ -512,7 +512,7 @@ async fn start_names_what_is_wrong_with_the_homeserver() {
     let dir = tempfile::tempdir().expect("temp dir");
     let registration = dir.path().join("registration.yaml");
     let yaml = format!(
-        "homeserver:\n    address: http://127.0.0.1:9\n    domain: localhost\n\
+        "homeserver:\n    address: http://127.0.0.1:9\n    domain: localhost\n    start_patience: 0\n\
          appservice:\n    address: http://127.0.0.1:9\n    port: 0\n    registration: {}\n\
          database:\n    url: {}\n",
         registration.display(),

@@ -86,7 +86,7 @@ impl Bridge {
                     message_id: prev.unwrap_or(0),
                     time: message.time - 1,
                 };
-                self.bridge_message(session, key, message, Some(start))
+                self.bridge_message(session, key, message, Some(start), Some(known))
                     .await
             }
             Some(mark) if message.id.0 <= mark.message_id => {
@@ -105,10 +105,14 @@ impl Bridge {
                 );
                 self.catch_up_from(session, key, mark).await?;
                 // History normally holds the message; if not yet, it goes
-                // after what history gave.
-                self.bridge_message(session, key, message, None).await
+                // after what history gave (which may have bridged it: read
+                // again).
+                self.bridge_message(session, key, message, None, None).await
             }
-            Some(_) => self.bridge_message(session, key, message, None).await,
+            Some(_) => {
+                self.bridge_message(session, key, message, None, Some(known))
+                    .await
+            }
         }
     }
 
@@ -205,7 +209,8 @@ impl Bridge {
             if message.is_edited() && !known.is_empty() {
                 self.on_max_edit(session, key, message, &known).await?;
             }
-            self.bridge_message(session, key, message, None).await?;
+            self.bridge_message(session, key, message, None, Some(known))
+                .await?;
         }
         Ok(())
     }
@@ -274,19 +279,26 @@ impl Bridge {
     }
 
     /// Bridges one MAX message (each part not bridged yet) and moves the
-    /// portal's mark to it. `start` is where a portal created for it starts.
+    /// portal's mark to it. `start` is where a portal created for it starts;
+    /// `known` is what the message already became, when the caller has just
+    /// read it (else it is read here).
     async fn bridge_message(
         self: &Arc<Self>,
         session: &Arc<LoginSession>,
         key: PortalKey,
         message: &Message,
         start: Option<PortalMark>,
+        known: Option<Vec<MessageRow>>,
     ) -> Result<(), PortalError> {
-        let known = self
-            .store
-            .messages()
-            .by_max_id(key.chat_id, key.receiver, message.id.0)
-            .await?;
+        let known = match known {
+            Some(known) => known,
+            None => {
+                self.store
+                    .messages()
+                    .by_max_id(key.chat_id, key.receiver, message.id.0)
+                    .await?
+            }
+        };
         let mark = PortalMark {
             message_id: message.id.0,
             time: message.time,

@@ -80,6 +80,10 @@ pub struct HomeserverConfig {
     pub address: Url,
     /// Server name: the part after `:` in user ids.
     pub domain: String,
+    /// Seconds the bridge waits at start for a homeserver that does not
+    /// answer yet, or cannot reach the bridge yet, before it gives up.
+    #[serde(default = "default_start_patience")]
+    pub start_patience: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -419,6 +423,9 @@ fn default_max_catchup_messages() -> u32 {
     500
 }
 fn default_login_patience() -> u64 {
+    120
+}
+fn default_start_patience() -> u64 {
     120
 }
 fn default_login_step_timeout() -> u64 {
