@@ -149,7 +149,12 @@ impl Stage {
         // through). That order is what MAX must show, and any difference from
         // the sending order must be the homeserver's.
         let delivered = delivery_order(&self.env.bridge_log());
-        let position = |event: &str| delivered.iter().position(|e| e == event);
+        let position = |event: &str| {
+            delivered
+                .iter()
+                .position(|e| e == event)
+                .unwrap_or_else(|| panic!("{event} is nowhere in the bridge's log"))
+        };
         let mut by_delivery = sent.to_max.clone();
         by_delivery.sort_by_key(|(_, event)| position(event));
         let mut expected: Vec<String> = by_delivery.iter().map(|(text, _)| text.clone()).collect();
@@ -215,10 +220,22 @@ fn log_entries<'a>(log: &'a str, message: &'a str) -> impl Iterator<Item = serde
         .map(|entry| entry["fields"].clone())
 }
 
-/// Event ids in the order the bridge stored them from transactions.
+/// Event ids in the order the bridge took them in: stored from a
+/// transaction, resumed from the inbox after a restart, or seen again in a
+/// redelivery (a `kill -9` can fall between storing an event and logging
+/// it), each at its first mention.
 fn delivery_order(log: &str) -> Vec<String> {
-    log_entries(log, "event stored")
-        .filter_map(|fields| fields["event_id"].as_str().map(str::to_owned))
+    let mut seen = std::collections::HashSet::new();
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| {
+            matches!(
+                entry["fields"]["message"].as_str(),
+                Some("event stored" | "event resumed" | "event delivered before; skipped")
+            )
+        })
+        .filter_map(|entry| entry["fields"]["event_id"].as_str().map(str::to_owned))
+        .filter(|id| seen.insert(id.clone()))
         .collect()
 }
 

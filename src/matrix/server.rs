@@ -593,6 +593,7 @@ async fn resume_pending<L: EventInbox>(
             .and_then(|raw| RoomEvent::from_json(raw).map_err(|e| e.to_string()));
         match event {
             Ok(event) => {
+                tracing::debug!(event_id = %event.event_id, "event resumed");
                 let room = Some(event.room_id.clone());
                 queue.push(room, Queued::Room(event)).await;
             }
