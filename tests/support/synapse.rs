@@ -130,9 +130,32 @@ impl Synapse {
         }
     }
 
-    /// Starts the process again on the same port and data after [`Synapse::stop`].
+    /// Stops Synapse as a service manager does (SIGTERM, then SIGKILL if
+    /// it has not exited within 30 s). A killed Synapse can lose the
+    /// appservice delivery of events it had just accepted; a restart should
+    /// not.
+    pub async fn shut_down(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        child.kill().await.expect("kill Synapse");
+    }
+
+    /// Starts the process again on the same port and data, after stopping
+    /// it as a service manager does ([`Synapse::shut_down`]).
     pub async fn restart(&mut self) {
-        self.stop().await;
+        self.shut_down().await;
         if let Err(failure) = self.launch().await {
             self.fail(&failure.to_string());
         }
