@@ -215,28 +215,17 @@ pub async fn start_on(
 /// Runs `attempt` until it succeeds, fails for good, or `patience` runs
 /// out, retrying with backoff while the homeserver is unavailable (starting
 /// too, or too loaded to answer its ping in time).
-async fn patiently<T, F, Fut>(
-    what: &str,
-    patience: Duration,
-    mut attempt: F,
-) -> Result<T, MatrixError>
+async fn patiently<T, F, Fut>(what: &str, patience: Duration, attempt: F) -> Result<T, MatrixError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, MatrixError>>,
 {
-    let started = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(error) if error.is_transient() && started.elapsed() + delay < patience => {
-                tracing::warn!(what, %error, retry_in = ?delay, "homeserver not ready; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    let backoff = crate::retry::Backoff {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(10),
+        patience,
+    };
+    crate::retry::retry(what, backoff, MatrixError::is_transient, attempt).await
 }
 
 async fn check_homeserver(

@@ -129,14 +129,7 @@ impl GuardedClient {
             return Err(FetchError::TooLarge(limit));
         }
         let content_type = download.content_type();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = download.chunk().await? {
-            if (bytes.len() + chunk.len()) as u64 > limit {
-                return Err(FetchError::TooLarge(limit));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok((bytes, content_type))
+        Ok((download.bytes(limit).await?, content_type))
     }
 }
 
@@ -153,6 +146,18 @@ impl Download {
 
     pub fn content_length(&self) -> Option<u64> {
         self.response.content_length()
+    }
+
+    /// The rest of the body, at most `limit` bytes (and the policy's cap).
+    pub async fn bytes(&mut self, limit: u64) -> Result<Vec<u8>, FetchError> {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = self.chunk().await? {
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Err(FetchError::TooLarge(limit));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 
     /// The next chunk of the body, `None` at its end; an error past the

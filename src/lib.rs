@@ -5,6 +5,7 @@
 //! - [`store`]: PostgreSQL storage, one module per table.
 //! - [`config`]: the YAML configuration and the appservice registration.
 //! - [`queue`]: per-key ordered work queues used on both sides.
+//! - [`retry`]: waiting out an outage with bounded backoff.
 //! - [`fetch`]: fetching URLs from outside: public addresses only, bounded.
 //! - [`app`]: starting and stopping a bridge.
 
@@ -14,4 +15,5 @@ pub mod config;
 pub mod fetch;
 pub mod matrix;
 pub mod queue;
+pub mod retry;
 pub mod store;

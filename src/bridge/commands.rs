@@ -151,9 +151,7 @@ async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
     let mut words = text.split_whitespace();
     let name = words.next().unwrap_or("").to_lowercase();
     let args: Vec<&str> = words.collect();
-    // A known command typed during a login runs as itself; the login
-    // keeps waiting for its step (except for `cancel`, which ends it).
-    let known = KNOWN_COMMANDS.contains(&name.as_str()) && name != "cancel";
+    let known = COMMANDS_DURING_LOGIN.contains(&name.as_str());
     let pending = if known {
         None
     } else {
@@ -333,9 +331,9 @@ async fn start_sms(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, phon
     }
 }
 
-/// Commands the bot knows; typed during a login they are not taken for
-/// its next step.
-const KNOWN_COMMANDS: [&str; 8] = [
+/// Commands that run as themselves when typed during a login, which keeps
+/// waiting for its step (`cancel` instead ends it).
+const COMMANDS_DURING_LOGIN: [&str; 7] = [
     "help",
     "login",
     "login-token",
@@ -343,7 +341,6 @@ const KNOWN_COMMANDS: [&str; 8] = [
     "ping",
     "sync",
     "list",
-    "cancel",
 ];
 
 /// A phone number as people type it: digits with an optional leading `+`

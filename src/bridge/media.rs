@@ -341,10 +341,10 @@ impl Bridge {
                 (mxc, length)
             }
             None => {
-                let mut bytes = Vec::new();
-                while let Some(chunk) = download.chunk().await.map_err(|e| e.to_string())? {
-                    bytes.extend_from_slice(&chunk);
-                }
+                let bytes = download
+                    .bytes(self.config.max.media.max_bytes)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let size = bytes.len() as u64;
                 let mxc = self
                     .matrix

@@ -727,32 +727,35 @@ impl Bridge {
         request: &MsgSendRequest,
     ) -> Result<maxproto::types::MsgSendResponse, String> {
         use maxproto::client::ClientError;
-        let started = tokio::time::Instant::now();
-        let patience = self.config.outage_patience();
-        let mut delay = std::time::Duration::from_millis(500);
-        loop {
+        let backoff = crate::retry::Backoff {
+            first: std::time::Duration::from_millis(500),
+            max: std::time::Duration::from_secs(30),
+            patience: self.config.outage_patience(),
+        };
+        let attempt = || async {
             let outcome = tokio::time::timeout(
                 self.config.message_send_timeout(),
                 session.client.call(request),
             )
             .await;
-            let reason = match outcome {
-                Ok(Ok(answer)) => return Ok(answer),
+            match outcome {
+                Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(
                     error @ (ClientError::Timeout
                     | ClientError::Disconnected
                     | ClientError::WebSocket(_)),
-                )) => error.to_string(),
-                Ok(Err(error)) => return Err(super::commands::describe(&error)),
-                Err(_) => "MAX did not answer in time".to_owned(),
-            };
-            if started.elapsed() + delay >= patience {
-                return Err(reason);
+                )) => Err(SendFailure::transient(error.to_string())),
+                Ok(Err(error)) => Err(SendFailure {
+                    reason: super::commands::describe(&error),
+                    transient: false,
+                }),
+                Err(_) => Err(SendFailure::transient("MAX did not answer in time")),
             }
-            tracing::warn!(chat = ?request.chat_id, reason, "MAX send not confirmed; retrying with the same cid");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(std::time::Duration::from_secs(30));
-        }
+        };
+        let what = "MAX send, retried with the same cid";
+        crate::retry::retry(what, backoff, |f: &SendFailure| f.transient, attempt)
+            .await
+            .map_err(|failure| failure.reason)
     }
 
     async fn send_failed(&self, event: &RoomEvent, reason: &str, index: usize, last: usize) {
@@ -918,5 +921,27 @@ impl Bridge {
             }
         }
         Ok(())
+    }
+}
+
+/// Why a send to MAX did not go through, and whether the same send may
+/// still succeed (MAX silent or the connection being re-established).
+struct SendFailure {
+    reason: String,
+    transient: bool,
+}
+
+impl SendFailure {
+    fn transient(reason: impl Into<String>) -> SendFailure {
+        SendFailure {
+            reason: reason.into(),
+            transient: true,
+        }
+    }
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
     }
 }

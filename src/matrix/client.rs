@@ -388,17 +388,7 @@ impl MatrixClient {
             percent_encoding::utf8_percent_encode(server.as_str(), PATH_SEGMENT),
             percent_encoding::utf8_percent_encode(media_id, PATH_SEGMENT),
         );
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(self.as_token.expose())
-            .timeout(STREAMED_UPLOAD_TIMEOUT)
-            .send()
-            .await
-            .map_err(|source| MatrixError::Transport {
-                request: REQUEST,
-                source,
-            })?;
+        let response = self.send_streamed(REQUEST, self.http.get(url)).await?;
         if !response.status().is_success() {
             return Err(match settle(REQUEST, response).await {
                 Err(error) => error,
@@ -847,22 +837,13 @@ impl MatrixClient {
         if let Some(name) = filename {
             url.query_pairs_mut().append_pair("filename", name);
         }
-        let response = self
+        let request = self
             .http
             .post(url)
-            .bearer_auth(self.as_token.expose())
             .header(http::header::CONTENT_TYPE, content_type)
             .header(http::header::CONTENT_LENGTH, length)
-            // The body arrives as fast as its source sends it; that source
-            // has an idle timeout of its own.
-            .timeout(STREAMED_UPLOAD_TIMEOUT)
-            .body(body)
-            .send()
-            .await
-            .map_err(|source| MatrixError::Transport {
-                request: REQUEST,
-                source,
-            })?;
+            .body(body);
+        let response = self.send_streamed(REQUEST, request).await?;
         let body = settle(REQUEST, response).await?;
         let answer: Value =
             serde_json::from_slice(&body).map_err(|e| MatrixError::InvalidResponse {
@@ -877,6 +858,25 @@ impl MatrixClient {
             .ok_or_else(|| MatrixError::InvalidResponse {
                 request: REQUEST,
                 message: "no content_uri".to_owned(),
+            })
+    }
+
+    /// Sends a request whose body streams one way or the other, as the
+    /// appservice, once (a stream cannot be sent again). Its time bound is
+    /// long: the stream's source has an idle timeout of its own.
+    async fn send_streamed(
+        &self,
+        name: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, MatrixError> {
+        request
+            .bearer_auth(self.as_token.expose())
+            .timeout(STREAMED_TIMEOUT)
+            .send()
+            .await
+            .map_err(|source| MatrixError::Transport {
+                request: name,
+                source,
             })
     }
 }
@@ -958,7 +958,7 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
     .remove(b'~');
 
 /// A streamed upload or download may take this long in all.
-const STREAMED_UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+const STREAMED_TIMEOUT: Duration = Duration::from_secs(3600);
 
 enum Attempt {
     Done(http::Response<Bytes>),

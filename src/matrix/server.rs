@@ -140,29 +140,19 @@ const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 /// again after a restart, which the bridge's deduplication absorbs.
 const DONE_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Retries `op` with backoff while it fails, for at most `patience`.
-async fn with_patience<T, F, Fut>(
-    what: &str,
-    patience: Duration,
-    mut op: F,
-) -> Result<T, InboxError>
+/// Backoff of the inbox while the database is unavailable, for at most
+/// `patience`; every error of the inbox is worth another try.
+async fn with_patience<T, F, Fut>(what: &str, patience: Duration, op: F) -> Result<T, InboxError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, InboxError>>,
 {
-    let started = tokio::time::Instant::now();
-    let mut delay = RECORD_RETRY_FIRST;
-    loop {
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(error) if started.elapsed() + delay < patience => {
-                tracing::warn!(%error, what, "event inbox unavailable; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RECORD_RETRY_MAX);
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    let backoff = crate::retry::Backoff {
+        first: RECORD_RETRY_FIRST,
+        max: RECORD_RETRY_MAX,
+        patience,
+    };
+    crate::retry::retry(what, backoff, |_| true, op).await
 }
 
 /// What the bridge does with what the homeserver pushes.
