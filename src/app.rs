@@ -58,8 +58,8 @@ impl EventInbox for StoredInbox {
         Ok(self.0.inbox().record(&rows).await?)
     }
 
-    async fn done(&self, event_id: &str) -> Result<(), InboxError> {
-        self.0.inbox().done(event_id).await?;
+    async fn done(&self, event_ids: &[String]) -> Result<(), InboxError> {
+        self.0.inbox().done_all(event_ids).await?;
         Ok(())
     }
 

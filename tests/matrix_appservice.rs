@@ -11,9 +11,9 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use maxbridge::matrix::{
-    AppserviceConfig, AppserviceHandler, AppserviceServer, DeliveredEvent, EphemeralEvent,
-    EventInbox, InMemoryInbox, MatrixClient, RetryPolicy, RoomEvent, Secret, ServerOptions,
-    UserNamespace,
+    AppserviceConfig, AppserviceHandler, AppserviceServer, DeliveredEvent, Delivery,
+    EphemeralEvent, EventInbox, InMemoryInbox, MatrixClient, RetryPolicy, RoomEvent, Secret,
+    ServerOptions, UserNamespace,
 };
 use ruma::{OwnedServerName, RoomAliasId, UserId, room_id, user_id};
 use serde_json::{Value, json};
@@ -35,7 +35,7 @@ struct Recorder {
 }
 
 impl AppserviceHandler for Recorder {
-    async fn handle_event(&self, event: RoomEvent) {
+    async fn handle_event(&self, event: RoomEvent, _delivery: Delivery) {
         let _ = self.tx.send(Received::Event(event));
     }
 

@@ -842,3 +842,141 @@ async fn dropping_a_test_db_removes_it() {
     admin.close().await;
     db.drop_db().await;
 }
+
+/// What the store keeps in memory follows every write, and a restart (a new
+/// `Store` on the same database) finds the database's record: a mark moved
+/// in memory only for a recorded echo, the stored one.
+#[tokio::test]
+async fn rows_kept_in_memory_follow_every_write_and_a_restart_reads_the_record() {
+    let (db, store) = fresh().await;
+    let mut portal = PortalRow::new(555, 100, PortalKind::Dialog);
+    portal.room_id = Some("!a:example.org".to_owned());
+    // Looked up before it exists: remembered as absent, then written.
+    assert_eq!(store.portals().get(555, 100).await.unwrap(), None);
+    assert_eq!(
+        store.portals().get_by_room("!a:example.org").await.unwrap(),
+        None
+    );
+    store.portals().upsert(&portal).await.unwrap();
+    assert_eq!(
+        store.portals().get(555, 100).await.unwrap(),
+        Some(portal.clone())
+    );
+    assert_eq!(
+        store.portals().get_by_room("!a:example.org").await.unwrap(),
+        Some(portal.clone())
+    );
+    // The room moves: the old room is no portal any more.
+    assert!(
+        store
+            .portals()
+            .set_room(555, 100, Some("!b:example.org"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.portals().get_by_room("!a:example.org").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .portals()
+            .get_by_room("!b:example.org")
+            .await
+            .unwrap()
+            .map(|p| p.chat_id),
+        Some(555)
+    );
+
+    let start = PortalMark {
+        message_id: 10,
+        time: 1000,
+    };
+    assert!(store.portals().init_mark(555, 100, start).await.unwrap());
+    assert_eq!(store.portals().mark(555, 100).await.unwrap(), Some(start));
+    // A message above everything recorded is known as not bridged; once
+    // recorded, it is found, with all its parts.
+    let messages = store.messages();
+    assert!(messages.by_max_id(555, 100, 20).await.unwrap().is_empty());
+    messages
+        .record(&message(555, 20, 0, 2000), false)
+        .await
+        .unwrap();
+    messages
+        .record(&message(555, 20, 1, 2000), true)
+        .await
+        .unwrap();
+    let parts: Vec<i32> = messages
+        .by_max_id(555, 100, 20)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.part)
+        .collect();
+    assert_eq!(parts, [0, 1]);
+    let at_20 = PortalMark {
+        message_id: 20,
+        time: 2000,
+    };
+    assert_eq!(store.portals().mark(555, 100).await.unwrap(), Some(at_20));
+    // A retried record naming another event keeps the stored one.
+    let mut other = message(555, 20, 0, 2000);
+    other.event_id = "$other".to_owned();
+    assert!(!messages.record(&other, true).await.unwrap());
+    assert_eq!(
+        messages.by_max_id(555, 100, 20).await.unwrap()[0].event_id,
+        "$ev_20_0"
+    );
+    // An echo (recorded when it was sent) moves the mark in memory only.
+    messages
+        .record(&message(555, 30, 0, 3000), false)
+        .await
+        .unwrap();
+    let at_30 = PortalMark {
+        message_id: 30,
+        time: 3000,
+    };
+    store.portals().accounted(555, 100, at_30);
+    assert_eq!(store.portals().mark(555, 100).await.unwrap(), Some(at_30));
+    // Deleted rows are not served from memory.
+    assert_eq!(messages.delete_by_max_id(555, 100, 30).await.unwrap(), 1);
+    assert!(messages.by_max_id(555, 100, 30).await.unwrap().is_empty());
+
+    let mut ghost = GhostRow::new(200, "@max_200:example.org");
+    assert_eq!(store.ghosts().get(200).await.unwrap(), None);
+    store.ghosts().upsert(&ghost).await.unwrap();
+    assert_eq!(store.ghosts().get(200).await.unwrap(), Some(ghost.clone()));
+    store.ghosts().mark_registered(200).await.unwrap();
+    ghost.registered = true;
+    assert_eq!(store.ghosts().get(200).await.unwrap(), Some(ghost.clone()));
+
+    // After a restart: the stored mark (the echo's was memory only), the
+    // same rows.
+    let restarted = Store::connect(db.url(), 2).await.unwrap();
+    assert_eq!(
+        restarted.portals().mark(555, 100).await.unwrap(),
+        Some(at_20)
+    );
+    assert_eq!(restarted.ghosts().get(200).await.unwrap(), Some(ghost));
+    assert_eq!(
+        restarted
+            .messages()
+            .by_max_id(555, 100, 20)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // Deleting a portal forgets it (and its mappings).
+    assert!(store.portals().delete(555, 100).await.unwrap());
+    assert_eq!(store.portals().get(555, 100).await.unwrap(), None);
+    assert_eq!(store.portals().mark(555, 100).await.unwrap(), None);
+    assert_eq!(
+        store.portals().get_by_room("!b:example.org").await.unwrap(),
+        None
+    );
+
+    restarted.close().await;
+    store.close().await;
+    db.drop_db().await;
+}

@@ -315,11 +315,12 @@ impl Bridge {
         // The echo of a message this bridge sent was recorded by the send,
         // before this push could be handled (both go through this queue);
         // a message bridged before a crash is recorded too.
+        // Its mark moves in memory only: a catch-up from the stored mark
+        // finds it recorded, and the next bridged message stores the mark.
         if !known.is_empty() && (parts == 0 || (0..parts).all(|p| done.contains(&(p as i32)))) {
             self.store
                 .portals()
-                .advance_mark(key.chat_id, key.receiver, mark)
-                .await?;
+                .accounted(key.chat_id, key.receiver, mark);
             return Ok(());
         }
         if parts == 0 {
@@ -570,6 +571,7 @@ impl Bridge {
         self: &Arc<Self>,
         key: PortalKey,
         event: &RoomEvent,
+        untouched: bool,
     ) -> Result<(), PortalError> {
         tracing::debug!(chat = key.chat_id, receiver = key.receiver, event = %event.event_id, kind = %event.event_type, "Matrix event");
         let Some(session) = self.wait_for_login(&event.sender).await? else {
@@ -599,13 +601,17 @@ impl Bridge {
             return Ok(());
         }
         // How many MAX messages this event already became (a long text is
-        // several): after a crash, only the rest is sent.
-        let already = self
-            .store
-            .messages()
-            .all_by_event_id(event.event_id.as_str())
-            .await?
-            .len();
+        // several): after a crash, only the rest is sent. An event new from
+        // the homeserver, on its first try, became nothing yet.
+        let already = if untouched {
+            0
+        } else {
+            self.store
+                .messages()
+                .all_by_event_id(event.event_id.as_str())
+                .await?
+                .len()
+        };
         if already > 0 {
             tracing::debug!(event = %event.event_id, already, "Matrix event bridged before");
         }

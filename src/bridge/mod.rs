@@ -23,7 +23,7 @@ pub mod portal;
 pub mod reaction;
 
 use crate::config::Config;
-use crate::matrix::{AppserviceHandler, EphemeralEvent, MatrixClient, RoomEvent};
+use crate::matrix::{AppserviceHandler, Delivery, EphemeralEvent, MatrixClient, RoomEvent};
 use crate::queue::KeyedQueue;
 use crate::store::Store;
 use login::LoginSession;
@@ -389,8 +389,8 @@ impl AppserviceHandler for MatrixHandler {
             )
     }
 
-    async fn handle_event(&self, event: RoomEvent) {
-        self.bridge.handle_matrix_event(event).await;
+    async fn handle_event(&self, event: RoomEvent, delivery: Delivery) {
+        self.bridge.handle_matrix_event(event, delivery).await;
     }
 
     async fn handle_ephemeral(&self, event: EphemeralEvent) {
@@ -420,14 +420,14 @@ impl AppserviceHandler for MatrixHandler {
 }
 
 impl Bridge {
-    async fn handle_matrix_event(self: &Arc<Self>, event: RoomEvent) {
+    async fn handle_matrix_event(self: &Arc<Self>, event: RoomEvent, delivery: Delivery) {
         if self.config.is_bridge_user(event.sender.as_str()) {
             return;
         }
         match event.event_type.as_str() {
             "m.room.member" => self.handle_membership(event).await,
             "m.room.message" | "m.room.redaction" | "m.reaction" => {
-                self.handle_room_message(event).await
+                self.handle_room_message(event, delivery).await
             }
             _ => {}
         }
@@ -464,7 +464,7 @@ impl Bridge {
         }
     }
 
-    async fn handle_room_message(self: &Arc<Self>, event: RoomEvent) {
+    async fn handle_room_message(self: &Arc<Self>, event: RoomEvent, delivery: Delivery) {
         let portal = match self
             .store
             .portals()
@@ -489,7 +489,7 @@ impl Bridge {
             };
             // Done (for the inbox) only once the portal has handled it.
             let (done, finished) = tokio::sync::oneshot::channel();
-            self.enqueue(key, PortalEvent::Matrix(Box::new(event), done))
+            self.enqueue(key, PortalEvent::Matrix(Box::new(event), delivery, done))
                 .await;
             let _ = finished.await;
             return;

@@ -67,7 +67,11 @@ pub enum PortalEvent {
     },
     /// An event in the portal's Matrix room; the sender is dropped (which
     /// completes its receiver) once the event is handled.
-    Matrix(Box<RoomEvent>, tokio::sync::oneshot::Sender<()>),
+    Matrix(
+        Box<RoomEvent>,
+        crate::matrix::Delivery,
+        tokio::sync::oneshot::Sender<()>,
+    ),
     /// Typing or a read receipt in the portal's Matrix room.
     MatrixEphemeral(Box<EphemeralEvent>),
 }
@@ -121,8 +125,10 @@ impl Bridge {
         let patience = self.config.outage_patience();
         let mut delay = RETRY_FIRST;
         let mut held = None;
+        let mut first = true;
         loop {
-            let result = self.handle_portal_event_once(key, &event).await;
+            let result = self.handle_portal_event_once(key, &event, first).await;
+            first = false;
             let error = match result {
                 Ok(()) => return,
                 Err(error) => error,
@@ -152,7 +158,7 @@ impl Bridge {
                 )
                 .await;
             }
-            if let PortalEvent::Matrix(event, _) = &event {
+            if let PortalEvent::Matrix(event, ..) = &event {
                 self.bot_notice(
                     &event.room_id,
                     &format!("⚠️ Your message could not be bridged to MAX: {error}"),
@@ -167,6 +173,7 @@ impl Bridge {
         self: &Arc<Self>,
         key: PortalKey,
         event: &PortalEvent,
+        first_attempt: bool,
     ) -> Result<(), PortalError> {
         match event {
             PortalEvent::Chat {
@@ -193,7 +200,11 @@ impl Bridge {
                 user,
                 mark,
             } => self.on_max_read(session, key, *user, *mark).await,
-            PortalEvent::Matrix(event, _) => self.on_matrix_message(key, event).await,
+            PortalEvent::Matrix(event, delivery, _) => {
+                // Only a retry or a resumed event can have been partly sent.
+                let untouched = first_attempt && *delivery == crate::matrix::Delivery::New;
+                self.on_matrix_message(key, event, untouched).await
+            }
             PortalEvent::MatrixEphemeral(event) => self.on_matrix_ephemeral(key, event).await,
         }
     }

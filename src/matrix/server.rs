@@ -54,8 +54,8 @@ pub trait EventInbox: Send + Sync + 'static {
         events: &[DeliveredEvent],
     ) -> impl Future<Output = Result<Vec<String>, InboxError>> + Send;
 
-    /// The handler is finished with the event.
-    fn done(&self, event_id: &str) -> impl Future<Output = Result<(), InboxError>> + Send;
+    /// The handler is finished with these events.
+    fn done(&self, event_ids: &[String]) -> impl Future<Output = Result<(), InboxError>> + Send;
 
     /// Events stored and not done, in delivery order.
     fn pending(&self) -> impl Future<Output = Result<Vec<DeliveredEvent>, InboxError>> + Send;
@@ -69,8 +69,8 @@ impl<T: EventInbox> EventInbox for Arc<T> {
         T::record(self, events)
     }
 
-    fn done(&self, event_id: &str) -> impl Future<Output = Result<(), InboxError>> + Send {
-        T::done(self, event_id)
+    fn done(&self, event_ids: &[String]) -> impl Future<Output = Result<(), InboxError>> + Send {
+        T::done(self, event_ids)
     }
 
     fn pending(&self) -> impl Future<Output = Result<Vec<DeliveredEvent>, InboxError>> + Send {
@@ -119,9 +119,9 @@ impl EventInbox for InMemoryInbox {
         Ok(fresh)
     }
 
-    async fn done(&self, event_id: &str) -> Result<(), InboxError> {
+    async fn done(&self, event_ids: &[String]) -> Result<(), InboxError> {
         let mut stored = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        stored.pending.retain(|e| e.event_id != event_id);
+        stored.pending.retain(|e| !event_ids.contains(&e.event_id));
         Ok(())
     }
 
@@ -139,6 +139,12 @@ const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Marking done is retried this long; an event left pending is handled
 /// again after a restart, which the bridge's deduplication absorbs.
 const DONE_PATIENCE: Duration = Duration::from_secs(60);
+/// Done marks waiting to be written before a room worker waits; and the most
+/// written in one statement.
+const DONE_BACKLOG: usize = 1024;
+/// How long done marks gather before they are written: the window in which a
+/// crash has an event handled again grows by this much.
+const DONE_LINGER: Duration = Duration::from_millis(20);
 
 /// Backoff of the inbox while the database is unavailable, for at most
 /// `patience`; every error of the inbox is worth another try.
@@ -171,7 +177,8 @@ pub trait AppserviceHandler: Send + Sync + 'static {
         true
     }
 
-    fn handle_event(&self, event: RoomEvent) -> impl Future<Output = ()> + Send;
+    fn handle_event(&self, event: RoomEvent, delivery: Delivery)
+    -> impl Future<Output = ()> + Send;
 
     fn handle_ephemeral(&self, event: EphemeralEvent) -> impl Future<Output = ()> + Send {
         let _ = event;
@@ -213,9 +220,45 @@ impl Default for ServerOptions {
     }
 }
 
+/// How an event reached the handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// First seen in a transaction: nothing was done with it before.
+    New,
+    /// Left pending by a previous process, which may have done part of it.
+    Resumed,
+}
+
 enum Queued {
-    Room(RoomEvent),
+    Room(RoomEvent, Delivery),
     Ephemeral(EphemeralEvent),
+}
+
+/// Writes done marks in the background, as many per statement as piled up
+/// while the previous one ran and for [`DONE_LINGER`] after. A mark lost to a crash only means the event
+/// is handled again after the restart, which the handler's deduplication
+/// absorbs; so handling never waits for its mark, and a busy bridge pays one
+/// statement for many events.
+fn spawn_done_writer<L: EventInbox>(inbox: Arc<L>) -> tokio::sync::mpsc::Sender<String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(DONE_BACKLOG);
+    tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, DONE_BACKLOG).await > 0 {
+            // A moment's wait gathers the marks of a busy room too.
+            tokio::time::sleep(DONE_LINGER).await;
+            while batch.len() < DONE_BACKLOG
+                && let Ok(event_id) = rx.try_recv()
+            {
+                batch.push(event_id);
+            }
+            let done = with_patience("done", DONE_PATIENCE, || inbox.done(&batch)).await;
+            if let Err(error) = done {
+                tracing::error!(events = batch.len(), %error, "could not mark events done; they will be handled again after a restart");
+            }
+            batch.clear();
+        }
+    });
+    tx
 }
 
 struct Inner<H, L> {
@@ -243,24 +286,20 @@ impl<H: AppserviceHandler, L: EventInbox> AppserviceServer<H, L> {
     pub fn new(hs_token: Secret, handler: Arc<H>, inbox: L, options: ServerOptions) -> Self {
         let worker_handler = Arc::clone(&handler);
         let inbox = Arc::new(inbox);
-        let worker_inbox = Arc::clone(&inbox);
+        let done_writer = spawn_done_writer(Arc::clone(&inbox));
         let queue = KeyedQueue::with_options(
             options.queue_capacity,
             options.queue_idle_timeout,
             move |_room, item: Queued| {
                 let handler = Arc::clone(&worker_handler);
-                let inbox = Arc::clone(&worker_inbox);
+                let done_writer = done_writer.clone();
                 async move {
                     match item {
-                        Queued::Room(event) => {
+                        Queued::Room(event, delivery) => {
                             let event_id = event.event_id.to_string();
-                            handler.handle_event(event).await;
-                            let done =
-                                with_patience("done", DONE_PATIENCE, || inbox.done(&event_id))
-                                    .await;
-                            if let Err(error) = done {
-                                tracing::error!(event_id, %error, "could not mark an event done; it will be handled again after a restart");
-                            }
+                            handler.handle_event(event, delivery).await;
+                            // Closed only when the runtime shuts down.
+                            let _ = done_writer.send(event_id).await;
                         }
                         Queued::Ephemeral(event) => handler.handle_ephemeral(event).await,
                     }
@@ -532,7 +571,7 @@ async fn put_transaction<H: AppserviceHandler, L: EventInbox>(
     let queued = tokio::spawn(async move {
         for event in fresh {
             let room = Some(event.room_id.clone());
-            queue.push(room, Queued::Room(event)).await;
+            queue.push(room, Queued::Room(event, Delivery::New)).await;
         }
     });
     if queued.await.is_err() {
@@ -585,11 +624,13 @@ async fn resume_pending<L: EventInbox>(
             Ok(event) => {
                 tracing::debug!(event_id = %event.event_id, "event resumed");
                 let room = Some(event.room_id.clone());
-                queue.push(room, Queued::Room(event)).await;
+                queue
+                    .push(room, Queued::Room(event, Delivery::Resumed))
+                    .await;
             }
             Err(error) => {
                 tracing::warn!(event_id = delivered.event_id, %error, "pending event unreadable; dropped");
-                if let Err(error) = inbox.done(&delivered.event_id).await {
+                if let Err(error) = inbox.done(std::slice::from_ref(&delivered.event_id)).await {
                     tracing::warn!(event_id = delivered.event_id, %error, "could not mark it done");
                 }
             }

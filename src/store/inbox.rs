@@ -64,6 +64,18 @@ impl<'a> Inbox<'a> {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Marks events handled, in one statement. Returns how many were waiting.
+    pub async fn done_all(&self, event_ids: &[String]) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE matrix_inbox SET done_at = now() \
+             WHERE event_id = ANY($1) AND done_at IS NULL",
+        )
+        .bind(event_ids)
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Events not handled yet, in delivery order.
     pub async fn pending(&self) -> Result<Vec<InboxRow>, StoreError> {
         let rows = sqlx::query_as(

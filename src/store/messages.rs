@@ -4,7 +4,7 @@
 use sqlx::PgPool;
 
 use super::StoreError;
-use super::portals::{ADVANCE_MARK, PortalMark};
+use super::portals::{Known, PortalCache, PortalMark, Portals};
 
 /// One part of a bridged MAX message (a MAX message may become several events).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -35,18 +35,19 @@ macro_rules! select {
 
 pub struct Messages<'a> {
     pool: &'a PgPool,
+    portals: &'a PortalCache,
 }
 
 impl<'a> Messages<'a> {
-    pub(super) fn new(pool: &'a PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: &'a PgPool, portals: &'a PortalCache) -> Self {
+        Self { pool, portals }
     }
 
     /// Records a bridged message part. Fails with [`StoreError::Conflict`] if
     /// the part is already recorded, and with
     /// [`StoreError::MissingReference`] if the portal does not exist.
     pub async fn insert(&self, message: &MessageRow) -> Result<(), StoreError> {
-        sqlx::query(
+        let done = sqlx::query(
             "INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
                sender, timestamp_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -60,7 +61,9 @@ impl<'a> Messages<'a> {
         .bind(message.sender)
         .bind(message.timestamp_ms)
         .execute(self.pool)
-        .await?;
+        .await;
+        self.portals.recorded(message, done.is_ok());
+        done?;
         Ok(())
     }
 
@@ -69,12 +72,21 @@ impl<'a> Messages<'a> {
     /// the same transaction, so the mark never runs ahead of the mappings.
     /// Returns whether the part was new.
     pub async fn record(&self, message: &MessageRow, advance: bool) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
-               sender, timestamp_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (chat_id, receiver, max_message_id, part) DO NOTHING",
+        // One statement, so one round trip and one transaction (PostgreSQL
+        // runs every data-modifying WITH part, read or not).
+        let inserted: Result<i64, sqlx::Error> = sqlx::query_scalar(
+            "WITH inserted AS ( \
+               INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
+                 sender, timestamp_ms) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+               ON CONFLICT (chat_id, receiver, max_message_id, part) DO NOTHING \
+               RETURNING 1), \
+             advanced AS ( \
+               UPDATE portals SET last_max_message_id = $3, last_max_time = $8 \
+               WHERE $9 AND chat_id = $1 AND receiver = $2 \
+                 AND (last_max_message_id IS NULL OR last_max_message_id < $3) \
+               RETURNING 1) \
+             SELECT count(*) FROM inserted",
         )
         .bind(message.chat_id)
         .bind(message.receiver)
@@ -84,25 +96,24 @@ impl<'a> Messages<'a> {
         .bind(&message.room_id)
         .bind(message.sender)
         .bind(message.timestamp_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        if advance {
-            let mark = PortalMark {
-                message_id: message.max_message_id,
-                time: message.timestamp_ms,
-            };
-            sqlx::query(ADVANCE_MARK)
-                .bind(message.chat_id)
-                .bind(message.receiver)
-                .bind(mark.message_id)
-                .bind(mark.time)
-                .execute(&mut *tx)
-                .await?;
+        .bind(advance)
+        .fetch_one(self.pool)
+        .await;
+        let key = (message.chat_id, message.receiver);
+        // A row already there (a retry) may name another event: memory
+        // keeps only what this statement wrote.
+        self.portals
+            .recorded(message, inserted.as_ref().is_ok_and(|n| *n > 0));
+        let mark = PortalMark {
+            message_id: message.max_message_id,
+            time: message.timestamp_ms,
+        };
+        match (&inserted, advance) {
+            (Ok(_), true) => self.portals.advanced(key, mark),
+            (Err(_), true) => self.portals.forget_mark(key),
+            (_, false) => {}
         }
-        tx.commit().await?;
-        Ok(inserted)
+        Ok(inserted? > 0)
     }
 
     /// When the last edit bridged to Matrix of a MAX message was made (MAX
@@ -214,6 +225,15 @@ impl<'a> Messages<'a> {
         receiver: i64,
         max_message_id: i64,
     ) -> Result<Vec<MessageRow>, StoreError> {
+        let key = (chat_id, receiver);
+        if self.portals.known(key, max_message_id).is_none() {
+            Portals::new(self.pool, self.portals)
+                .load(chat_id, receiver)
+                .await?;
+        }
+        if let Some(Known::Rows(rows)) = self.portals.known(key, max_message_id) {
+            return Ok(rows);
+        }
         let rows = sqlx::query_as(select!(
             "WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3 ORDER BY part"
         ))
@@ -296,8 +316,9 @@ impl<'a> Messages<'a> {
         .bind(receiver)
         .bind(max_message_id)
         .execute(self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        .await;
+        self.portals.messages_deleted();
+        Ok(done?.rows_affected())
     }
 
     /// Forgets one event's mapping. Returns whether it existed.
@@ -305,7 +326,8 @@ impl<'a> Messages<'a> {
         let done = sqlx::query("DELETE FROM messages WHERE event_id = $1")
             .bind(event_id)
             .execute(self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+            .await;
+        self.portals.messages_deleted();
+        Ok(done?.rows_affected() > 0)
     }
 }

@@ -1,6 +1,10 @@
 //! PostgreSQL storage of the bridge: the pool, embedded migrations, and one
 //! module per table, each with its row type and the operations the bridge
-//! needs. Queries are runtime-checked so building needs no database.
+//! needs. Queries are runtime-checked so building needs no database. The rows
+//! read on every message (portals with their marks, the highest bridged MAX
+//! id and the last few messages of each; ghosts) are kept in memory by their
+//! table's module; the database stays the record, written before anything
+//! depends on it.
 
 mod error;
 mod ghosts;
@@ -22,6 +26,7 @@ pub use portals::{PortalKind, PortalMark, PortalRow, Portals, UnknownPortalKind}
 pub use reactions::{ReactionRow, Reactions};
 pub use users::{UserRow, Users};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -33,10 +38,19 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// How long to wait for a pooled connection before giving up.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Handle to the bridge database; cheap to clone (shares one pool).
+/// Handle to the bridge database; cheap to clone (clones share one pool and
+/// the rows kept in memory).
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    cache: Arc<Cache>,
+}
+
+/// What the tables keep in memory (each table's module owns its part).
+#[derive(Debug, Default)]
+struct Cache {
+    portals: portals::PortalCache,
+    ghosts: ghosts::GhostCache,
 }
 
 impl Store {
@@ -67,7 +81,10 @@ impl Store {
 
     /// Wraps an existing pool without migrating (see [`Store::migrate`]).
     pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
+        Store {
+            pool,
+            cache: Arc::default(),
+        }
     }
 
     /// Applies pending migrations; a no-op when the schema is current.
@@ -95,15 +112,15 @@ impl Store {
     }
 
     pub fn portals(&self) -> Portals<'_> {
-        Portals::new(&self.pool)
+        Portals::new(&self.pool, &self.cache.portals)
     }
 
     pub fn ghosts(&self) -> Ghosts<'_> {
-        Ghosts::new(&self.pool)
+        Ghosts::new(&self.pool, &self.cache.ghosts)
     }
 
     pub fn messages(&self) -> Messages<'_> {
-        Messages::new(&self.pool)
+        Messages::new(&self.pool, &self.cache.portals)
     }
 
     pub fn reactions(&self) -> Reactions<'_> {

@@ -1,10 +1,13 @@
 //! The `portals` table: MAX chats as seen by one login, and their Matrix rooms.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::sync::{Mutex, MutexGuard};
 
 use sqlx::PgPool;
 
 use super::StoreError;
+use super::messages::MessageRow;
 
 /// What kind of MAX chat a portal bridges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,25 +112,299 @@ macro_rules! select {
     };
 }
 
+/// A `SELECT` of every [`PortalRow`] column, the mark and the highest MAX
+/// message id recorded, followed by `$rest`.
+macro_rules! select_cached {
+    ($rest:literal) => {
+        concat!(
+            "SELECT chat_id, receiver, room_id, kind, name, topic, avatar_url, avatar_mxc, \
+             other_user_id, last_max_message_id, last_max_time, \
+             (SELECT max(m.max_message_id) FROM messages m \
+              WHERE m.chat_id = p.chat_id AND m.receiver = p.receiver) AS highest \
+             FROM portals p ",
+            $rest
+        )
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct CachedRow {
+    #[sqlx(flatten)]
+    row: PortalRow,
+    last_max_message_id: Option<i64>,
+    last_max_time: Option<i64>,
+    highest: Option<i64>,
+}
+
+impl From<CachedRow> for CachedPortal {
+    fn from(row: CachedRow) -> Self {
+        let mark = match (row.last_max_message_id, row.last_max_time) {
+            (Some(message_id), Some(time)) => Some(PortalMark { message_id, time }),
+            _ => None,
+        };
+        CachedPortal {
+            row: row.row,
+            mark,
+            highest: row.highest.unwrap_or(0),
+            recent: VecDeque::new(),
+        }
+    }
+}
+
+/// MAX messages whose rows a portal keeps at hand: the echo of a message sent
+/// from Matrix comes back moments after its send recorded it.
+const RECENT_MESSAGES: usize = 4;
+
+/// Rooms remembered as no portal at most; past it the memory starts over.
+const NOT_PORTALS_MAX: usize = 10_000;
+
+/// The portal rows and marks the bridge reads on every message, kept in
+/// memory so that a message costs no lookup: this process is the only writer
+/// of the table, and every write goes through [`Portals`], which updates or
+/// forgets what it changed. A mark here is never ahead of the database's
+/// (it moves only after its update succeeded), so the worst a stale entry
+/// can do is cost a lookup.
+#[derive(Debug, Default)]
+pub(super) struct PortalCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    /// `None`: known not to exist.
+    by_key: HashMap<(i64, i64), Option<CachedPortal>>,
+    /// Checked against `by_key` on use: a room that moved is a miss.
+    by_room: HashMap<String, (i64, i64)>,
+    not_portals: HashSet<String>,
+    /// Writes per portal, and of all portals: a lookup that raced a write
+    /// does not remember what it read before the write.
+    writes: HashMap<(i64, i64), u64>,
+    all_writes: u64,
+}
+
+impl CacheInner {
+    fn wrote(&mut self, key: (i64, i64)) {
+        *self.writes.entry(key).or_default() += 1;
+        self.all_writes += 1;
+    }
+
+    fn writes_of(&self, key: (i64, i64)) -> u64 {
+        self.writes.get(&key).copied().unwrap_or(0)
+    }
+}
+
+/// Where a lookup started: the writes it must not have raced.
+#[derive(Clone, Copy)]
+enum Since {
+    Portal((i64, i64), u64),
+    Any(u64),
+}
+
+#[derive(Debug, Clone)]
+struct CachedPortal {
+    row: PortalRow,
+    mark: Option<PortalMark>,
+    /// The highest MAX message id recorded, or above it: a message above
+    /// it cannot have been bridged.
+    highest: i64,
+    /// Every part recorded by this process of the last few messages whose
+    /// first part it recorded, oldest first.
+    recent: VecDeque<(i64, Vec<MessageRow>)>,
+}
+
+/// What a portal's cache knows of one MAX message's rows.
+pub(super) enum Known {
+    /// Its parts, complete.
+    Rows(Vec<MessageRow>),
+    /// Nothing: the database has the answer.
+    Unknown,
+}
+
+impl PortalCache {
+    fn lock(&self) -> MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn entry(&self, key: (i64, i64)) -> Option<Option<CachedPortal>> {
+        self.lock().by_key.get(&key).cloned()
+    }
+
+    fn room_entry(&self, room_id: &str) -> Option<Option<CachedPortal>> {
+        let inner = self.lock();
+        if inner.not_portals.contains(room_id) {
+            return Some(None);
+        }
+        let key = inner.by_room.get(room_id)?;
+        match inner.by_key.get(key) {
+            Some(Some(portal)) if portal.row.room_id.as_deref() == Some(room_id) => {
+                Some(Some(portal.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn since_portal(&self, key: (i64, i64)) -> Since {
+        Since::Portal(key, self.lock().writes_of(key))
+    }
+
+    fn since_any(&self) -> Since {
+        Since::Any(self.lock().all_writes)
+    }
+
+    /// Remembers what a lookup started at `since` read, unless a write came
+    /// in between.
+    fn remember(&self, since: Since, key: (i64, i64), portal: Option<CachedPortal>) {
+        let mut inner = self.lock();
+        let raced = match since {
+            Since::Portal(key, writes) => inner.writes_of(key) != writes,
+            Since::Any(writes) => inner.all_writes != writes,
+        };
+        if raced {
+            return;
+        }
+        if let Some(room) = portal.as_ref().and_then(|p| p.row.room_id.clone()) {
+            inner.not_portals.remove(&room);
+            inner.by_room.insert(room, key);
+        }
+        inner.by_key.insert(key, portal);
+    }
+
+    fn remember_not_portal(&self, since: Since, room_id: &str) {
+        let mut inner = self.lock();
+        if matches!(since, Since::Any(writes) if inner.all_writes != writes) {
+            return;
+        }
+        if inner.not_portals.len() >= NOT_PORTALS_MAX {
+            inner.not_portals.clear();
+        }
+        inner.not_portals.insert(room_id.to_owned());
+    }
+
+    /// Forgets a portal that was written (whether or not the write went
+    /// through), and that `room`, if any, may now be one.
+    fn forget(&self, key: (i64, i64), room: Option<&str>) {
+        let mut inner = self.lock();
+        inner.wrote(key);
+        inner.by_key.remove(&key);
+        if let Some(room) = room {
+            inner.not_portals.remove(room);
+        }
+    }
+
+    /// After a forward-only move of the mark succeeded: the database's mark is the greater
+    /// of the two.
+    pub(super) fn advanced(&self, key: (i64, i64), mark: PortalMark) {
+        let mut inner = self.lock();
+        // Only this portal's lookups must not race it: a room lookup that
+        // did would remember a lower mark, which costs lookups, not
+        // messages.
+        *inner.writes.entry(key).or_default() += 1;
+        if let Some(Some(portal)) = inner.by_key.get_mut(&key)
+            && portal.mark.is_none_or(|m| m.message_id < mark.message_id)
+        {
+            portal.mark = Some(mark);
+        }
+    }
+
+    /// After a write of the mark that may or may not have gone through.
+    pub(super) fn forget_mark(&self, key: (i64, i64)) {
+        self.forget(key, None);
+    }
+
+    /// After a write of a message row (whether or not it went through).
+    pub(super) fn recorded(&self, row: &MessageRow, written: bool) {
+        let key = (row.chat_id, row.receiver);
+        let mut inner = self.lock();
+        *inner.writes.entry(key).or_default() += 1;
+        let Some(Some(portal)) = inner.by_key.get_mut(&key) else {
+            return;
+        };
+        portal.highest = portal.highest.max(row.max_message_id);
+        if !written {
+            return;
+        }
+        let id = row.max_message_id;
+        match portal.recent.iter_mut().find(|(m, _)| *m == id) {
+            Some((_, parts)) if !parts.iter().any(|p| p.part == row.part) => {
+                parts.push(row.clone());
+                parts.sort_by_key(|p| p.part);
+            }
+            Some(_) => {}
+            // Only from the first part on is the list known complete.
+            None if row.part == 0 => {
+                if portal.recent.len() >= RECENT_MESSAGES {
+                    portal.recent.pop_front();
+                }
+                portal.recent.push_back((id, vec![row.clone()]));
+            }
+            None => {}
+        }
+    }
+
+    /// After message rows were deleted.
+    pub(super) fn messages_deleted(&self) {
+        let mut inner = self.lock();
+        for portal in inner.by_key.values_mut().flatten() {
+            portal.recent.clear();
+        }
+    }
+
+    /// What memory says of a MAX message's rows; `None` if the portal is not
+    /// cached.
+    pub(super) fn known(&self, key: (i64, i64), max_message_id: i64) -> Option<Known> {
+        let inner = self.lock();
+        let Some(Some(portal)) = inner.by_key.get(&key) else {
+            return None;
+        };
+        if max_message_id > portal.highest {
+            return Some(Known::Rows(Vec::new()));
+        }
+        Some(
+            match portal.recent.iter().find(|(m, _)| *m == max_message_id) {
+                Some((_, parts)) => Known::Rows(parts.clone()),
+                None => Known::Unknown,
+            },
+        )
+    }
+
+    /// Moves the mark in memory only (see [`Portals::accounted`]).
+    fn accounted(&self, key: (i64, i64), mark: PortalMark) {
+        let mut inner = self.lock();
+        if let Some(Some(portal)) = inner.by_key.get_mut(&key)
+            && portal.mark.is_none_or(|m| m.message_id < mark.message_id)
+        {
+            portal.mark = Some(mark);
+        }
+    }
+
+    fn cached_mark(&self, key: (i64, i64)) -> Option<PortalMark> {
+        match self.lock().by_key.get(&key) {
+            Some(Some(portal)) => portal.mark,
+            _ => None,
+        }
+    }
+}
+
 /// Moves a portal's mark forward only ($1 chat, $2 receiver, $3 id, $4 time);
-/// shared with [`super::Messages::record`], which runs it in its transaction.
-pub(super) const ADVANCE_MARK: &str = "UPDATE portals SET last_max_message_id = $3, last_max_time = $4 \
+/// [`super::Messages::record`] does the same in its insert.
+const ADVANCE_MARK: &str = "UPDATE portals SET last_max_message_id = $3, last_max_time = $4 \
      WHERE chat_id = $1 AND receiver = $2 \
        AND (last_max_message_id IS NULL OR last_max_message_id < $3)";
 
 pub struct Portals<'a> {
     pool: &'a PgPool,
+    cache: &'a PortalCache,
 }
 
 impl<'a> Portals<'a> {
-    pub(super) fn new(pool: &'a PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: &'a PgPool, cache: &'a PortalCache) -> Self {
+        Self { pool, cache }
     }
 
     /// Inserts the portal or replaces every field of the existing one. Fails
     /// with [`StoreError::Conflict`] if its room belongs to another portal.
     pub async fn upsert(&self, portal: &PortalRow) -> Result<(), StoreError> {
-        sqlx::query(
+        let done = sqlx::query(
             "INSERT INTO portals (chat_id, receiver, room_id, kind, name, topic, avatar_url, \
                avatar_mxc, other_user_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -146,25 +423,75 @@ impl<'a> Portals<'a> {
         .bind(&portal.avatar_mxc)
         .bind(portal.other_user_id)
         .execute(self.pool)
-        .await?;
+        .await;
+        self.cache
+            .forget((portal.chat_id, portal.receiver), portal.room_id.as_deref());
+        done?;
         Ok(())
     }
 
     pub async fn get(&self, chat_id: i64, receiver: i64) -> Result<Option<PortalRow>, StoreError> {
-        let row = sqlx::query_as(select!("WHERE chat_id = $1 AND receiver = $2"))
-            .bind(chat_id)
-            .bind(receiver)
-            .fetch_optional(self.pool)
-            .await?;
-        Ok(row)
+        Ok(self.cached(chat_id, receiver).await?.map(|p| p.row))
+    }
+
+    /// Loads the portal into memory if it is not there (for the message
+    /// lookups that memory can answer).
+    pub(super) async fn load(&self, chat_id: i64, receiver: i64) -> Result<(), StoreError> {
+        self.cached(chat_id, receiver).await.map(drop)
+    }
+
+    /// Moves the portal's mark to `mark` in memory only, for a message
+    /// whose every part is recorded (the echo of a message sent from
+    /// Matrix): the database's mark may lag behind, since a catch-up from
+    /// it finds such messages recorded. The next bridged message moves it.
+    pub fn accounted(&self, chat_id: i64, receiver: i64, mark: PortalMark) {
+        self.cache.accounted((chat_id, receiver), mark);
+    }
+
+    /// The portal with its mark, from memory or else from the database.
+    async fn cached(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+    ) -> Result<Option<CachedPortal>, StoreError> {
+        let key = (chat_id, receiver);
+        if let Some(entry) = self.cache.entry(key) {
+            return Ok(entry);
+        }
+        let since = self.cache.since_portal(key);
+        let row: Option<CachedRow> =
+            sqlx::query_as(select_cached!("WHERE chat_id = $1 AND receiver = $2"))
+                .bind(chat_id)
+                .bind(receiver)
+                .fetch_optional(self.pool)
+                .await?;
+        let portal = row.map(CachedPortal::from);
+        self.cache.remember(since, key, portal.clone());
+        Ok(portal)
     }
 
     pub async fn get_by_room(&self, room_id: &str) -> Result<Option<PortalRow>, StoreError> {
-        let row = sqlx::query_as(select!("WHERE room_id = $1"))
+        if let Some(entry) = self.cache.room_entry(room_id) {
+            return Ok(entry.map(|p| p.row));
+        }
+        let since = self.cache.since_any();
+        let row: Option<CachedRow> = sqlx::query_as(select_cached!("WHERE room_id = $1"))
             .bind(room_id)
             .fetch_optional(self.pool)
             .await?;
-        Ok(row)
+        match row {
+            Some(row) => {
+                let portal = CachedPortal::from(row);
+                let key = (portal.row.chat_id, portal.row.receiver);
+                let row = portal.row.clone();
+                self.cache.remember(since, key, Some(portal));
+                Ok(Some(row))
+            }
+            None => {
+                self.cache.remember_not_portal(since, room_id);
+                Ok(None)
+            }
+        }
     }
 
     /// The receiver's dialog with the MAX user `other_user_id`, if any.
@@ -207,8 +534,9 @@ impl<'a> Portals<'a> {
                 .bind(receiver)
                 .bind(room_id)
                 .execute(self.pool)
-                .await?;
-        Ok(done.rows_affected() > 0)
+                .await;
+        self.cache.forget((chat_id, receiver), room_id);
+        Ok(done?.rows_affected() > 0)
     }
 
     /// The portal's mark; `None` if the portal or its mark does not exist.
@@ -217,18 +545,10 @@ impl<'a> Portals<'a> {
         chat_id: i64,
         receiver: i64,
     ) -> Result<Option<PortalMark>, StoreError> {
-        let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
-            "SELECT last_max_message_id, last_max_time FROM portals \
-             WHERE chat_id = $1 AND receiver = $2",
-        )
-        .bind(chat_id)
-        .bind(receiver)
-        .fetch_optional(self.pool)
-        .await?;
-        Ok(match row {
-            Some((Some(message_id), Some(time))) => Some(PortalMark { message_id, time }),
-            _ => None,
-        })
+        Ok(self
+            .cached(chat_id, receiver)
+            .await?
+            .and_then(|portal| portal.mark))
     }
 
     /// Moves the mark forward to `mark` (never back). Returns whether it moved.
@@ -238,14 +558,32 @@ impl<'a> Portals<'a> {
         receiver: i64,
         mark: PortalMark,
     ) -> Result<bool, StoreError> {
+        let key = (chat_id, receiver);
+        // The cached mark is never ahead of the database's.
+        if self
+            .cache
+            .cached_mark(key)
+            .is_some_and(|m| m.message_id >= mark.message_id)
+        {
+            return Ok(false);
+        }
         let done = sqlx::query(ADVANCE_MARK)
             .bind(chat_id)
             .bind(receiver)
             .bind(mark.message_id)
             .bind(mark.time)
             .execute(self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+            .await;
+        match done {
+            Ok(done) => {
+                self.cache.advanced(key, mark);
+                Ok(done.rows_affected() > 0)
+            }
+            Err(error) => {
+                self.cache.forget_mark(key);
+                Err(error.into())
+            }
+        }
     }
 
     /// Sets the mark of a portal that has none (a new portal's start).
@@ -264,8 +602,9 @@ impl<'a> Portals<'a> {
         .bind(mark.message_id)
         .bind(mark.time)
         .execute(self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .await;
+        self.cache.forget_mark((chat_id, receiver));
+        Ok(done?.rows_affected() > 0)
     }
 
     /// Forgets the portal and its message mappings. Returns whether it existed.
@@ -274,7 +613,8 @@ impl<'a> Portals<'a> {
             .bind(chat_id)
             .bind(receiver)
             .execute(self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+            .await;
+        self.cache.forget((chat_id, receiver), None);
+        Ok(done?.rows_affected() > 0)
     }
 }
