@@ -193,13 +193,6 @@ impl CacheInner {
     }
 }
 
-/// Where a lookup started: the writes it must not have raced.
-#[derive(Clone, Copy)]
-enum Since {
-    Portal((i64, i64), u64),
-    Any(u64),
-}
-
 #[derive(Debug, Clone)]
 struct CachedPortal {
     row: PortalRow,
@@ -225,11 +218,21 @@ impl PortalCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn entry(&self, key: (i64, i64)) -> Option<Option<CachedPortal>> {
-        self.lock().by_key.get(&key).cloned()
+    /// The portal's row (or its absence) and mark, if in memory.
+    fn entry(&self, key: (i64, i64)) -> Option<Option<(PortalRow, Option<PortalMark>)>> {
+        let inner = self.lock();
+        let entry = inner.by_key.get(&key)?;
+        Some(entry.as_ref().map(|p| (p.row.clone(), p.mark)))
     }
 
-    fn room_entry(&self, room_id: &str) -> Option<Option<CachedPortal>> {
+    /// The portal's mark (`None` inside: no portal or no mark), if in memory.
+    fn mark_entry(&self, key: (i64, i64)) -> Option<Option<PortalMark>> {
+        let inner = self.lock();
+        let entry = inner.by_key.get(&key)?;
+        Some(entry.as_ref().and_then(|p| p.mark))
+    }
+
+    fn room_entry(&self, room_id: &str) -> Option<Option<PortalRow>> {
         let inner = self.lock();
         if inner.not_portals.contains(room_id) {
             return Some(None);
@@ -237,29 +240,25 @@ impl PortalCache {
         let key = inner.by_room.get(room_id)?;
         match inner.by_key.get(key) {
             Some(Some(portal)) if portal.row.room_id.as_deref() == Some(room_id) => {
-                Some(Some(portal.clone()))
+                Some(Some(portal.row.clone()))
             }
             _ => None,
         }
     }
 
-    fn since_portal(&self, key: (i64, i64)) -> Since {
-        Since::Portal(key, self.lock().writes_of(key))
+    fn writes_of(&self, key: (i64, i64)) -> u64 {
+        self.lock().writes_of(key)
     }
 
-    fn since_any(&self) -> Since {
-        Since::Any(self.lock().all_writes)
+    fn all_writes(&self) -> u64 {
+        self.lock().all_writes
     }
 
-    /// Remembers what a lookup started at `since` read, unless a write came
-    /// in between.
-    fn remember(&self, since: Since, key: (i64, i64), portal: Option<CachedPortal>) {
+    /// Remembers what a lookup of `key` started after `writes` writes of
+    /// it read, unless it was written meanwhile.
+    fn remember(&self, writes: u64, key: (i64, i64), portal: Option<CachedPortal>) {
         let mut inner = self.lock();
-        let raced = match since {
-            Since::Portal(key, writes) => inner.writes_of(key) != writes,
-            Since::Any(writes) => inner.all_writes != writes,
-        };
-        if raced {
+        if inner.writes_of(key) != writes {
             return;
         }
         if let Some(room) = portal.as_ref().and_then(|p| p.row.room_id.clone()) {
@@ -269,9 +268,11 @@ impl PortalCache {
         inner.by_key.insert(key, portal);
     }
 
-    fn remember_not_portal(&self, since: Since, room_id: &str) {
+    /// Remembers that no portal has `room_id`, unless any portal was
+    /// written since `all_writes`.
+    fn remember_not_portal(&self, all_writes: u64, room_id: &str) {
         let mut inner = self.lock();
-        if matches!(since, Since::Any(writes) if inner.all_writes != writes) {
+        if inner.all_writes != all_writes {
             return;
         }
         if inner.not_portals.len() >= NOT_PORTALS_MAX {
@@ -431,7 +432,7 @@ impl<'a> Portals<'a> {
     }
 
     pub async fn get(&self, chat_id: i64, receiver: i64) -> Result<Option<PortalRow>, StoreError> {
-        Ok(self.cached(chat_id, receiver).await?.map(|p| p.row))
+        Ok(self.cached(chat_id, receiver).await?.map(|(row, _)| row))
     }
 
     /// Loads the portal into memory if it is not there (for the message
@@ -453,12 +454,12 @@ impl<'a> Portals<'a> {
         &self,
         chat_id: i64,
         receiver: i64,
-    ) -> Result<Option<CachedPortal>, StoreError> {
+    ) -> Result<Option<(PortalRow, Option<PortalMark>)>, StoreError> {
         let key = (chat_id, receiver);
         if let Some(entry) = self.cache.entry(key) {
             return Ok(entry);
         }
-        let since = self.cache.since_portal(key);
+        let writes = self.cache.writes_of(key);
         let row: Option<CachedRow> =
             sqlx::query_as(select_cached!("WHERE chat_id = $1 AND receiver = $2"))
                 .bind(chat_id)
@@ -466,29 +467,32 @@ impl<'a> Portals<'a> {
                 .fetch_optional(self.pool)
                 .await?;
         let portal = row.map(CachedPortal::from);
-        self.cache.remember(since, key, portal.clone());
-        Ok(portal)
+        let answer = portal.as_ref().map(|p| (p.row.clone(), p.mark));
+        self.cache.remember(writes, key, portal);
+        Ok(answer)
     }
 
     pub async fn get_by_room(&self, room_id: &str) -> Result<Option<PortalRow>, StoreError> {
         if let Some(entry) = self.cache.room_entry(room_id) {
-            return Ok(entry.map(|p| p.row));
+            return Ok(entry);
         }
-        let since = self.cache.since_any();
-        let row: Option<CachedRow> = sqlx::query_as(select_cached!("WHERE room_id = $1"))
-            .bind(room_id)
-            .fetch_optional(self.pool)
-            .await?;
-        match row {
-            Some(row) => {
-                let portal = CachedPortal::from(row);
-                let key = (portal.row.chat_id, portal.row.receiver);
-                let row = portal.row.clone();
-                self.cache.remember(since, key, Some(portal));
-                Ok(Some(row))
-            }
+        let all_writes = self.cache.all_writes();
+        // The key first, then the portal as a lookup by key reads it: that
+        // one notices a write of its portal racing it (a record raising the
+        // highest id, say), which a lookup by room could not.
+        let key: Option<(i64, i64)> =
+            sqlx::query_as("SELECT chat_id, receiver FROM portals WHERE room_id = $1")
+                .bind(room_id)
+                .fetch_optional(self.pool)
+                .await?;
+        match key {
+            Some((chat_id, receiver)) => Ok(self
+                .cached(chat_id, receiver)
+                .await?
+                .map(|(row, _)| row)
+                .filter(|row| row.room_id.as_deref() == Some(room_id))),
             None => {
-                self.cache.remember_not_portal(since, room_id);
+                self.cache.remember_not_portal(all_writes, room_id);
                 Ok(None)
             }
         }
@@ -545,10 +549,13 @@ impl<'a> Portals<'a> {
         chat_id: i64,
         receiver: i64,
     ) -> Result<Option<PortalMark>, StoreError> {
+        if let Some(mark) = self.cache.mark_entry((chat_id, receiver)) {
+            return Ok(mark);
+        }
         Ok(self
             .cached(chat_id, receiver)
             .await?
-            .and_then(|portal| portal.mark))
+            .and_then(|(_, mark)| mark))
     }
 
     /// Moves the mark forward to `mark` (never back). Returns whether it moved.
