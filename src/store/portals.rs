@@ -161,9 +161,10 @@ const NOT_PORTALS_MAX: usize = 10_000;
 /// The portal rows and marks the bridge reads on every message, kept in
 /// memory so that a message costs no lookup: this process is the only writer
 /// of the table, and every write goes through [`Portals`], which updates or
-/// forgets what it changed. A mark here is never ahead of the database's
-/// (it moves only after its update succeeded), so the worst a stale entry
-/// can do is cost a lookup.
+/// forgets what it changed. A mark here is ahead of the database's only past
+/// messages that are recorded ([`Portals::accounted`]); otherwise it moves
+/// after its update succeeded. So the worst a stale entry can do is cost a
+/// lookup, never skip a message.
 #[derive(Debug, Default)]
 pub(super) struct PortalCache {
     inner: Mutex<CacheInner>,
@@ -292,13 +293,11 @@ impl PortalCache {
         }
     }
 
-    /// After a forward-only move of the mark succeeded: the database's mark is the greater
-    /// of the two.
+    /// After a forward-only move of the mark succeeded: the database's mark
+    /// is the greater of the two. (Not a write of any room's portal, so the
+    /// memory of rooms that are no portal stands.)
     pub(super) fn advanced(&self, key: (i64, i64), mark: PortalMark) {
         let mut inner = self.lock();
-        // Only this portal's lookups must not race it: a room lookup that
-        // did would remember a lower mark, which costs lookups, not
-        // messages.
         *inner.writes.entry(key).or_default() += 1;
         if let Some(Some(portal)) = inner.by_key.get_mut(&key)
             && portal.mark.is_none_or(|m| m.message_id < mark.message_id)
@@ -566,7 +565,7 @@ impl<'a> Portals<'a> {
         mark: PortalMark,
     ) -> Result<bool, StoreError> {
         let key = (chat_id, receiver);
-        // The cached mark is never ahead of the database's.
+        // Memory is ahead of the database only past recorded messages.
         if self
             .cache
             .cached_mark(key)
