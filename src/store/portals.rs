@@ -184,9 +184,15 @@ struct CacheInner {
 }
 
 impl CacheInner {
+    /// A write of the portal's row, which may change what room it has.
     fn wrote(&mut self, key: (i64, i64)) {
-        *self.writes.entry(key).or_default() += 1;
+        self.wrote_mark_or_messages(key);
         self.all_writes += 1;
+    }
+
+    /// A write that leaves the portal's room as it was.
+    fn wrote_mark_or_messages(&mut self, key: (i64, i64)) {
+        *self.writes.entry(key).or_default() += 1;
     }
 
     fn writes_of(&self, key: (i64, i64)) -> u64 {
@@ -298,7 +304,12 @@ impl PortalCache {
     /// memory of rooms that are no portal stands.)
     pub(super) fn advanced(&self, key: (i64, i64), mark: PortalMark) {
         let mut inner = self.lock();
-        *inner.writes.entry(key).or_default() += 1;
+        inner.wrote_mark_or_messages(key);
+        Self::raise_mark(&mut inner, key, mark);
+    }
+
+    /// Moves a remembered mark forward to `mark` (never back).
+    fn raise_mark(inner: &mut CacheInner, key: (i64, i64), mark: PortalMark) {
         if let Some(Some(portal)) = inner.by_key.get_mut(&key)
             && portal.mark.is_none_or(|m| m.message_id < mark.message_id)
         {
@@ -315,7 +326,7 @@ impl PortalCache {
     pub(super) fn recorded(&self, row: &MessageRow, written: bool) {
         let key = (row.chat_id, row.receiver);
         let mut inner = self.lock();
-        *inner.writes.entry(key).or_default() += 1;
+        inner.wrote_mark_or_messages(key);
         let Some(Some(portal)) = inner.by_key.get_mut(&key) else {
             return;
         };
@@ -369,19 +380,7 @@ impl PortalCache {
 
     /// Moves the mark in memory only (see [`Portals::accounted`]).
     fn accounted(&self, key: (i64, i64), mark: PortalMark) {
-        let mut inner = self.lock();
-        if let Some(Some(portal)) = inner.by_key.get_mut(&key)
-            && portal.mark.is_none_or(|m| m.message_id < mark.message_id)
-        {
-            portal.mark = Some(mark);
-        }
-    }
-
-    fn cached_mark(&self, key: (i64, i64)) -> Option<PortalMark> {
-        match self.lock().by_key.get(&key) {
-            Some(Some(portal)) => portal.mark,
-            _ => None,
-        }
+        Self::raise_mark(&mut self.lock(), key, mark);
     }
 }
 
@@ -568,7 +567,8 @@ impl<'a> Portals<'a> {
         // Memory is ahead of the database only past recorded messages.
         if self
             .cache
-            .cached_mark(key)
+            .mark_entry(key)
+            .flatten()
             .is_some_and(|m| m.message_id >= mark.message_id)
         {
             return Ok(false);
