@@ -980,3 +980,122 @@ async fn rows_kept_in_memory_follow_every_write_and_a_restart_reads_the_record()
     store.close().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn mappings_recorded_at_once_by_many_portals_are_written_together_and_a_bad_one_fails_alone()
+{
+    let (db, store) = fresh().await;
+    const PORTALS: i64 = 40;
+    const MESSAGES: i64 = 25;
+    for chat in 1..=PORTALS {
+        let mut portal = PortalRow::new(chat, 100, PortalKind::Dialog);
+        portal.room_id = Some(format!("!room{chat}:example.org"));
+        store.portals().upsert(&portal).await.unwrap();
+    }
+    // Every portal records its messages in order, all portals at once.
+    let record_all = |chats: Vec<i64>, first: i64, last: i64| {
+        let mut tasks = tokio::task::JoinSet::new();
+        for chat in chats {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let mut outcomes = Vec::new();
+                for id in first..=last {
+                    let row = message(chat, id, 0, 1_000 + id);
+                    let outcome = store.messages().record(&row, true).await;
+                    outcomes.push(outcome.map_err(|e| e.to_string()));
+                }
+                (chat, outcomes)
+            });
+        }
+        tasks
+    };
+    let before = committed(&store).await;
+    let mut tasks = record_all((1..=PORTALS).collect(), 1, MESSAGES);
+    while let Some(done) = tasks.join_next().await {
+        let (chat, outcomes) = done.unwrap();
+        assert!(
+            outcomes.iter().all(|o| o == &Ok(true)),
+            "chat {chat}: {outcomes:?}"
+        );
+    }
+    // Written together: far fewer transactions than mappings (PostgreSQL
+    // publishes the count about a second after its backends go idle).
+    let written = PORTALS * MESSAGES;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let transactions = committed(&store).await - before;
+        if transactions > 0 && transactions < written / 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{transactions} transactions for {written} mappings"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // One more message per portal, and some for chat 999, which has no
+    // portal: only its mappings fail.
+    let mut tasks = record_all(
+        (1..=PORTALS).chain([999]).collect(),
+        MESSAGES + 1,
+        MESSAGES + 1,
+    );
+    while let Some(done) = tasks.join_next().await {
+        let (chat, outcomes) = done.unwrap();
+        if chat == 999 {
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| o.as_ref().is_err_and(|e| e.contains("missing row"))),
+                "{outcomes:?}"
+            );
+        } else {
+            assert!(
+                outcomes.iter().all(|o| o == &Ok(true)),
+                "chat {chat}: {outcomes:?}"
+            );
+        }
+    }
+    let last = MESSAGES + 1;
+    for chat in 1..=PORTALS {
+        let mark = store.portals().mark(chat, 100).await.unwrap();
+        assert_eq!(
+            mark.map(|m| (m.message_id, m.time)),
+            Some((last, 1_000 + last)),
+            "chat {chat}"
+        );
+        for id in [1, last] {
+            let rows = store.messages().by_max_id(chat, 100, id).await.unwrap();
+            assert_eq!(rows, vec![message(chat, id, 0, 1_000 + id)]);
+        }
+    }
+    // Recorded again (a retry): nothing new.
+    let again = store
+        .messages()
+        .record(&message(1, last, 0, 1_000 + last), true)
+        .await
+        .unwrap();
+    assert!(!again);
+    // A restart reads the record, not memory: nothing lost, nothing doubled.
+    let reopened = Store::connect(db.url(), 2).await.unwrap();
+    let mark = reopened.portals().mark(PORTALS, 100).await.unwrap();
+    assert_eq!(mark.map(|m| m.message_id), Some(last));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(reopened.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, PORTALS * last);
+    reopened.close().await;
+}
+
+/// Transactions the test's database has committed (as PostgreSQL last
+/// published them).
+async fn committed(store: &Store) -> i64 {
+    sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+}

@@ -10,6 +10,8 @@ use maxproto::types::{ContactInfoRequest, User, UserId as MaxUserId};
 use ruma::{OwnedMxcUri, OwnedUserId};
 use std::sync::Arc;
 
+/// Users asked for in one CONTACT_INFO request.
+const CONTACT_INFO_BATCH: usize = 100;
 /// MAX avatars are small pictures; anything larger is not an avatar.
 const MAX_AVATAR_BYTES: u64 = 10 * 1024 * 1024;
 /// A picture that could not be fetched is not tried again for this long:
@@ -76,19 +78,50 @@ impl Bridge {
             .get(max_user_id)
             .await?
             .unwrap_or_else(|| GhostRow::new(max_user_id, mxid.as_str()));
+        // One write for registration and profile: registering again after
+        // a crash in between is harmless (M_USER_IN_USE).
+        let mut changed = false;
         if !row.registered {
             self.matrix.register_user(mxid.localpart()).await?;
             row.registered = true;
-            self.store.ghosts().upsert(&row).await?;
+            changed = true;
         }
         let contact = match session.contact(max_user_id) {
             Some(contact) => Some(contact),
             None => self.fetch_contact(session, max_user_id).await,
         };
         if let Some(contact) = contact {
-            self.update_ghost_profile(&mxid, &mut row, &contact).await?;
+            changed |= self.update_ghost_profile(&mxid, &mut row, &contact).await?;
+        }
+        if changed {
+            self.store.ghosts().upsert(&row).await?;
         }
         Ok(mxid)
+    }
+
+    /// Asks MAX at once for the profiles of those `users` the login does
+    /// not know yet, so that making their ghosts (a new group's members)
+    /// needs no request each.
+    pub(crate) async fn prefetch_contacts(&self, session: &LoginSession, users: &[i64]) {
+        let unknown: Vec<MaxUserId> = users
+            .iter()
+            .filter(|user| session.contact(**user).is_none())
+            .map(|user| MaxUserId(*user))
+            .collect();
+        for chunk in unknown.chunks(CONTACT_INFO_BATCH) {
+            let request = ContactInfoRequest {
+                contact_ids: chunk.to_vec(),
+                ..Default::default()
+            };
+            match session.client.call(&request).await {
+                Ok(answer) => session.remember_contacts(answer.contacts),
+                Err(error) => {
+                    // Each ghost then asks for its own.
+                    tracing::warn!(users = chunk.len(), %error, "CONTACT_INFO for several failed");
+                    return;
+                }
+            }
+        }
     }
 
     async fn fetch_contact(&self, session: &LoginSession, max_user_id: i64) -> Option<User> {
@@ -108,12 +141,14 @@ impl Bridge {
         }
     }
 
+    /// Brings the ghost's Matrix profile in line with `contact`; whether
+    /// `row` changed (the caller saves it).
     async fn update_ghost_profile(
         &self,
         mxid: &OwnedUserId,
         row: &mut GhostRow,
         contact: &User,
-    ) -> Result<(), GhostError> {
+    ) -> Result<bool, GhostError> {
         let name = contact
             .display_name()
             .unwrap_or_else(|| contact.id.0.to_string());
@@ -139,10 +174,7 @@ impl Bridge {
                 None => tracing::warn!(ghost = %mxid, "avatar not mirrored; will retry later"),
             }
         }
-        if changed {
-            self.store.ghosts().upsert(row).await?;
-        }
-        Ok(())
+        Ok(changed)
     }
 
     /// Downloads a MAX picture and uploads it to the media repository.

@@ -38,6 +38,8 @@ use tokio::sync::Mutex as AsyncMutex;
 /// Items buffered per portal before the producer (the MAX push reader or the
 /// appservice transaction) waits.
 const PORTAL_QUEUE_CAPACITY: usize = 256;
+/// Portals created concurrently (see `Bridge::portal_creations`).
+const PORTAL_CREATIONS_AT_ONCE: usize = 8;
 const PORTAL_IDLE: Duration = Duration::from_secs(120);
 
 /// Shared state of a running bridge.
@@ -72,6 +74,10 @@ pub struct Bridge {
     held_for_homeserver: Arc<AtomicUsize>,
     /// Avatars and chat pictures that could not be fetched lately.
     failed_pictures: ghost::FailedPictures,
+    /// Portals being created at once: each creation holds requests to both
+    /// sides in flight, and a login naming hundreds of chats must not open
+    /// hundreds of room creations on the homeserver at the same time.
+    portal_creations: tokio::sync::Semaphore,
 }
 
 /// Counts one held message while alive.
@@ -130,6 +136,7 @@ impl Bridge {
                 tasks: Mutex::new(tokio::task::JoinSet::new()),
                 held_for_homeserver: Arc::new(AtomicUsize::new(0)),
                 failed_pictures: ghost::FailedPictures::default(),
+                portal_creations: tokio::sync::Semaphore::new(PORTAL_CREATIONS_AT_ONCE),
             }
         })
     }

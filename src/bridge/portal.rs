@@ -303,6 +303,19 @@ impl Bridge {
         chat: &Chat,
         start: PortalMark,
     ) -> Result<(PortalRow, OwnedRoomId), PortalError> {
+        // The semaphore is never closed.
+        let _permit = self.portal_creations.acquire().await;
+        // Boxed: creation is rare and its future large; every portal's
+        // event handler would otherwise carry it while waiting.
+        Box::pin(self.create_portal_now(session, chat, start)).await
+    }
+
+    async fn create_portal_now(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        chat: &Chat,
+        start: PortalMark,
+    ) -> Result<(PortalRow, OwnedRoomId), PortalError> {
         let me = session.max_user_id;
         let kind = match chat.kind() {
             ChatType::Dialog => PortalKind::Dialog,
@@ -381,6 +394,7 @@ impl Bridge {
                 .filter(|id| *id != me)
                 .take(MAX_INITIAL_MEMBERS)
                 .collect();
+            self.prefetch_contacts(session, &members).await;
             for member in members {
                 match self.ensure_ghost(session, member).await {
                     Ok(ghost) => {

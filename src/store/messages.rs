@@ -2,6 +2,7 @@
 //! for replies, edits, deletions and resuming backfill.
 
 use sqlx::PgPool;
+use tokio::sync::oneshot;
 
 use super::StoreError;
 use super::portals::{Known, PortalCache, PortalMark, Portals};
@@ -36,11 +37,156 @@ macro_rules! select {
 pub struct Messages<'a> {
     pool: &'a PgPool,
     portals: &'a PortalCache,
+    commits: &'a GroupCommit,
+}
+
+/// Parts waiting to be recorded (see [`Messages::record`]).
+#[derive(Debug, Default)]
+pub(super) struct GroupCommit {
+    queue: std::sync::Mutex<Vec<Pending>>,
+    /// Held by the task whose statement is writing a batch.
+    writer: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    row: MessageRow,
+    advance: bool,
+    /// Whether the part was new, or why it could not be recorded.
+    done: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// Parts written by one statement at most.
+const BATCH_MAX: usize = 512;
+
+impl GroupCommit {
+    fn enqueue(&self, pending: Pending) {
+        self.lock_queue().push(pending);
+    }
+
+    /// The waiting parts in their order, up to [`BATCH_MAX`] and at most one
+    /// per portal (a portal has one part in flight; two would let one
+    /// statement move its mark twice).
+    fn take_batch(&self) -> Vec<Pending> {
+        let mut queue = self.lock_queue();
+        let mut portals = std::collections::HashSet::new();
+        let end = queue
+            .iter()
+            .position(|p| !portals.insert((p.row.chat_id, p.row.receiver)))
+            .unwrap_or(queue.len())
+            .min(BATCH_MAX);
+        queue.drain(..end).collect()
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        // Nothing panics while holding it.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes `batch` and tells each part's recorder how it went. When the
+    /// database is unavailable, the first part gets the error and the rest
+    /// wait for the next writer (as each would have failed on its own);
+    /// when it refuses the data, the parts are tried one by one, so that
+    /// one bad part (a portal deleted meanwhile) fails only its recorder.
+    async fn write_batch(&self, pool: &PgPool, mut batch: Vec<Pending>) {
+        match record_many(pool, &batch).await {
+            Ok(new) => {
+                for (pending, new) in batch.into_iter().zip(new) {
+                    let _ = pending.done.send(Ok(new));
+                }
+            }
+            Err(error) if error.is_transient() || batch.len() == 1 => {
+                let rest = batch.split_off(1);
+                self.lock_queue().splice(0..0, rest);
+                if let Some(first) = batch.pop() {
+                    let _ = first.done.send(Err(error));
+                }
+            }
+            Err(_) => {
+                for pending in batch {
+                    let written = record_many(pool, std::slice::from_ref(&pending)).await;
+                    let _ = pending.done.send(written.map(|new| new.contains(&true)));
+                }
+            }
+        }
+    }
+}
+
+/// Parts (of different portals) in one statement, so one round trip and
+/// one transaction (PostgreSQL runs every data-modifying WITH part, read or
+/// not); for each, whether it was new.
+async fn record_many(pool: &PgPool, batch: &[Pending]) -> Result<Vec<bool>, StoreError> {
+    let column = |f: fn(&Pending) -> i64| batch.iter().map(f).collect::<Vec<i64>>();
+    let inserted: Vec<(i64, i64, i64, i32)> = sqlx::query_as(
+        "WITH rows AS ( \
+           SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int4[], $5::text[], \
+             $6::text[], $7::int8[], $8::int8[], $9::bool[]) \
+           AS r(chat_id, receiver, max_message_id, part, event_id, room_id, sender, \
+             timestamp_ms, advance)), \
+         inserted AS ( \
+           INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
+             sender, timestamp_ms) \
+           SELECT chat_id, receiver, max_message_id, part, event_id, room_id, sender, \
+             timestamp_ms FROM rows \
+           ON CONFLICT (chat_id, receiver, max_message_id, part) DO NOTHING \
+           RETURNING chat_id, receiver, max_message_id, part), \
+         advanced AS ( \
+           UPDATE portals p SET last_max_message_id = r.max_message_id, \
+             last_max_time = r.timestamp_ms \
+           FROM rows r \
+           WHERE r.advance AND p.chat_id = r.chat_id AND p.receiver = r.receiver \
+             AND (p.last_max_message_id IS NULL OR p.last_max_message_id < r.max_message_id) \
+           RETURNING 1) \
+         SELECT chat_id, receiver, max_message_id, part FROM inserted",
+    )
+    .bind(column(|p| p.row.chat_id))
+    .bind(column(|p| p.row.receiver))
+    .bind(column(|p| p.row.max_message_id))
+    .bind(batch.iter().map(|p| p.row.part).collect::<Vec<i32>>())
+    .bind(
+        batch
+            .iter()
+            .map(|p| p.row.event_id.as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(
+        batch
+            .iter()
+            .map(|p| p.row.room_id.as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(column(|p| p.row.sender))
+    .bind(column(|p| p.row.timestamp_ms))
+    .bind(batch.iter().map(|p| p.advance).collect::<Vec<bool>>())
+    .fetch_all(pool)
+    .await?;
+    let inserted: std::collections::HashSet<(i64, i64, i64, i32)> = inserted.into_iter().collect();
+    Ok(batch
+        .iter()
+        .map(|p| {
+            inserted.contains(&(
+                p.row.chat_id,
+                p.row.receiver,
+                p.row.max_message_id,
+                p.row.part,
+            ))
+        })
+        .collect())
 }
 
 impl<'a> Messages<'a> {
-    pub(super) fn new(pool: &'a PgPool, portals: &'a PortalCache) -> Self {
-        Self { pool, portals }
+    pub(super) fn new(
+        pool: &'a PgPool,
+        portals: &'a PortalCache,
+        commits: &'a GroupCommit,
+    ) -> Self {
+        Self {
+            pool,
+            portals,
+            commits,
+        }
     }
 
     /// Records a bridged message part. Fails with [`StoreError::Conflict`] if
@@ -71,39 +217,48 @@ impl<'a> Messages<'a> {
     /// crash), and with `advance` moves the portal's mark to this message in
     /// the same transaction, so the mark never runs ahead of the mappings.
     /// Returns whether the part was new.
+    ///
+    /// Parts that portals record while another statement is writing wait
+    /// and are written together by the next (group commit): one
+    /// transaction for many messages when many portals are busy, and no
+    /// waiting for a lone one.
     pub async fn record(&self, message: &MessageRow, advance: bool) -> Result<bool, StoreError> {
-        // One statement, so one round trip and one transaction (PostgreSQL
-        // runs every data-modifying WITH part, read or not).
-        let inserted: Result<i64, sqlx::Error> = sqlx::query_scalar(
-            "WITH inserted AS ( \
-               INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
-                 sender, timestamp_ms) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-               ON CONFLICT (chat_id, receiver, max_message_id, part) DO NOTHING \
-               RETURNING 1), \
-             advanced AS ( \
-               UPDATE portals SET last_max_message_id = $3, last_max_time = $8 \
-               WHERE $9 AND chat_id = $1 AND receiver = $2 \
-                 AND (last_max_message_id IS NULL OR last_max_message_id < $3) \
-               RETURNING 1) \
-             SELECT count(*) FROM inserted",
-        )
-        .bind(message.chat_id)
-        .bind(message.receiver)
-        .bind(message.max_message_id)
-        .bind(message.part)
-        .bind(&message.event_id)
-        .bind(&message.room_id)
-        .bind(message.sender)
-        .bind(message.timestamp_ms)
-        .bind(advance)
-        .fetch_one(self.pool)
-        .await;
+        let inserted = loop {
+            let (done, mut outcome) = oneshot::channel();
+            self.commits.enqueue(Pending {
+                row: message.clone(),
+                advance,
+                done,
+            });
+            let written = loop {
+                tokio::select! {
+                    biased;
+                    written = &mut outcome => break written.ok(),
+                    writer = self.commits.writer.lock() => {
+                        // The writer before us may have taken our part.
+                        match outcome.try_recv() {
+                            Ok(written) => break Some(written),
+                            Err(oneshot::error::TryRecvError::Closed) => break None,
+                            Err(oneshot::error::TryRecvError::Empty) => {}
+                        }
+                        let batch = self.commits.take_batch();
+                        self.commits.write_batch(self.pool, batch).await;
+                        drop(writer);
+                    }
+                }
+            };
+            match written {
+                Some(written) => break written,
+                // The task writing our part was dropped mid-write; the
+                // insert is idempotent, so ours is queued again.
+                None => continue,
+            }
+        };
         let key = (message.chat_id, message.receiver);
         // A row already there (a retry) may name another event: memory
         // keeps only what this statement wrote.
         self.portals
-            .recorded(message, inserted.as_ref().is_ok_and(|n| *n > 0));
+            .recorded(message, inserted.as_ref().is_ok_and(|new| *new));
         let mark = PortalMark {
             message_id: message.max_message_id,
             time: message.timestamp_ms,
@@ -113,7 +268,7 @@ impl<'a> Messages<'a> {
             (Err(_), true) => self.portals.forget_mark(key),
             (_, false) => {}
         }
-        Ok(inserted? > 0)
+        inserted
     }
 
     /// When the last edit bridged to Matrix of a MAX message was made (MAX

@@ -51,6 +51,8 @@ pub struct Store {
 struct Cache {
     portals: portals::PortalCache,
     ghosts: ghosts::GhostCache,
+    /// Message mappings waiting to be written together.
+    commits: messages::GroupCommit,
 }
 
 impl Store {
@@ -120,7 +122,7 @@ impl Store {
     }
 
     pub fn messages(&self) -> Messages<'_> {
-        Messages::new(&self.pool, &self.cache.portals)
+        Messages::new(&self.pool, &self.cache.portals, &self.cache.commits)
     }
 
     pub fn reactions(&self) -> Reactions<'_> {

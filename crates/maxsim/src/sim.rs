@@ -1036,7 +1036,19 @@ fn ensure_dialog(st: &mut State, a: i64, b: i64, now: i64) -> Result<(ChatKey, b
         return Err(ProtoError::new("not.found", format!("User {b} not found")));
     }
     let key = ChatKey::Id(a ^ b);
-    if st.chats.contains_key(&key) {
+    if let Some(chat) = st.chats.get(&key) {
+        // The simulator keys a dialog by its wire id, so two pairs whose
+        // ids XOR alike cannot both have one; said aloud rather than
+        // handing out a chat the pair is not in.
+        if !(chat.is_member(a) && chat.is_member(b)) {
+            return Err(ProtoError::new(
+                "dialog.id.taken",
+                format!(
+                    "the simulator already has dialog {} between other users",
+                    a ^ b
+                ),
+            ));
+        }
         return Ok((key, false));
     }
     st.chats.insert(

@@ -220,7 +220,11 @@ async fn connect_socket(config: &ClientConfig) -> Result<Socket, ClientError> {
     };
     headers.insert("Origin", header(&config.origin, "Origin")?);
     headers.insert("User-Agent", header(&config.user_agent, "User-Agent")?);
+    // The default 128 KiB read buffer is allocated per connection up
+    // front; a bridge holds one connection per login, and MAX frames are
+    // mostly small (the buffer grows for a big one).
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
     let connect =
@@ -231,6 +235,9 @@ async fn connect_socket(config: &ClientConfig) -> Result<Socket, ClientError> {
         Err(_) => Err(ClientError::Timeout),
     }
 }
+
+/// Bytes read from the socket at a time.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 async fn write_loop(
     mut sink: SplitSink<Socket, Message>,
