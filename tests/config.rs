@@ -62,6 +62,7 @@ fn example_config_parses_with_its_documented_values() {
     assert_eq!(config.max.device.app_version, "26.9.8");
     assert_eq!(config.bridge.command_prefix, "!max");
     assert_eq!(config.logging.format, LogFormat::Pretty);
+    assert_eq!(config.runtime.worker_threads, 1);
     assert_eq!(
         config.permission_for("@admin:example.org"),
         Permission::Admin
@@ -185,6 +186,10 @@ fn semantic_errors_name_the_key() {
         (
             format!("{MINIMAL}logging:\n  level: \"info,[[[\"\n"),
             "logging.level",
+        ),
+        (
+            format!("{MINIMAL}runtime:\n  worker_threads: 0\n"),
+            "runtime.worker_threads",
         ),
     ];
     for (text, expected) in cases {

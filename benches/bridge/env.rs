@@ -151,9 +151,7 @@ logging:
             as_token: generated.as_token.expose().to_owned(),
         }
     }
-}
 
-impl BridgeFiles {
     /// Points the bridge at a homeserver that runs only now (it had to read
     /// the registration first).
     pub fn set_homeserver(&self, address: &str) {

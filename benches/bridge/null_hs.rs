@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use crate::env::BridgeFiles;
+
 /// What the null homeserver has been asked, for the benchmark to wait on.
 #[derive(Default)]
 pub struct NullHomeserver {
@@ -35,6 +37,16 @@ impl NullHomeserver {
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
         (hs, addr)
+    }
+
+    /// Serves, and writes the files of a bridge that uses it.
+    pub async fn start_for_bridge(
+        db_url: &str,
+        max_ws: &str,
+    ) -> (Arc<NullHomeserver>, BridgeFiles) {
+        let (hs, addr) = NullHomeserver::start().await;
+        let files = BridgeFiles::write(&format!("http://{addr}"), "bench", db_url, max_ws);
+        (hs, files)
     }
 }
 

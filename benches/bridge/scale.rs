@@ -11,8 +11,7 @@ use maxbridge::store::Store;
 use maxsim::{ChatKind, NewAccount, Outgoing, SimConfig, Simulator};
 
 use crate::env::{
-    BenchDb, BridgeFiles, BridgeProcess, DEADLINE, dialog_with, login_account, save_login,
-    wait_until,
+    BenchDb, BridgeProcess, DEADLINE, dialog_with, login_account, save_login, wait_until,
 };
 use crate::null_hs::NullHomeserver;
 
@@ -72,13 +71,7 @@ pub async fn run(full: bool) {
         .await
         .expect("simulator");
     let control = sim.control().clone();
-    let (hs, hs_addr) = NullHomeserver::start().await;
-    let files = BridgeFiles::write(
-        &format!("http://{hs_addr}"),
-        "bench",
-        &db.url,
-        &sim.ws_url(),
-    );
+    let (hs, files) = NullHomeserver::start_for_bridge(&db.url, &sim.ws_url()).await;
     let store = Store::connect(&db.url, 2).await.expect("store");
 
     // Per login: its MAX account and its first dialog (contact, chat).

@@ -14,8 +14,8 @@ use maxsim::{Control, Outgoing, SimConfig, Simulator};
 use serde_json::json;
 
 use crate::env::{
-    BenchDb, BridgeFiles, BridgeProcess, DEADLINE, dialog_with, login_account, process_stats,
-    quantile, save_login, wait_until,
+    BenchDb, BridgeProcess, DEADLINE, dialog_with, login_account, process_stats, quantile,
+    save_login, wait_until,
 };
 use crate::null_hs::NullHomeserver;
 
@@ -42,13 +42,7 @@ pub async fn run(full: bool, messages: usize) {
         .map(|n| dialog_with(&control, me, None, &format!("Contact {n}")))
         .collect();
 
-    let (hs, hs_addr) = NullHomeserver::start().await;
-    let files = BridgeFiles::write(
-        &format!("http://{hs_addr}"),
-        "bench",
-        &db.url,
-        &sim.ws_url(),
-    );
+    let (hs, files) = NullHomeserver::start_for_bridge(&db.url, &sim.ws_url()).await;
     let store = Store::connect(&db.url, 2).await.expect("store");
     save_login(&store, "@bench:bench", me, BENCH_TOKEN).await;
 
