@@ -116,8 +116,8 @@ impl Bridge {
             match session.client.call(&request).await {
                 Ok(answer) => session.remember_contacts(answer.contacts),
                 Err(error) => {
-                    // Each ghost then asks for its own.
-                    tracing::warn!(users = chunk.len(), %error, "CONTACT_INFO for several failed");
+                    // Each ghost asks again for its own when it is made.
+                    tracing::warn!(users = chunk.len(), first = chunk[0].0, %error, "CONTACT_INFO failed; ghosts stay unnamed");
                     return;
                 }
             }
@@ -125,20 +125,8 @@ impl Bridge {
     }
 
     async fn fetch_contact(&self, session: &LoginSession, max_user_id: i64) -> Option<User> {
-        let request = ContactInfoRequest {
-            contact_ids: vec![MaxUserId(max_user_id)],
-            ..Default::default()
-        };
-        match session.client.call(&request).await {
-            Ok(answer) => {
-                session.remember_contacts(answer.contacts.iter().cloned());
-                answer.contacts.into_iter().find(|c| c.id.0 == max_user_id)
-            }
-            Err(error) => {
-                tracing::warn!(max_user = max_user_id, %error, "CONTACT_INFO failed; ghost stays unnamed");
-                None
-            }
-        }
+        self.prefetch_contacts(session, &[max_user_id]).await;
+        session.contact(max_user_id)
     }
 
     /// Brings the ghost's Matrix profile in line with `contact`; whether

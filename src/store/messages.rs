@@ -60,8 +60,45 @@ struct Pending {
 const BATCH_MAX: usize = 512;
 
 impl GroupCommit {
-    fn enqueue(&self, pending: Pending) {
-        self.lock_queue().push(pending);
+    /// Writes one part, with the parts queued beside it by other portals
+    /// when this task becomes the writer, or waits for the writer that
+    /// takes it.
+    async fn write(
+        &self,
+        pool: &PgPool,
+        message: &MessageRow,
+        advance: bool,
+    ) -> Result<bool, StoreError> {
+        loop {
+            let (done, mut outcome) = oneshot::channel();
+            self.lock_queue().push(Pending {
+                row: message.clone(),
+                advance,
+                done,
+            });
+            loop {
+                tokio::select! {
+                    biased;
+                    written = &mut outcome => match written {
+                        Ok(written) => return written,
+                        // The task writing our part was dropped mid-write;
+                        // the insert is idempotent, so ours is queued again.
+                        Err(_) => break,
+                    },
+                    writer = self.writer.lock() => {
+                        // The writer before us may have taken our part.
+                        match outcome.try_recv() {
+                            Ok(written) => return written,
+                            Err(oneshot::error::TryRecvError::Closed) => break,
+                            Err(oneshot::error::TryRecvError::Empty) => {}
+                        }
+                        let batch = self.take_batch();
+                        self.write_batch(pool, batch).await;
+                        drop(writer);
+                    }
+                }
+            }
+        }
     }
 
     /// The waiting parts in their order, up to [`BATCH_MAX`] and at most one
@@ -223,37 +260,7 @@ impl<'a> Messages<'a> {
     /// transaction for many messages when many portals are busy, and no
     /// waiting for a lone one.
     pub async fn record(&self, message: &MessageRow, advance: bool) -> Result<bool, StoreError> {
-        let inserted = loop {
-            let (done, mut outcome) = oneshot::channel();
-            self.commits.enqueue(Pending {
-                row: message.clone(),
-                advance,
-                done,
-            });
-            let written = loop {
-                tokio::select! {
-                    biased;
-                    written = &mut outcome => break written.ok(),
-                    writer = self.commits.writer.lock() => {
-                        // The writer before us may have taken our part.
-                        match outcome.try_recv() {
-                            Ok(written) => break Some(written),
-                            Err(oneshot::error::TryRecvError::Closed) => break None,
-                            Err(oneshot::error::TryRecvError::Empty) => {}
-                        }
-                        let batch = self.commits.take_batch();
-                        self.commits.write_batch(self.pool, batch).await;
-                        drop(writer);
-                    }
-                }
-            };
-            match written {
-                Some(written) => break written,
-                // The task writing our part was dropped mid-write; the
-                // insert is idempotent, so ours is queued again.
-                None => continue,
-            }
-        };
+        let inserted = self.commits.write(self.pool, message, advance).await;
         let key = (message.chat_id, message.receiver);
         // A row already there (a retry) may name another event: memory
         // keeps only what this statement wrote.
