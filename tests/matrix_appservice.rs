@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use maxbridge::matrix::{
     AppserviceConfig, AppserviceHandler, AppserviceServer, DeliveredEvent, Delivery,
-    EphemeralEvent, EventInbox, InMemoryInbox, MatrixClient, RetryPolicy, RoomEvent, Secret,
-    ServerOptions, UserNamespace,
+    EphemeralEvent, EventInbox, Handled, InMemoryInbox, MatrixClient, RetryPolicy, RoomEvent,
+    Secret, ServerOptions, UserNamespace,
 };
 use ruma::{OwnedServerName, RoomAliasId, UserId, room_id, user_id};
 use serde_json::{Value, json};
@@ -35,7 +35,7 @@ struct Recorder {
 }
 
 impl AppserviceHandler for Recorder {
-    async fn handle_event(&self, event: RoomEvent, _delivery: Delivery) {
+    async fn handle_event(&self, event: RoomEvent, _delivery: Delivery, _handled: Handled) {
         let _ = self.tx.send(Received::Event(event));
     }
 
@@ -862,4 +862,68 @@ async fn client_builds_rooms_invites_and_reads_state() {
         seen[1].body,
         json!({"membership": "invite", "is_direct": true})
     );
+}
+
+/// Keeps what it is handed, as the bridge keeps an event whose mapping is
+/// still being written.
+struct Keeper {
+    tx: mpsc::UnboundedSender<(String, Handled)>,
+}
+
+impl AppserviceHandler for Keeper {
+    async fn handle_event(&self, event: RoomEvent, _delivery: Delivery, handled: Handled) {
+        let _ = self.tx.send((event.event_id.to_string(), handled));
+    }
+}
+
+/// The room's next event comes while the handler still holds the one before,
+/// and each stays pending in the inbox (so a crash hands it over again)
+/// until its holder lets go.
+#[tokio::test]
+async fn an_event_is_pending_until_its_handler_lets_go_and_the_room_goes_on_meanwhile() {
+    let log = Arc::new(InMemoryInbox::default());
+    let (tx, mut kept) = mpsc::unbounded_channel();
+    let server = AppserviceServer::new(
+        Secret::new(HS_TOKEN),
+        Arc::new(Keeper { tx }),
+        Arc::clone(&log),
+        ServerOptions::default(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    let txn = json!({"events": [event("!r", "$first", "1"), event("!r", "$second", "2")]});
+    let response = reqwest::Client::new()
+        .put(format!("{base}/_matrix/app/v1/transactions/1"))
+        .bearer_auth(HS_TOKEN)
+        .json(&txn)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut next = async || {
+        tokio::time::timeout(DEADLINE, kept.recv())
+            .await
+            .expect("handed over before the deadline")
+            .expect("server alive")
+    };
+    let (first, first_handled) = next().await;
+    let (second, second_handled) = next().await;
+    assert_eq!((first.as_str(), second.as_str()), ("$first", "$second"));
+    let mut pending = log.pending_ids();
+    pending.sort();
+    assert_eq!(pending, ["$first", "$second"]);
+
+    drop(first_handled);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while log.pending_ids() != ["$second"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pending: {:?}",
+            log.pending_ids()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(second_handled);
+    wait_until_done(&log).await;
 }

@@ -1099,3 +1099,90 @@ async fn committed(store: &Store) -> i64 {
     .await
     .unwrap()
 }
+
+#[tokio::test]
+async fn parts_of_one_portal_recorded_together_move_the_mark_to_the_newest_and_a_missing_portal_writes_nothing()
+ {
+    let (db, store) = fresh().await;
+    for chat in [1, 2] {
+        let mut portal = PortalRow::new(chat, 100, PortalKind::Chat);
+        portal.room_id = Some(format!("!room{chat}:example.org"));
+        store.portals().upsert(&portal).await.unwrap();
+    }
+    // A message of two parts, a message, and the first part of a third
+    // (its mark moves with its last part, not yet recorded).
+    let rows = |chat| {
+        vec![
+            (message(chat, 5, 0, 1_005), false),
+            (message(chat, 5, 1, 1_005), true),
+            (message(chat, 6, 0, 1_006), true),
+            (message(chat, 7, 0, 1_007), false),
+        ]
+    };
+    let (rows_one, rows_two) = (rows(1), rows(2));
+    let (messages_one, messages_two) = (store.messages(), store.messages());
+    let (one, two) = tokio::join!(
+        messages_one.record_all(&rows_one),
+        messages_two.record_all(&rows_two),
+    );
+    assert_eq!(one.unwrap(), vec![true; 4]);
+    assert_eq!(two.unwrap(), vec![true; 4]);
+    // A late record of an older message never moves the mark back.
+    let older = store
+        .messages()
+        .record_all(&[(message(1, 3, 0, 1_003), true)])
+        .await
+        .unwrap();
+    assert_eq!(older, vec![true]);
+    // Parts of a portal that does not exist: refused, nothing written.
+    let missing = store
+        .messages()
+        .record_all(&[
+            (message(999, 8, 0, 1_008), false),
+            (message(999, 8, 1, 1_008), true),
+        ])
+        .await;
+    assert!(
+        missing
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("missing row")),
+        "{missing:?}"
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE chat_id = 999")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+
+    let reopened = Store::connect(db.url(), 2).await.unwrap();
+    for reader in [&store, &reopened] {
+        for chat in [1, 2] {
+            let mark = reader.portals().mark(chat, 100).await.unwrap();
+            assert_eq!(
+                mark.map(|m| (m.message_id, m.time)),
+                Some((6, 1_006)),
+                "chat {chat}"
+            );
+            let parts = reader.messages().by_max_id(chat, 100, 5).await.unwrap();
+            assert_eq!(
+                parts,
+                vec![message(chat, 5, 0, 1_005), message(chat, 5, 1, 1_005)]
+            );
+            let parts = reader.messages().by_max_id(chat, 100, 7).await.unwrap();
+            assert_eq!(parts, vec![message(chat, 7, 0, 1_007)]);
+        }
+    }
+    // Recorded again (a retry after a crash): nothing new, nothing doubled.
+    assert_eq!(
+        reopened.messages().record_all(&rows(1)).await.unwrap(),
+        vec![false; 4]
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(reopened.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 9);
+    reopened.close().await;
+    store.close().await;
+    db.drop_db().await;
+}

@@ -7,7 +7,7 @@ use super::Bridge;
 use super::convert;
 use super::login::LoginSession;
 use super::portal::{PortalError, PortalKey};
-use crate::matrix::{MatrixError, RoomEvent};
+use crate::matrix::{Handled, MatrixError, RoomEvent};
 use crate::store::{MessageRow, PortalMark};
 use maxproto::types::{
     Chat, ChatHistoryRequest, ChatId, Message, MessageLink, MsgDeleteRequest, MsgEditRequest,
@@ -15,6 +15,7 @@ use maxproto::types::{
 };
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Messages asked for per CHAT_HISTORY page while catching up.
@@ -33,8 +34,225 @@ const HOMESERVER_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs
 /// instead of sent twice: the homeserver forgets transaction ids of
 /// appservice users when it restarts.
 const TXN_KEY: &str = "net.maxbridge.txn";
+/// How long a stopping bridge waits for mappings still being written.
+const RECORDS_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Mappings of bridged MAX messages still being written: a portal sends
+/// its next messages while the last ones' mappings commit, so a busy portal
+/// is not held to one commit per message. Each portal with mappings in
+/// flight has one recorder task that writes them in order, all that have
+/// come meanwhile in one transaction.
+///
+/// A crash in that window leaves up to [`RECORDS_BEHIND`] sent messages
+/// unrecorded instead of one; they are sent again from MAX history under
+/// the same transaction ids, which the homeserver deduplicates (as for any
+/// send not yet recorded). Whatever reads what the records write waits for
+/// them first ([`Bridge::settle_record`]).
+#[derive(Debug, Default)]
+pub(crate) struct InFlightRecords(std::sync::Mutex<HashMap<PortalKey, InFlight>>);
+
+/// Parts sent but not yet recorded, per portal at most.
+const RECORDS_BEHIND: usize = 64;
+
+#[derive(Debug)]
+struct InFlight {
+    /// Parts waiting for the recorder's next write.
+    waiting: Vec<(MessageRow, bool)>,
+    /// Matrix events that are done once the waiting parts are written.
+    holds: Vec<Arc<Handled>>,
+    /// The newest MAX message with a part being recorded.
+    newest: i64,
+    /// The newest message being recorded with the mark.
+    advancing: Option<PortalMark>,
+    /// Messages whose parts the recorder is writing now.
+    writing: Vec<i64>,
+    /// The newest of these messages whose MAX echo came meanwhile: the mark
+    /// moves to it (in memory, as for any echo) once they are written.
+    echoed: Option<PortalMark>,
+    /// Completes when the recorder has written everything and stopped.
+    finished: futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>,
+}
+
+impl InFlightRecords {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PortalKey, InFlight>> {
+        // Nothing panics while holding it.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 impl Bridge {
+    /// Waits until the portal's mappings are written (or given up).
+    pub(crate) async fn settle_record(&self, key: PortalKey) {
+        let finished = self.records.lock().get(&key).map(|f| f.finished.clone());
+        if let Some(finished) = finished {
+            finished.await;
+        }
+    }
+
+    /// The newest MAX message with a mapping being written in the portal.
+    fn recording(&self, key: PortalKey) -> Option<i64> {
+        self.records
+            .lock()
+            .get(&key)
+            .map(|in_flight| in_flight.newest)
+    }
+
+    /// Where the portal's mark is once its mappings being written are.
+    fn mark_when_recorded(&self, key: PortalKey) -> Option<PortalMark> {
+        let records = self.records.lock();
+        let in_flight = records.get(&key)?;
+        in_flight
+            .advancing
+            .into_iter()
+            .chain(in_flight.echoed)
+            .max_by_key(|m| m.message_id)
+    }
+
+    /// Whether `mark`'s message is being recorded, and if so notes that its
+    /// echo (or a repeat) came: nothing more to do for it.
+    fn echo_of_recording(&self, key: PortalKey, mark: PortalMark) -> bool {
+        let mut records = self.records.lock();
+        let Some(in_flight) = records.get_mut(&key) else {
+            return false;
+        };
+        let id = mark.message_id;
+        let recording = in_flight.writing.contains(&id)
+            || in_flight
+                .waiting
+                .iter()
+                .any(|(r, _)| r.max_message_id == id);
+        if recording && in_flight.echoed.is_none_or(|e| e.message_id < id) {
+            in_flight.echoed = Some(mark);
+        }
+        recording
+    }
+
+    /// Writes a part's mapping (and with `advance` the portal's mark) while
+    /// the portal goes on, after the portal's earlier parts; `hold` is done
+    /// once it is written.
+    async fn record_behind(
+        self: &Arc<Self>,
+        key: PortalKey,
+        row: MessageRow,
+        advance: bool,
+        hold: Option<Arc<Handled>>,
+    ) {
+        let full = self
+            .records
+            .lock()
+            .get(&key)
+            .is_some_and(|f| f.waiting.len() >= RECORDS_BEHIND);
+        if full {
+            self.settle_record(key).await;
+        }
+        let mark = PortalMark {
+            message_id: row.max_message_id,
+            time: row.timestamp_ms,
+        };
+        let newest = row.max_message_id;
+        let mut records = self.records.lock();
+        if let Some(in_flight) = records.get_mut(&key) {
+            in_flight.waiting.push((row, advance));
+            in_flight.holds.extend(hold);
+            in_flight.newest = in_flight.newest.max(newest);
+            if advance {
+                in_flight.advancing = Some(mark);
+            }
+            return;
+        }
+        let bridge = Arc::clone(self);
+        let recorder = tokio::spawn(async move { bridge.run_recorder(key).await });
+        let finished: futures_util::future::BoxFuture<'static, ()> = Box::pin(async move {
+            // A panic in the recorder is a bug; the mappings it did not
+            // write are sent again (deduplicated) by the next catch-up.
+            let _ = recorder.await;
+        });
+        records.insert(
+            key,
+            InFlight {
+                waiting: vec![(row, advance)],
+                holds: hold.into_iter().collect(),
+                newest,
+                advancing: advance.then_some(mark),
+                writing: Vec::new(),
+                echoed: None,
+                finished: futures_util::FutureExt::shared(finished),
+            },
+        );
+    }
+
+    /// A portal's recorder: writes what is waiting until nothing is.
+    /// Outages are retried for the outage patience, as the portal would;
+    /// parts that fail for good stay sent and unrecorded, so the next
+    /// catch-up sends them again under their transaction ids.
+    async fn run_recorder(&self, key: PortalKey) {
+        loop {
+            let (rows, holds) = {
+                let mut records = self.records.lock();
+                let Some(in_flight) = records.get_mut(&key) else {
+                    return;
+                };
+                if in_flight.waiting.is_empty() {
+                    if let Some(echoed) = in_flight.echoed {
+                        self.store
+                            .portals()
+                            .accounted(key.chat_id, key.receiver, echoed);
+                    }
+                    records.remove(&key);
+                    return;
+                }
+                in_flight.writing = in_flight
+                    .waiting
+                    .iter()
+                    .map(|(r, _)| r.max_message_id)
+                    .collect();
+                (
+                    std::mem::take(&mut in_flight.waiting),
+                    std::mem::take(&mut in_flight.holds),
+                )
+            };
+            let started = tokio::time::Instant::now();
+            let patience = self.config.outage_patience();
+            let mut delay = HOMESERVER_RETRY_FIRST;
+            loop {
+                match self.store.messages().record_all(&rows).await {
+                    Ok(_) => break,
+                    Err(error) if error.is_transient() && started.elapsed() + delay < patience => {
+                        tracing::warn!(chat = key.chat_id, receiver = key.receiver, %error, "database unavailable; retrying bridged messages' mappings");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(HOMESERVER_RETRY_MAX);
+                    }
+                    Err(error) => {
+                        tracing::error!(chat = key.chat_id, receiver = key.receiver, parts = rows.len(), %error, "bridged messages' mappings could not be recorded");
+                        break;
+                    }
+                }
+            }
+            drop(holds);
+        }
+    }
+
+    /// Waits for every mapping still being written, for a bounded time.
+    pub(crate) async fn settle_all_records(&self) {
+        let in_flight: Vec<_> = self
+            .records
+            .lock()
+            .values()
+            .map(|f| f.finished.clone())
+            .collect();
+        let all = futures_util::future::join_all(in_flight);
+        if tokio::time::timeout(RECORDS_AT_SHUTDOWN, all)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "stopped before every bridged message's mapping was written; they are sent again (deduplicated) after the restart"
+            );
+        }
+    }
+
     /// A (re)connection found `chat`: bridge from MAX history what came
     /// after the portal's mark, and apply edits and deletions of the last
     /// messages bridged.
@@ -67,6 +285,22 @@ impl Bridge {
         prev: Option<i64>,
     ) -> Result<(), PortalError> {
         tracing::debug!(chat = key.chat_id, receiver = key.receiver, message = message.id.0, ?prev, sender = ?message.sender, status = ?message.status, "MAX message");
+        // An edit, deletion or repeat of the message being recorded needs
+        // its mapping; a new message goes on beside the record.
+        let mark = PortalMark {
+            message_id: message.id.0,
+            time: message.time,
+        };
+        if !message.is_removed() && !message.is_edited() && self.echo_of_recording(key, mark) {
+            tracing::debug!(message = message.id.0, "MAX message being recorded");
+            return Ok(());
+        }
+        if self
+            .recording(key)
+            .is_some_and(|newest| message.id.0 <= newest)
+        {
+            self.settle_record(key).await;
+        }
         let known = self
             .store
             .messages()
@@ -78,7 +312,15 @@ impl Bridge {
         if message.is_edited() && !known.is_empty() {
             return self.on_max_edit(session, key, message, &known).await;
         }
-        let mark = self.store.portals().mark(key.chat_id, key.receiver).await?;
+        let stored = self.store.portals().mark(key.chat_id, key.receiver).await?;
+        // The message being recorded counts as bridged: it is, and its
+        // record moves the mark.
+        let mark = match (stored, self.mark_when_recorded(key)) {
+            (Some(stored), Some(recording)) if recording.message_id > stored.message_id => {
+                Some(recording)
+            }
+            (stored, _) => stored,
+        };
         match mark {
             // No portal yet: this message starts it.
             None => {
@@ -103,6 +345,7 @@ impl Bridge {
                     ?prev,
                     "gap before a MAX message; catching up"
                 );
+                self.settle_record(key).await;
                 self.catch_up_from(session, key, mark).await?;
                 // History normally holds the message; if not yet, it goes
                 // after what history gave (which may have bridged it: read
@@ -172,6 +415,7 @@ impl Bridge {
             from = if newest > from { newest } else { from + 1 };
         }
         if let Some(up_to) = skipped_up_to {
+            self.settle_record(key).await;
             self.store
                 .portals()
                 .advance_mark(key.chat_id, key.receiver, up_to)
@@ -318,12 +562,15 @@ impl Bridge {
         // Its mark moves in memory only: a catch-up from the stored mark
         // finds it recorded, and the next bridged message stores the mark.
         if !known.is_empty() && (parts == 0 || (0..parts).all(|p| done.contains(&(p as i32)))) {
+            // Memory must not run ahead of a record still being written.
+            self.settle_record(key).await;
             self.store
                 .portals()
                 .accounted(key.chat_id, key.receiver, mark);
             return Ok(());
         }
         if parts == 0 {
+            self.settle_record(key).await;
             self.store
                 .portals()
                 .advance_mark(key.chat_id, key.receiver, mark)
@@ -363,15 +610,20 @@ impl Bridge {
             };
             if part == 0
                 && let Some(reply_to) = message.reply_to()
-                && let Some(target) = self
+            {
+                // It may answer the message being recorded.
+                self.settle_record(key).await;
+                if let Some(target) = self
                     .store
                     .messages()
                     .by_max_id(key.chat_id, key.receiver, reply_to.0)
                     .await?
                     .into_iter()
                     .next()
-            {
-                content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": target.event_id}});
+                {
+                    content["m.relates_to"] =
+                        json!({"m.in_reply_to": {"event_id": target.event_id}});
+                }
             }
             let txn = format!(
                 "max-{}-{}-{}-{part}",
@@ -380,29 +632,32 @@ impl Bridge {
             let event_id = self
                 .send_once(&author, &room, event_type, &mut content, &txn, ts)
                 .await?;
+            self.record_behind(
+                key,
+                MessageRow {
+                    chat_id: key.chat_id,
+                    receiver: key.receiver,
+                    max_message_id: message.id.0,
+                    part: part as i32,
+                    event_id: event_id.to_string(),
+                    room_id: room.to_string(),
+                    sender: sender.unwrap_or(0),
+                    timestamp_ms: message.time,
+                },
+                part + 1 == parts,
+                None,
+            )
+            .await;
+        }
+        // The last part's record moves the mark; when a retry found that
+        // part recorded already, it is moved here.
+        if done.contains(&(parts as i32 - 1)) {
+            self.settle_record(key).await;
             self.store
-                .messages()
-                .record(
-                    &MessageRow {
-                        chat_id: key.chat_id,
-                        receiver: key.receiver,
-                        max_message_id: message.id.0,
-                        part: part as i32,
-                        event_id: event_id.to_string(),
-                        room_id: room.to_string(),
-                        sender: sender.unwrap_or(0),
-                        timestamp_ms: message.time,
-                    },
-                    part + 1 == parts,
-                )
+                .portals()
+                .advance_mark(key.chat_id, key.receiver, mark)
                 .await?;
         }
-        // A retry that found only the last part missing recorded it with
-        // the mark; any other order still ends here with the mark moved.
-        self.store
-            .portals()
-            .advance_mark(key.chat_id, key.receiver, mark)
-            .await?;
         Ok(())
     }
 
@@ -572,6 +827,7 @@ impl Bridge {
         key: PortalKey,
         event: &RoomEvent,
         untouched: bool,
+        handled: &Arc<Handled>,
     ) -> Result<(), PortalError> {
         tracing::debug!(chat = key.chat_id, receiver = key.receiver, event = %event.event_id, kind = %event.event_type, "Matrix event");
         let Some(session) = self.wait_for_login(&event.sender).await? else {
@@ -697,22 +953,21 @@ impl Bridge {
             match self.send_to_max(&session, &request).await {
                 Ok(answer) => {
                     tracing::debug!(event = %event.event_id, part = index, message = answer.message.id.0, "sent to MAX");
-                    self.store
-                        .messages()
-                        .record(
-                            &MessageRow {
-                                chat_id: key.chat_id,
-                                receiver: key.receiver,
-                                max_message_id: answer.message.id.0,
-                                part: 0,
-                                event_id: event.event_id.to_string(),
-                                room_id: event.room_id.to_string(),
-                                sender: session.max_user_id,
-                                timestamp_ms: answer.message.time,
-                            },
-                            false,
-                        )
-                        .await?;
+                    let row = MessageRow {
+                        chat_id: key.chat_id,
+                        receiver: key.receiver,
+                        max_message_id: answer.message.id.0,
+                        part: 0,
+                        event_id: event.event_id.to_string(),
+                        room_id: event.room_id.to_string(),
+                        sender: session.max_user_id,
+                        timestamp_ms: answer.message.time,
+                    };
+                    // The event stays pending in the inbox until its
+                    // mapping is written: a crash before sends it again
+                    // (MAX answers a repeated cid with the same message).
+                    self.record_behind(key, row, false, Some(Arc::clone(handled)))
+                        .await;
                 }
                 Err(reason) => {
                     self.send_failed(event, &reason, index, last).await;

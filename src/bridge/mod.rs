@@ -23,7 +23,9 @@ pub mod portal;
 pub mod reaction;
 
 use crate::config::Config;
-use crate::matrix::{AppserviceHandler, Delivery, EphemeralEvent, MatrixClient, RoomEvent};
+use crate::matrix::{
+    AppserviceHandler, Delivery, EphemeralEvent, Handled, MatrixClient, RoomEvent,
+};
 use crate::queue::KeyedQueue;
 use crate::store::Store;
 use login::LoginSession;
@@ -78,6 +80,8 @@ pub struct Bridge {
     /// sides in flight, and a login naming hundreds of chats must not open
     /// hundreds of room creations on the homeserver at the same time.
     portal_creations: tokio::sync::Semaphore,
+    /// Mappings of bridged MAX messages being written behind their portal.
+    records: message::InFlightRecords,
 }
 
 /// Counts one held message while alive.
@@ -137,6 +141,7 @@ impl Bridge {
                 held_for_homeserver: Arc::new(AtomicUsize::new(0)),
                 failed_pictures: ghost::FailedPictures::default(),
                 portal_creations: tokio::sync::Semaphore::new(PORTAL_CREATIONS_AT_ONCE),
+                records: message::InFlightRecords::default(),
             }
         })
     }
@@ -327,6 +332,7 @@ impl Bridge {
         for session in sessions {
             session.stop().await;
         }
+        self.settle_all_records().await;
     }
 
     /// Posts a notice from the bot, logging (not failing) when that fails.
@@ -396,8 +402,10 @@ impl AppserviceHandler for MatrixHandler {
             )
     }
 
-    async fn handle_event(&self, event: RoomEvent, delivery: Delivery) {
-        self.bridge.handle_matrix_event(event, delivery).await;
+    async fn handle_event(&self, event: RoomEvent, delivery: Delivery, handled: Handled) {
+        self.bridge
+            .handle_matrix_event(event, delivery, handled)
+            .await;
     }
 
     async fn handle_ephemeral(&self, event: EphemeralEvent) {
@@ -427,14 +435,19 @@ impl AppserviceHandler for MatrixHandler {
 }
 
 impl Bridge {
-    async fn handle_matrix_event(self: &Arc<Self>, event: RoomEvent, delivery: Delivery) {
+    async fn handle_matrix_event(
+        self: &Arc<Self>,
+        event: RoomEvent,
+        delivery: Delivery,
+        handled: Handled,
+    ) {
         if self.config.is_bridge_user(event.sender.as_str()) {
             return;
         }
         match event.event_type.as_str() {
             "m.room.member" => self.handle_membership(event).await,
             "m.room.message" | "m.room.redaction" | "m.reaction" => {
-                self.handle_room_message(event, delivery).await
+                self.handle_room_message(event, delivery, handled).await
             }
             _ => {}
         }
@@ -471,7 +484,12 @@ impl Bridge {
         }
     }
 
-    async fn handle_room_message(self: &Arc<Self>, event: RoomEvent, delivery: Delivery) {
+    async fn handle_room_message(
+        self: &Arc<Self>,
+        event: RoomEvent,
+        delivery: Delivery,
+        handled: Handled,
+    ) {
         let portal = match self
             .store
             .portals()
@@ -494,10 +512,17 @@ impl Bridge {
                 chat_id: portal.chat_id,
                 receiver: portal.receiver,
             };
-            // Done (for the inbox) only once the portal has handled it.
-            let (done, finished) = tokio::sync::oneshot::channel();
-            self.enqueue(key, PortalEvent::Matrix(Box::new(event), delivery, done))
-                .await;
+            // The room's next event comes once the portal has handled this
+            // one, so that the MAX echoes of its sends, which the portal's
+            // queue takes meanwhile, stay beside it; it is done (for the
+            // inbox) once what it became is recorded too.
+            let (returned, finished) = tokio::sync::oneshot::channel();
+            let handled = Arc::new(handled);
+            self.enqueue(
+                key,
+                PortalEvent::Matrix(Box::new(event), delivery, handled, returned),
+            )
+            .await;
             let _ = finished.await;
             return;
         }

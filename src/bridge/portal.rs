@@ -7,7 +7,9 @@
 
 use super::Bridge;
 use super::login::LoginSession;
-use crate::matrix::{CreateRoomOptions, EphemeralEvent, MatrixError, RoomEvent, RoomPreset};
+use crate::matrix::{
+    CreateRoomOptions, EphemeralEvent, Handled, MatrixError, RoomEvent, RoomPreset,
+};
 use crate::store::{PortalKind, PortalMark, PortalRow};
 use maxproto::types::{Chat, ChatRole, ChatType, Message};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -65,11 +67,14 @@ pub enum PortalEvent {
         user: i64,
         mark: i64,
     },
-    /// An event in the portal's Matrix room; the sender is dropped (which
-    /// completes its receiver) once the event is handled.
+    /// An event in the portal's Matrix room. The sender is dropped (which
+    /// completes its receiver) once the portal has handled it; it is done
+    /// for the inbox once the last holder of its [`Handled`] (the portal,
+    /// then the record of what it became) lets go.
     Matrix(
         Box<RoomEvent>,
         crate::matrix::Delivery,
+        Arc<Handled>,
         tokio::sync::oneshot::Sender<()>,
     ),
     /// Typing or a read receipt in the portal's Matrix room.
@@ -175,6 +180,21 @@ impl Bridge {
         event: &PortalEvent,
         first_attempt: bool,
     ) -> Result<(), PortalError> {
+        // A new message may go on while the portal's last mappings are
+        // written; the rest may read them.
+        let beside_records = match event {
+            PortalEvent::MaxMessage { .. } => true,
+            PortalEvent::Matrix(event, delivery, ..) => {
+                first_attempt
+                    && *delivery == crate::matrix::Delivery::New
+                    && event.event_type == "m.room.message"
+                    && event.content.get("m.relates_to").is_none()
+            }
+            _ => false,
+        };
+        if !beside_records {
+            self.settle_record(key).await;
+        }
         match event {
             PortalEvent::Chat {
                 session,
@@ -200,10 +220,10 @@ impl Bridge {
                 user,
                 mark,
             } => self.on_max_read(session, key, *user, *mark).await,
-            PortalEvent::Matrix(event, delivery, _) => {
+            PortalEvent::Matrix(event, delivery, handled, _) => {
                 // Only a retry or a resumed event can have been partly sent.
                 let untouched = first_attempt && *delivery == crate::matrix::Delivery::New;
-                self.on_matrix_message(key, event, untouched).await
+                self.on_matrix_message(key, event, untouched, handled).await
             }
             PortalEvent::MatrixEphemeral(event) => self.on_matrix_ephemeral(key, event).await,
         }
@@ -372,11 +392,29 @@ impl Bridge {
                     portal.avatar_mxc = Some(mxc.to_string());
                 }
             }
+            let members: Vec<i64> = chat
+                .participant_ids()
+                .map(|u| u.0)
+                .filter(|id| *id != me)
+                .take(MAX_INITIAL_MEMBERS)
+                .collect();
+            self.prefetch_contacts(session, &members).await;
+            let mut ghosts = Vec::with_capacity(members.len());
+            for member in members {
+                match self.ensure_ghost(session, member).await {
+                    Ok(ghost) => ghosts.push(ghost),
+                    Err(error) => tracing::warn!(member, %error, "ghost unavailable"),
+                }
+            }
+            // The members are invited by the creation itself: one request
+            // instead of one per member.
             let options = CreateRoomOptions {
                 name: Some(name),
                 topic: portal.topic.clone(),
                 avatar_url: avatar,
-                invite: vec![user.clone()],
+                invite: std::iter::once(user.clone())
+                    .chain(ghosts.iter().cloned())
+                    .collect(),
                 preset: Some(RoomPreset::PrivateChat),
                 initial_state,
                 ..Default::default()
@@ -388,21 +426,18 @@ impl Bridge {
                 let may_post = chat.role_of(maxproto::types::UserId(me)) != ChatRole::Member;
                 self.channel_posting(&room, &user, may_post).await?;
             }
-            let members: Vec<i64> = chat
-                .participant_ids()
-                .map(|u| u.0)
-                .filter(|id| *id != me)
-                .take(MAX_INITIAL_MEMBERS)
-                .collect();
-            self.prefetch_contacts(session, &members).await;
-            for member in members {
-                match self.ensure_ghost(session, member).await {
-                    Ok(ghost) => {
-                        if let Err(error) = self.add_to_room(&room, &ghost).await {
-                            tracing::warn!(room = %room, ghost = %ghost, %error, "ghost could not join");
-                        }
+            for ghost in ghosts {
+                let joined = match self.matrix.join(&ghost, &room).await {
+                    Ok(()) => {
+                        self.mark_joined(&room, &ghost);
+                        Ok(())
                     }
-                    Err(error) => tracing::warn!(member, %error, "ghost unavailable"),
+                    // The homeserver may have dropped an invite of the
+                    // creation (a limit on invites): invite again.
+                    Err(_) => self.add_to_room(&room, &ghost).await,
+                };
+                if let Err(error) = joined {
+                    tracing::warn!(room = %room, ghost = %ghost, %error, "ghost could not join");
                 }
             }
             room

@@ -20,8 +20,8 @@ pub use client::{
 };
 pub use event::{EphemeralEvent, RoomEvent};
 pub use server::{
-    AppserviceHandler, AppserviceServer, DeliveredEvent, Delivery, EventInbox, InMemoryInbox,
-    InboxError, ServerOptions,
+    AppserviceHandler, AppserviceServer, DeliveredEvent, Delivery, EventInbox, Handled,
+    InMemoryInbox, InboxError, ServerOptions,
 };
 
 /// An appservice token (as_token, hs_token) that must never appear in logs:

@@ -139,8 +139,7 @@ const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Marking done is retried this long; an event left pending is handled
 /// again after a restart, which the bridge's deduplication absorbs.
 const DONE_PATIENCE: Duration = Duration::from_secs(60);
-/// Done marks waiting to be written before a room worker waits; and the most
-/// written in one statement.
+/// Done marks written in one statement at most.
 const DONE_BACKLOG: usize = 1024;
 /// How long done marks gather before they are written: the window in which a
 /// crash has an event handled again grows by this much.
@@ -177,8 +176,16 @@ pub trait AppserviceHandler: Send + Sync + 'static {
         true
     }
 
-    fn handle_event(&self, event: RoomEvent, delivery: Delivery)
-    -> impl Future<Output = ()> + Send;
+    /// Handles a room event. The event stays pending in the inbox (and is
+    /// handed over again after a restart) until `handled` is dropped; a
+    /// handler may keep it past its return to finish the work in the
+    /// background, and the room's next event comes meanwhile.
+    fn handle_event(
+        &self,
+        event: RoomEvent,
+        delivery: Delivery,
+        handled: Handled,
+    ) -> impl Future<Output = ()> + Send;
 
     fn handle_ephemeral(&self, event: EphemeralEvent) -> impl Future<Output = ()> + Send {
         let _ = event;
@@ -195,6 +202,22 @@ pub trait AppserviceHandler: Send + Sync + 'static {
     fn query_alias(&self, alias: &RoomAliasId) -> impl Future<Output = bool> + Send {
         let _ = alias;
         async { false }
+    }
+}
+
+/// Marks its event done in the inbox when dropped (see
+/// [`AppserviceHandler::handle_event`]).
+#[derive(Debug)]
+pub struct Handled {
+    event_id: String,
+    writer: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Drop for Handled {
+    fn drop(&mut self) {
+        // Closed only when the runtime shuts down: the event is then
+        // handled again after the restart.
+        let _ = self.writer.send(std::mem::take(&mut self.event_id));
     }
 }
 
@@ -239,8 +262,10 @@ enum Queued {
 /// is handled again after the restart, which the handler's deduplication
 /// absorbs; so handling never waits for its mark, and a busy bridge pays one
 /// statement for many events.
-fn spawn_done_writer<L: EventInbox>(inbox: Arc<L>) -> tokio::sync::mpsc::Sender<String> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(DONE_BACKLOG);
+fn spawn_done_writer<L: EventInbox>(inbox: Arc<L>) -> tokio::sync::mpsc::UnboundedSender<String> {
+    // Unbounded: a mark is sent from a drop, which cannot wait; the events
+    // in flight (and so the marks) are bounded by the queues.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, DONE_BACKLOG).await > 0 {
@@ -296,10 +321,11 @@ impl<H: AppserviceHandler, L: EventInbox> AppserviceServer<H, L> {
                 async move {
                     match item {
                         Queued::Room(event, delivery) => {
-                            let event_id = event.event_id.to_string();
-                            handler.handle_event(event, delivery).await;
-                            // Closed only when the runtime shuts down.
-                            let _ = done_writer.send(event_id).await;
+                            let handled = Handled {
+                                event_id: event.event_id.to_string(),
+                                writer: done_writer,
+                            };
+                            handler.handle_event(event, delivery, handled).await;
                         }
                         Queued::Ephemeral(event) => handler.handle_ephemeral(event).await,
                     }

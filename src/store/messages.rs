@@ -48,32 +48,40 @@ pub(super) struct GroupCommit {
     writer: tokio::sync::Mutex<()>,
 }
 
+/// One recorder's parts, all of one portal and in its order, written in
+/// one transaction.
 #[derive(Debug)]
 struct Pending {
-    row: MessageRow,
-    advance: bool,
-    /// Whether the part was new, or why it could not be recorded.
-    done: oneshot::Sender<Result<bool, StoreError>>,
+    rows: Vec<(MessageRow, bool)>,
+    /// Whether each part was new, or why they could not be recorded.
+    done: oneshot::Sender<Result<Vec<bool>, StoreError>>,
+}
+
+impl Pending {
+    fn portal(&self) -> Option<(i64, i64)> {
+        self.rows.first().map(|(r, _)| (r.chat_id, r.receiver))
+    }
 }
 
 /// Parts written by one statement at most.
 const BATCH_MAX: usize = 512;
 
 impl GroupCommit {
-    /// Writes one part, with the parts queued beside it by other portals
-    /// when this task becomes the writer, or waits for the writer that
-    /// takes it.
+    /// Writes parts of one portal, with the parts queued beside them by
+    /// other portals when this task becomes the writer, or waits for the
+    /// writer that takes them.
     async fn write(
         &self,
         pool: &PgPool,
-        message: &MessageRow,
-        advance: bool,
-    ) -> Result<bool, StoreError> {
+        rows: &[(MessageRow, bool)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
         loop {
             let (done, mut outcome) = oneshot::channel();
             self.lock_queue().push(Pending {
-                row: message.clone(),
-                advance,
+                rows: rows.to_vec(),
                 done,
             });
             loop {
@@ -101,17 +109,20 @@ impl GroupCommit {
         }
     }
 
-    /// The waiting parts in their order, up to [`BATCH_MAX`] and at most one
-    /// per portal (a portal has one part in flight; two would let one
-    /// statement move its mark twice).
+    /// The waiting recorders in their order, up to [`BATCH_MAX`] parts (but
+    /// at least one recorder) and at most one recorder per portal, so that a
+    /// portal's writes keep their order.
     fn take_batch(&self) -> Vec<Pending> {
         let mut queue = self.lock_queue();
         let mut portals = std::collections::HashSet::new();
+        let mut parts = 0;
         let end = queue
             .iter()
-            .position(|p| !portals.insert((p.row.chat_id, p.row.receiver)))
-            .unwrap_or(queue.len())
-            .min(BATCH_MAX);
+            .position(|p| {
+                parts += p.rows.len();
+                !portals.insert(p.portal()) || (portals.len() > 1 && parts > BATCH_MAX)
+            })
+            .unwrap_or(queue.len());
         queue.drain(..end).collect()
     }
 
@@ -122,16 +133,18 @@ impl GroupCommit {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes `batch` and tells each part's recorder how it went. When the
-    /// database is unavailable, the first part gets the error and the rest
-    /// wait for the next writer (as each would have failed on its own);
-    /// when it refuses the data, the parts are tried one by one, so that
+    /// Writes `batch` and tells each recorder how it went. When the
+    /// database is unavailable, the first recorder gets the error and the
+    /// rest wait for the next writer (as each would have failed on its own);
+    /// when it refuses the data, the recorders are tried one by one, so that
     /// one bad part (a portal deleted meanwhile) fails only its recorder.
     async fn write_batch(&self, pool: &PgPool, mut batch: Vec<Pending>) {
         match record_many(pool, &batch).await {
-            Ok(new) => {
-                for (pending, new) in batch.into_iter().zip(new) {
+            Ok(mut new) => {
+                for pending in batch {
+                    let rest = new.split_off(pending.rows.len());
                     let _ = pending.done.send(Ok(new));
+                    new = rest;
                 }
             }
             Err(error) if error.is_transient() || batch.len() == 1 => {
@@ -144,18 +157,20 @@ impl GroupCommit {
             Err(_) => {
                 for pending in batch {
                     let written = record_many(pool, std::slice::from_ref(&pending)).await;
-                    let _ = pending.done.send(written.map(|new| new.contains(&true)));
+                    let _ = pending.done.send(written);
                 }
             }
         }
     }
 }
 
-/// Parts (of different portals) in one statement, so one round trip and
+/// Parts (of one or more portals) in one statement, so one round trip and
 /// one transaction (PostgreSQL runs every data-modifying WITH part, read or
-/// not); for each, whether it was new.
+/// not); for each part in order, whether it was new. A portal's mark moves
+/// to its newest part with `advance`.
 async fn record_many(pool: &PgPool, batch: &[Pending]) -> Result<Vec<bool>, StoreError> {
-    let column = |f: fn(&Pending) -> i64| batch.iter().map(f).collect::<Vec<i64>>();
+    let rows: Vec<&(MessageRow, bool)> = batch.iter().flat_map(|p| &p.rows).collect();
+    let column = |f: fn(&MessageRow) -> i64| rows.iter().map(|(r, _)| f(r)).collect::<Vec<i64>>();
     let inserted: Vec<(i64, i64, i64, i32)> = sqlx::query_as(
         "WITH rows AS ( \
            SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int4[], $5::text[], \
@@ -172,44 +187,40 @@ async fn record_many(pool: &PgPool, batch: &[Pending]) -> Result<Vec<bool>, Stor
          advanced AS ( \
            UPDATE portals p SET last_max_message_id = r.max_message_id, \
              last_max_time = r.timestamp_ms \
-           FROM rows r \
-           WHERE r.advance AND p.chat_id = r.chat_id AND p.receiver = r.receiver \
+           FROM (SELECT DISTINCT ON (chat_id, receiver) * FROM rows WHERE advance \
+             ORDER BY chat_id, receiver, max_message_id DESC) r \
+           WHERE p.chat_id = r.chat_id AND p.receiver = r.receiver \
              AND (p.last_max_message_id IS NULL OR p.last_max_message_id < r.max_message_id) \
            RETURNING 1) \
          SELECT chat_id, receiver, max_message_id, part FROM inserted",
     )
-    .bind(column(|p| p.row.chat_id))
-    .bind(column(|p| p.row.receiver))
-    .bind(column(|p| p.row.max_message_id))
-    .bind(batch.iter().map(|p| p.row.part).collect::<Vec<i32>>())
+    .bind(column(|r| r.chat_id))
+    .bind(column(|r| r.receiver))
+    .bind(column(|r| r.max_message_id))
+    .bind(rows.iter().map(|(r, _)| r.part).collect::<Vec<i32>>())
     .bind(
-        batch
-            .iter()
-            .map(|p| p.row.event_id.as_str())
+        rows.iter()
+            .map(|(r, _)| r.event_id.as_str())
             .collect::<Vec<&str>>(),
     )
     .bind(
-        batch
-            .iter()
-            .map(|p| p.row.room_id.as_str())
+        rows.iter()
+            .map(|(r, _)| r.room_id.as_str())
             .collect::<Vec<&str>>(),
     )
-    .bind(column(|p| p.row.sender))
-    .bind(column(|p| p.row.timestamp_ms))
-    .bind(batch.iter().map(|p| p.advance).collect::<Vec<bool>>())
+    .bind(column(|r| r.sender))
+    .bind(column(|r| r.timestamp_ms))
+    .bind(
+        rows.iter()
+            .map(|(_, advance)| *advance)
+            .collect::<Vec<bool>>(),
+    )
     .fetch_all(pool)
     .await?;
     let inserted: std::collections::HashSet<(i64, i64, i64, i32)> = inserted.into_iter().collect();
-    Ok(batch
+    Ok(rows
         .iter()
-        .map(|p| {
-            inserted.contains(&(
-                p.row.chat_id,
-                p.row.receiver,
-                p.row.max_message_id,
-                p.row.part,
-            ))
-        })
+        .map(|(r, _)| inserted.contains(&(r.chat_id, r.receiver, r.max_message_id, r.part)))
         .collect())
 }
 
@@ -260,20 +271,36 @@ impl<'a> Messages<'a> {
     /// transaction for many messages when many portals are busy, and no
     /// waiting for a lone one.
     pub async fn record(&self, message: &MessageRow, advance: bool) -> Result<bool, StoreError> {
-        let inserted = self.commits.write(self.pool, message, advance).await;
-        let key = (message.chat_id, message.receiver);
-        // A row already there (a retry) may name another event: memory
-        // keeps only what this statement wrote.
-        self.portals
-            .recorded(message, inserted.as_ref().is_ok_and(|new| *new));
-        let mark = PortalMark {
-            message_id: message.max_message_id,
-            time: message.timestamp_ms,
-        };
-        match (&inserted, advance) {
-            (Ok(_), true) => self.portals.advanced(key, mark),
-            (Err(_), true) => self.portals.forget_mark(key),
-            (_, false) => {}
+        let new = self.record_all(&[(message.clone(), advance)]).await?;
+        Ok(new.first().copied().unwrap_or(false))
+    }
+
+    /// [`Self::record`] of several parts of one portal, in order, in one
+    /// transaction: all are recorded or none. Returns whether each was new.
+    pub async fn record_all(&self, rows: &[(MessageRow, bool)]) -> Result<Vec<bool>, StoreError> {
+        debug_assert!(
+            rows.windows(2)
+                .all(|w| (w[0].0.chat_id, w[0].0.receiver) == (w[1].0.chat_id, w[1].0.receiver)),
+            "parts of one portal"
+        );
+        let inserted = self.commits.write(self.pool, rows).await;
+        for (i, (message, advance)) in rows.iter().enumerate() {
+            let key = (message.chat_id, message.receiver);
+            // A row already there (a retry) may name another event: memory
+            // keeps only what this statement wrote.
+            let new = inserted
+                .as_ref()
+                .is_ok_and(|new| new.get(i).copied().unwrap_or(false));
+            self.portals.recorded(message, new);
+            let mark = PortalMark {
+                message_id: message.max_message_id,
+                time: message.timestamp_ms,
+            };
+            match (&inserted, advance) {
+                (Ok(_), true) => self.portals.advanced(key, mark),
+                (Err(_), true) => self.portals.forget_mark(key),
+                (_, false) => {}
+            }
         }
         inserted
     }
