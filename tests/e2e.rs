@@ -1308,3 +1308,164 @@ async fn channel_portal_gives_posting_power_only_to_who_may_post_on_max() {
         .expect("Boris posts");
     human.wait_for_text(&channel, "channel news").await;
 }
+
+/// A burst in which every other message answers the one before it (not a
+/// chain: MAX quotes a quoted message whole, and a chain deeper than the
+/// frame limit is a known, separate problem) and the last ones are edited
+/// and deleted at once: the portals send while the mappings of
+/// the messages before are still being written, and every reply, edit and
+/// deletion still finds its message, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_replies_edits_and_deletions_keeps_every_link() {
+    const BURST: usize = 30;
+    let env = Env::start().await;
+    let (human, management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+
+    // MAX → Matrix, all without waiting.
+    let mut sent: Vec<maxsim::SimMessage> = Vec::new();
+    for n in 1..=BURST {
+        let mut outgoing = Outgoing::text(format!("burst {n}"));
+        if n % 2 == 0 {
+            outgoing.reply_to = sent.last().map(|m| m.id);
+        }
+        let message = control
+            .send(
+                fixture_ids::BORIS,
+                fixture_ids::DIALOG_ALICE_BORIS,
+                outgoing,
+            )
+            .expect("Boris sends");
+        sent.push(message);
+    }
+    let (last, before_last) = (sent[BURST - 1].id, sent[BURST - 2].id);
+    control
+        .edit(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            last,
+            &format!("burst {BURST}, edited"),
+            None,
+        )
+        .expect("Boris edits");
+    control
+        .delete(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            &[before_last],
+            false,
+        )
+        .expect("Boris deletes");
+
+    // Matrix → MAX, also without waiting: a burst, an edit of its last
+    // message and a reply to it.
+    let mut mine = Vec::new();
+    for n in 1..=10 {
+        mine.push(human.send_text(&dm, &format!("mine {n}")).await);
+    }
+    human.send_edit(&dm, &mine[9], "mine 10, edited").await;
+    human
+        .send_event(
+            &dm,
+            "m.room.message",
+            serde_json::json!({
+                "msgtype": "m.text",
+                "body": "a reply to mine 10",
+                "m.relates_to": {"m.in_reply_to": {"event_id": mine[9].as_str()}},
+            }),
+        )
+        .await;
+
+    let from_boris = human
+        .wait_for_messages(&dm, BURST, |m| {
+            m.sender == boris && m.rel_type() != Some("m.replace")
+        })
+        .await;
+    let redacted = from_boris[BURST - 2].event_id.clone();
+    human
+        .wait_for_event(&dm, |e| {
+            e["type"] == "m.room.redaction"
+                && (e["redacts"] == redacted.as_str()
+                    || e["content"]["redacts"] == redacted.as_str())
+        })
+        .await;
+    let edit = human
+        .wait_for_message(&dm, |m| {
+            m.sender == boris && m.rel_type() == Some("m.replace")
+        })
+        .await;
+    assert_eq!(
+        edit.json["content"]["m.relates_to"]["event_id"],
+        from_boris[BURST - 1].event_id.as_str(),
+        "the edit replaces the last message"
+    );
+    assert_eq!(
+        edit.json["content"]["m.new_content"]["body"],
+        format!("burst {BURST}, edited")
+    );
+    let from_boris = human
+        .messages(&dm)
+        .into_iter()
+        .filter(|m| m.sender == boris && m.rel_type() != Some("m.replace"))
+        .collect::<Vec<_>>();
+    assert_eq!(from_boris.len(), BURST, "each message once");
+    for (n, message) in from_boris.iter().enumerate() {
+        // The deleted one's redaction was waited for above; the timeline
+        // may still show it as first received.
+        if n != BURST - 2 {
+            assert_eq!(message.body, format!("burst {}", n + 1), "in order");
+        }
+        let reply = &message.json["content"]["m.relates_to"]["m.in_reply_to"]["event_id"];
+        if (n + 1) % 2 == 0 {
+            assert_eq!(
+                reply,
+                from_boris[n - 1].event_id.as_str(),
+                "message {} answers the one before",
+                n + 1
+            );
+        } else {
+            assert!(reply.is_null(), "message {} answers nothing", n + 1);
+        }
+    }
+
+    let on_max = |text: &'static str| async move {
+        control
+            .wait_for_message(std::time::Duration::from_secs(30), |m| {
+                m.chat_id == fixture_ids::DIALOG_ALICE_BORIS && m.text == text
+            })
+            .await
+            .expect("reaches MAX")
+    };
+    let edited = on_max("mine 10, edited").await;
+    assert_eq!(edited.status.as_deref(), Some("EDITED"));
+    let reply = on_max("a reply to mine 10").await;
+    assert_eq!(
+        reply.link.as_ref().map(|l| l["messageId"].clone()),
+        Some(serde_json::json!(edited.id.to_string())),
+        "the reply quotes mine 10"
+    );
+    let alice_on_max: Vec<String> = control
+        .messages(fixture_ids::BORIS, fixture_ids::DIALOG_ALICE_BORIS)
+        .expect("history")
+        .into_iter()
+        .filter(|m| m.sender == Some(fixture_ids::ALICE))
+        .map(|m| m.text)
+        .filter(|text| text.starts_with("mine ") || text.starts_with("a reply"))
+        .collect();
+    let expected: Vec<String> = (1..=9)
+        .map(|n| format!("mine {n}"))
+        .chain([
+            "mine 10, edited".to_owned(),
+            "a reply to mine 10".to_owned(),
+        ])
+        .collect();
+    assert_eq!(alice_on_max, expected, "once each, in order");
+    let complaints: Vec<String> = human
+        .messages(&management)
+        .into_iter()
+        .filter(|m| m.body.contains("could not"))
+        .map(|m| m.body)
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:?}");
+}

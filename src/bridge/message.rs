@@ -64,11 +64,14 @@ struct InFlight {
     newest: i64,
     /// The newest message being recorded with the mark.
     advancing: Option<PortalMark>,
-    /// Messages whose parts the recorder is writing now.
-    writing: Vec<i64>,
+    /// MAX messages sent from Matrix whose mappings are waiting or being
+    /// written: their echoes need nothing more.
+    sent: Vec<i64>,
     /// The newest of these messages whose MAX echo came meanwhile: the mark
     /// moves to it (in memory, as for any echo) once they are written.
     echoed: Option<PortalMark>,
+    /// The recorder; finished with the entry still here only if it panicked.
+    recorder: tokio::task::AbortHandle,
     /// Completes when the recorder has written everything and stopped.
     finished: futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>,
 }
@@ -110,23 +113,22 @@ impl Bridge {
             .max_by_key(|m| m.message_id)
     }
 
-    /// Whether `mark`'s message is being recorded, and if so notes that its
-    /// echo (or a repeat) came: nothing more to do for it.
+    /// Whether `mark`'s message was sent from Matrix and is being recorded,
+    /// and if so notes that its echo came: nothing more to do for it.
     fn echo_of_recording(&self, key: PortalKey, mark: PortalMark) -> bool {
         let mut records = self.records.lock();
         let Some(in_flight) = records.get_mut(&key) else {
             return false;
         };
-        let id = mark.message_id;
-        let recording = in_flight.writing.contains(&id)
-            || in_flight
-                .waiting
-                .iter()
-                .any(|(r, _)| r.max_message_id == id);
-        if recording && in_flight.echoed.is_none_or(|e| e.message_id < id) {
+        let echo = in_flight.sent.contains(&mark.message_id);
+        if echo
+            && in_flight
+                .echoed
+                .is_none_or(|e| e.message_id < mark.message_id)
+        {
             in_flight.echoed = Some(mark);
         }
-        recording
+        echo
     }
 
     /// Writes a part's mapping (and with `advance` the portal's mark) while
@@ -151,36 +153,52 @@ impl Bridge {
             message_id: row.max_message_id,
             time: row.timestamp_ms,
         };
-        let newest = row.max_message_id;
+        let id = row.max_message_id;
         let mut records = self.records.lock();
-        if let Some(in_flight) = records.get_mut(&key) {
+        let push = |in_flight: &mut InFlight| {
+            if hold.is_some() {
+                in_flight.sent.push(id);
+            }
             in_flight.waiting.push((row, advance));
             in_flight.holds.extend(hold);
-            in_flight.newest = in_flight.newest.max(newest);
+            in_flight.newest = in_flight.newest.max(id);
             if advance {
                 in_flight.advancing = Some(mark);
             }
+        };
+        if let Some(in_flight) = records.get_mut(&key)
+            && !in_flight.recorder.is_finished()
+        {
+            push(in_flight);
             return;
         }
         let bridge = Arc::clone(self);
         let recorder = tokio::spawn(async move { bridge.run_recorder(key).await });
+        let abort = recorder.abort_handle();
         let finished: futures_util::future::BoxFuture<'static, ()> = Box::pin(async move {
-            // A panic in the recorder is a bug; the mappings it did not
-            // write are sent again (deduplicated) by the next catch-up.
+            // A panic in the recorder is a bug; what it did not write is
+            // taken over by the next recorder of the portal.
             let _ = recorder.await;
         });
-        records.insert(
-            key,
-            InFlight {
-                waiting: vec![(row, advance)],
-                holds: hold.into_iter().collect(),
-                newest,
-                advancing: advance.then_some(mark),
-                writing: Vec::new(),
-                echoed: None,
-                finished: futures_util::FutureExt::shared(finished),
+        let finished = futures_util::FutureExt::shared(finished);
+        let in_flight = match records.remove(&key) {
+            Some(dead) => InFlight {
+                recorder: abort,
+                finished,
+                ..dead
             },
-        );
+            None => InFlight {
+                waiting: Vec::new(),
+                holds: Vec::new(),
+                newest: id,
+                advancing: None,
+                sent: Vec::new(),
+                echoed: None,
+                recorder: abort,
+                finished,
+            },
+        };
+        push(records.entry(key).or_insert(in_flight));
     }
 
     /// A portal's recorder: writes what is waiting until nothing is.
@@ -203,11 +221,6 @@ impl Bridge {
                     records.remove(&key);
                     return;
                 }
-                in_flight.writing = in_flight
-                    .waiting
-                    .iter()
-                    .map(|(r, _)| r.max_message_id)
-                    .collect();
                 (
                     std::mem::take(&mut in_flight.waiting),
                     std::mem::take(&mut in_flight.holds),
@@ -229,6 +242,10 @@ impl Bridge {
                         break;
                     }
                 }
+            }
+            let written: Vec<i64> = rows.iter().map(|(r, _)| r.max_message_id).collect();
+            if let Some(in_flight) = self.records.lock().get_mut(&key) {
+                in_flight.sent.retain(|id| !written.contains(id));
             }
             drop(holds);
         }
