@@ -91,7 +91,11 @@ pub fn decode_within(bytes: &[u8], limits: FrameLimits) -> Result<Frame, CodecEr
         let mut cursor: &[u8] = &raw;
         let value = rmpv::decode::read_value(&mut cursor)
             .map_err(|e| CodecError::MsgPack(e.to_string()))?;
-        from_msgpack(value)
+        let mut payload = from_msgpack(value);
+        if super::limits::cut_quotes(&mut payload) {
+            tracing::debug!(opcode = opcode.0, "quotes nested deeper than the limit cut");
+        }
+        payload
     };
     Ok(Frame {
         ver,

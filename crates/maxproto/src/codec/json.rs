@@ -51,7 +51,13 @@ pub fn decode_within(text: &str, limits: FrameLimits) -> Result<Frame, CodecErro
         return Err(CodecError::TooLarge(text.len()));
     }
     super::limits::check_json(text, limits)?;
-    let raw: In = serde_json::from_str(text)?;
+    let mut raw: In = serde_json::from_str(text)?;
+    if super::limits::cut_quotes(&mut raw.payload) {
+        tracing::debug!(
+            opcode = raw.opcode,
+            "quotes nested deeper than the limit cut"
+        );
+    }
     let cmd = u8::try_from(raw.cmd).map_err(|_| CodecError::Envelope("cmd out of range"))?;
     let opcode =
         u16::try_from(raw.opcode).map_err(|_| CodecError::Envelope("opcode out of range"))?;

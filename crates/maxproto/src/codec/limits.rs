@@ -7,8 +7,17 @@
 use super::CodecError;
 
 /// Default deepest nesting of arrays and objects (maps) a frame may have.
-/// MAX's payloads nest about eight deep.
-pub const MAX_DEPTH: usize = 32;
+/// MAX's payloads nest about eight deep, but a message quotes the one it
+/// answers or forwards whole, that one its own, and so on (two levels per
+/// quote), so a long chain of replies nests far deeper. This stays below
+/// serde_json's own limit (128) and keeps every recursive walk of a frame
+/// (rmpv, serde) well within a thread's stack; what is built is then cut
+/// to [`MAX_QUOTES`] quotes.
+pub const MAX_DEPTH: usize = 100;
+/// Quotes within quotes kept in a decoded frame; deeper ones lose their
+/// quoted message (the link and its ids stay). A reply needs one, a
+/// forward of a forward two.
+pub const MAX_QUOTES: usize = 3;
 /// Default most values (scalars, arrays, objects) one frame may hold. A
 /// large LOGIN answer or history page holds some tens of thousands.
 pub const MAX_VALUES: usize = 250_000;
@@ -64,6 +73,41 @@ pub fn check_json(text: &str, limits: FrameLimits) -> Result<(), CodecError> {
         }
     }
     Ok(())
+}
+
+/// Cuts chains of quoted messages (`link.message` within `link.message`…)
+/// after [`MAX_QUOTES`], wherever they are in `payload`, so that what reads
+/// a message never walks a chain as long as the server made it. Iterative.
+/// Returns whether anything was cut.
+pub fn cut_quotes(payload: &mut serde_json::Value) -> bool {
+    let mut cut = false;
+    // Each value with the number of quotes it is inside.
+    let mut stack: Vec<(&mut serde_json::Value, usize)> = vec![(payload, 0)];
+    while let Some((value, quotes)) = stack.pop() {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    if key == "link"
+                        && let serde_json::Value::Object(link) = child
+                        && link.contains_key("message")
+                    {
+                        if quotes >= MAX_QUOTES {
+                            link.remove("message");
+                            cut = true;
+                        }
+                        stack.push((child, quotes + 1));
+                    } else {
+                        stack.push((child, quotes));
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                stack.extend(items.iter_mut().map(|item| (item, quotes)));
+            }
+            _ => {}
+        }
+    }
+    cut
 }
 
 /// Walks one MessagePack value without building it: checks nesting depth,
@@ -251,5 +295,49 @@ mod tests {
         assert!(check_msgpack(&[0x92, 0x01], FrameLimits::default()).is_err());
         assert!(check_msgpack(&[0xda, 0x00, 0x10, b'a'], FrameLimits::default()).is_err());
         assert!(check_msgpack(&[], FrameLimits::default()).is_err());
+    }
+
+    /// A message answering a message answering … 45 deep, as a server that
+    /// quotes whole sends it: both codecs decode it, keeping three quotes.
+    #[test]
+    fn a_long_chain_of_quotes_is_decoded_and_cut() {
+        use crate::frame::{Cmd, Frame};
+        use crate::opcode::Opcode;
+        let mut message = serde_json::json!({"id": "1", "text": "first"});
+        for n in 2..=45 {
+            message = serde_json::json!({
+                "id": n.to_string(),
+                "text": format!("answer {n}"),
+                "link": {"type": "REPLY", "messageId": (n - 1).to_string(), "chatId": 7,
+                         "message": message},
+            });
+        }
+        let frame = Frame {
+            ver: 11,
+            cmd: Cmd::from_u8(0),
+            seq: 1,
+            opcode: Opcode(128),
+            payload: serde_json::json!({"chatId": 7, "message": message}),
+        };
+        let text = crate::codec::json::encode(&frame).unwrap();
+        assert!(text.matches('{').count() > 90, "deeper than MAX's usual");
+        let bytes = crate::codec::binary::encode(&frame).unwrap();
+        for decoded in [
+            crate::codec::json::decode(&text).unwrap(),
+            crate::codec::binary::decode(&bytes).unwrap(),
+        ] {
+            let mut quotes = Vec::new();
+            let mut at = &decoded.payload["message"];
+            while let Some(quoted) = at["link"].get("message") {
+                quotes.push(quoted["text"].clone());
+                at = quoted;
+            }
+            assert_eq!(quotes, ["answer 44", "answer 43", "answer 42"]);
+            // The cut quote still names what it answers.
+            // (as a string in JSON, a number in MessagePack).
+            let id = at["link"]["messageId"].to_string();
+            assert_eq!(id.trim_matches('"'), "41");
+            assert_eq!(decoded.payload["message"]["text"], "answer 45");
+        }
     }
 }
