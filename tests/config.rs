@@ -191,6 +191,10 @@ fn semantic_errors_name_the_key() {
             format!("{MINIMAL}runtime:\n  worker_threads: 0\n"),
             "runtime.worker_threads",
         ),
+        (
+            format!("{MINIMAL}max:\n  frame_max_depth: 500\n"),
+            "max.frame_max_depth",
+        ),
     ];
     for (text, expected) in cases {
         match parse(&text) {

@@ -533,6 +533,15 @@ impl Config {
                 format!("must be between 1 and {MAX_WORKER_THREADS}"),
             ));
         }
+        // Deeper frames would be walked recursively past what a thread's
+        // stack is known to hold.
+        let deepest = maxproto::codec::limits::MAX_DEPTH;
+        if !(1..=deepest).contains(&self.max.frame_max_depth) {
+            return Err((
+                "max.frame_max_depth",
+                format!("must be between 1 and {deepest}"),
+            ));
+        }
         require_http("homeserver.address", &self.homeserver.address)?;
         require_http("appservice.address", &self.appservice.address)?;
         if self.appservice.hostname.trim().is_empty() {
