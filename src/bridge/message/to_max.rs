@@ -1,0 +1,400 @@
+//! The portal owner's Matrix messages, edits and redactions into MAX
+//! requests.
+
+use crate::bridge::Bridge;
+use crate::bridge::convert;
+use crate::bridge::login::LoginSession;
+use crate::bridge::portal::{PortalError, PortalKey};
+use crate::matrix::{Handled, RoomEvent};
+use crate::store::MessageRow;
+use maxproto::types::{
+    MessageLink, MsgDeleteRequest, MsgEditRequest, MsgSendRequest, OutgoingMessage,
+};
+use serde_json::Value;
+use std::sync::Arc;
+
+impl Bridge {
+    pub(crate) async fn on_matrix_message(
+        self: &Arc<Self>,
+        key: PortalKey,
+        event: &RoomEvent,
+        untouched: bool,
+        handled: &Arc<Handled>,
+    ) -> Result<(), PortalError> {
+        tracing::debug!(chat = key.chat_id, receiver = key.receiver, event = %event.event_id, kind = %event.event_type, "Matrix event");
+        let Some(session) = self.wait_for_login(&event.sender).await? else {
+            tracing::debug!(event = %event.event_id, "no MAX login to send with");
+            if let Some(login) = self.store.logins().get(event.sender.as_str()).await?
+                && login.max_user_id == key.receiver
+            {
+                let why = if login.state == crate::bridge::login::STATE_LOGGED_OUT {
+                    "you are logged out of MAX. Send `login` to the bridge bot.".to_owned()
+                } else {
+                    format!(
+                        "the connection to MAX did not come back within {} s. Send `ping` to the bridge bot to check it.",
+                        self.config.login_patience().as_secs()
+                    )
+                };
+                self.bot_notice(
+                    &event.room_id,
+                    &format!("⚠️ Your message was not sent: {why}"),
+                )
+                .await;
+            }
+            return Ok(());
+        };
+        if session.max_user_id != key.receiver {
+            // Someone else's portal: only its owner speaks for it on MAX.
+            tracing::debug!(event = %event.event_id, "not the portal's owner; not sent");
+            return Ok(());
+        }
+        // How many MAX messages this event already became (a long text is
+        // several): after a crash, only the rest is sent. An event new from
+        // the homeserver, on its first try, became nothing yet.
+        let already = if untouched {
+            0
+        } else {
+            self.store
+                .messages()
+                .all_by_event_id(event.event_id.as_str())
+                .await?
+                .len()
+        };
+        if already > 0 {
+            tracing::debug!(event = %event.event_id, already, "Matrix event bridged before");
+        }
+        if already > 0 && event.event_type != "m.room.message" {
+            return Ok(());
+        }
+        match event.event_type.as_str() {
+            "m.room.redaction" => return self.delete_on_max(&session, key, event).await,
+            "m.reaction" => return self.react_on_max(&session, key, event).await,
+            _ => {}
+        }
+        if event
+            .content
+            .pointer("/m.relates_to/rel_type")
+            .and_then(Value::as_str)
+            == Some("m.replace")
+        {
+            return self.edit_on_max(&session, key, event).await;
+        }
+        let reply_link = match event
+            .content
+            .pointer("/m.relates_to/m.in_reply_to/event_id")
+            .and_then(Value::as_str)
+        {
+            Some(target) => self
+                .store
+                .messages()
+                .by_event_id(target)
+                .await?
+                .map(|row| MessageLink::reply(maxproto::types::MessageId(row.max_message_id))),
+            None => None,
+        };
+        let msgtype = event
+            .content
+            .get("msgtype")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let mut outgoing: Vec<OutgoingMessage> = Vec::new();
+        if crate::bridge::media::is_media_msgtype(msgtype) {
+            if already > 0 {
+                return Ok(());
+            }
+            match self.media_to_max(&session, &event.content).await {
+                Ok(attach) => {
+                    let mut message = OutgoingMessage::new(0, "");
+                    message.attaches.push(attach);
+                    outgoing.push(message);
+                }
+                Err(reason) => {
+                    self.send_failed(event, &reason, 0, 0).await;
+                    return Ok(());
+                }
+            }
+        } else if let Some(content) = convert::matrix_to_max(&event.content) {
+            // A text over MAX's limit goes as several plain messages; offsets
+            // of formatting would not survive the cut.
+            if content.text.chars().count() > convert::MAX_TEXT_CHARS {
+                outgoing.extend(
+                    convert::split_text(&content.text)
+                        .into_iter()
+                        .map(|part| OutgoingMessage::new(0, part)),
+                );
+            } else {
+                let mut message = OutgoingMessage::new(0, content.text);
+                message.elements = content.elements;
+                outgoing.push(message);
+            }
+        } else {
+            self.bot_notice(
+                &event.room_id,
+                &format!("⚠️ Your {msgtype} message was not sent: this kind of message is not bridged to MAX yet."),
+            )
+            .await;
+            return Ok(());
+        }
+        let last = outgoing.len().saturating_sub(1);
+        for (index, mut message) in outgoing.into_iter().enumerate().skip(already) {
+            message.cid = crate::bridge::cid_for_event(event.event_id.as_str(), index);
+            if index == 0 {
+                message.link = reply_link.clone();
+            }
+            let request = MsgSendRequest::new(maxproto::types::ChatId(key.chat_id), message);
+            match self.send_to_max(&session, &request).await {
+                Ok(answer) => {
+                    tracing::debug!(event = %event.event_id, part = index, message = answer.message.id.0, "sent to MAX");
+                    let row = MessageRow {
+                        chat_id: key.chat_id,
+                        receiver: key.receiver,
+                        max_message_id: answer.message.id.0,
+                        part: 0,
+                        event_id: event.event_id.to_string(),
+                        room_id: event.room_id.to_string(),
+                        sender: session.max_user_id,
+                        timestamp_ms: answer.message.time,
+                    };
+                    // The event stays pending in the inbox until its
+                    // mapping is written: a crash before sends it again
+                    // (MAX answers a repeated cid with the same message).
+                    self.record_behind(key, row, false, Some(Arc::clone(handled)))
+                        .await;
+                }
+                Err(reason) => {
+                    self.send_failed(event, &reason, index, last).await;
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// MSG_SEND, retried while MAX does not answer or the connection is
+    /// being re-established, up to the outage patience. Safe to repeat: the
+    /// cid is derived from the event, and MAX answers a repeated cid with
+    /// the message it already created. A refusal is returned as its reason.
+    async fn send_to_max(
+        &self,
+        session: &LoginSession,
+        request: &MsgSendRequest,
+    ) -> Result<maxproto::types::MsgSendResponse, String> {
+        use maxproto::client::ClientError;
+        let backoff = crate::retry::Backoff {
+            first: std::time::Duration::from_millis(500),
+            max: std::time::Duration::from_secs(30),
+            patience: self.config.outage_patience(),
+        };
+        let attempt = || async {
+            let outcome = tokio::time::timeout(
+                self.config.message_send_timeout(),
+                session.client.call(request),
+            )
+            .await;
+            match outcome {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(
+                    error @ (ClientError::Timeout
+                    | ClientError::Disconnected
+                    | ClientError::WebSocket(_)),
+                )) => Err(SendFailure::transient(error.to_string())),
+                Ok(Err(error)) => Err(SendFailure {
+                    reason: crate::bridge::commands::describe(&error),
+                    transient: false,
+                }),
+                Err(_) => Err(SendFailure::transient("MAX did not answer in time")),
+            }
+        };
+        let what = "MAX send, retried with the same cid";
+        crate::retry::retry(what, backoff, |f: &SendFailure| f.transient, attempt)
+            .await
+            .map_err(|failure| failure.reason)
+    }
+
+    async fn send_failed(&self, event: &RoomEvent, reason: &str, index: usize, last: usize) {
+        tracing::warn!(room = %event.room_id, event = %event.event_id, reason, "message not delivered to MAX");
+        let what = if last > 0 {
+            format!("Part {} of {} of your message", index + 1, last + 1)
+        } else {
+            "Your message".to_owned()
+        };
+        self.bot_notice(
+            &event.room_id,
+            &format!("⚠️ {what} was not delivered to MAX: {reason}"),
+        )
+        .await;
+    }
+
+    /// A Matrix edit of one of the user's bridged messages becomes MSG_EDIT.
+    async fn edit_on_max(
+        &self,
+        session: &LoginSession,
+        key: PortalKey,
+        event: &RoomEvent,
+    ) -> Result<(), PortalError> {
+        let target = event
+            .content
+            .pointer("/m.relates_to/event_id")
+            .and_then(Value::as_str);
+        let new_content = event
+            .content
+            .get("m.new_content")
+            .and_then(convert::matrix_to_max);
+        let (Some(target), Some(content)) = (target, new_content) else {
+            return Ok(());
+        };
+        let Some(original) = self.store.messages().by_event_id(target).await? else {
+            return Ok(());
+        };
+        if original.sender != session.max_user_id {
+            self.bot_notice(
+                &event.room_id,
+                "⚠️ Only your own messages can be edited on MAX.",
+            )
+            .await;
+            return Ok(());
+        }
+        if content.text.chars().count() > convert::MAX_TEXT_CHARS {
+            self.bot_notice(
+                &event.room_id,
+                &format!(
+                    "⚠️ Your edit was not delivered to MAX: longer than {} characters.",
+                    convert::MAX_TEXT_CHARS
+                ),
+            )
+            .await;
+            return Ok(());
+        }
+        let request = MsgEditRequest {
+            chat_id: maxproto::types::ChatId(key.chat_id),
+            message_id: maxproto::types::MessageId(original.max_message_id),
+            text: content.text,
+            elements: content.elements,
+            attachments: Vec::new(),
+            extra: Default::default(),
+        };
+        match session.client.call(&request).await {
+            Ok(answer) => {
+                let edit_time = answer.message.update_time.unwrap_or(answer.message.time);
+                session.remember_own_edit(original.max_message_id, edit_time);
+                // Recorded as bridged, so a catch-up does not send it back.
+                self.store
+                    .messages()
+                    .set_edited_ms(
+                        key.chat_id,
+                        key.receiver,
+                        original.max_message_id,
+                        edit_time,
+                    )
+                    .await?;
+            }
+            Err(error) => {
+                self.bot_notice(
+                    &event.room_id,
+                    &format!(
+                        "⚠️ Your edit was not delivered to MAX: {}",
+                        crate::bridge::commands::describe(&error)
+                    ),
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A redaction of the user's bridged message deletes it on MAX for
+    /// everyone (MSG_DELETE).
+    async fn delete_on_max(
+        &self,
+        session: &LoginSession,
+        key: PortalKey,
+        event: &RoomEvent,
+    ) -> Result<(), PortalError> {
+        let Some(target) = event.redacts() else {
+            return Ok(());
+        };
+        if self.unreact_on_max(session, key, event, target).await? {
+            return Ok(());
+        }
+        let rows: Vec<MessageRow> = self
+            .store
+            .messages()
+            .all_by_event_id(target)
+            .await?
+            .into_iter()
+            .filter(|row| row.chat_id == key.chat_id && row.receiver == key.receiver)
+            .collect();
+        // Rows of a message deleted already (a redelivered redaction).
+        let rows: Vec<MessageRow> = {
+            let mut live = Vec::new();
+            for row in rows {
+                if !self
+                    .store
+                    .messages()
+                    .is_deleted(row.chat_id, row.receiver, row.max_message_id)
+                    .await?
+                {
+                    live.push(row);
+                }
+            }
+            live
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let request = MsgDeleteRequest {
+            chat_id: maxproto::types::ChatId(key.chat_id),
+            message_ids: rows
+                .iter()
+                .map(|row| maxproto::types::MessageId(row.max_message_id))
+                .collect(),
+            for_me: false,
+            extra: Default::default(),
+        };
+        // The mapping stays: the echo of the original send may still be on
+        // its way (a quick delete overtakes it), and must be recognised.
+        match session.client.call(&request).await {
+            Ok(_) => {
+                for row in &rows {
+                    self.store
+                        .messages()
+                        .set_deleted(key.chat_id, key.receiver, row.max_message_id)
+                        .await?;
+                }
+            }
+            Err(error) => {
+                self.bot_notice(
+                    &event.room_id,
+                    &format!(
+                        "⚠️ The message was not deleted on MAX: {}",
+                        crate::bridge::commands::describe(&error)
+                    ),
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a send to MAX did not go through, and whether the same send may
+/// still succeed (MAX silent or the connection being re-established).
+struct SendFailure {
+    reason: String,
+    transient: bool,
+}
+
+impl SendFailure {
+    fn transient(reason: impl Into<String>) -> SendFailure {
+        SendFailure {
+            reason: reason.into(),
+            transient: true,
+        }
+    }
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
