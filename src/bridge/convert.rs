@@ -286,6 +286,9 @@ const MAX_HTML_TAGS: usize = 2000;
 pub struct MaxText {
     pub text: String,
     pub elements: Vec<Element>,
+    /// Set while walking HTML that nests deeper than [`MAX_HTML_DEPTH`]:
+    /// part of it was left out.
+    cut: bool,
 }
 
 impl MaxText {
@@ -337,8 +340,10 @@ impl MaxText {
 /// scripts, styles and the reply fallback, and stops at a bounded depth.
 /// Links only keep web, mail and phone URLs.
 ///
-/// `None` for HTML with more tags than any message needs: the parser's tree
-/// is recursive, and a hostile message could exhaust the stack with it.
+/// `None` for HTML with more tags than any message needs (the parser's tree
+/// is recursive, and a hostile message could exhaust the stack with it) or
+/// nested deeper than formatting does: the caller then sends the plain body,
+/// never a text with parts missing.
 pub fn html_to_max(html: &str) -> Option<MaxText> {
     if html.bytes().filter(|b| *b == b'<').count() > MAX_HTML_TAGS {
         return None;
@@ -347,6 +352,9 @@ pub fn html_to_max(html: &str) -> Option<MaxText> {
     let mut out = MaxText::default();
     for child in document.children() {
         walk_html(&child, &mut out, 0, false);
+    }
+    if out.cut {
+        return None;
     }
     let trimmed = out.text.trim_end().len();
     out.text.truncate(trimmed);
@@ -360,6 +368,7 @@ pub fn html_to_max(html: &str) -> Option<MaxText> {
 
 fn walk_html(node: &ruma::html::NodeRef, out: &mut MaxText, depth: usize, pre: bool) {
     if depth > MAX_HTML_DEPTH {
+        out.cut = true;
         return;
     }
     if let Some(text) = node.as_text() {
@@ -463,7 +472,9 @@ pub fn matrix_to_max(content: &Value) -> Option<MaxText> {
         .and_then(Value::as_str)
         .filter(|f| *f == "org.matrix.custom.html")
         .and_then(|_| content.get("formatted_body")?.as_str())
-        .and_then(html_to_max);
+        .and_then(html_to_max)
+        // HTML that says nothing (only what is dropped) is not the message.
+        .filter(|html| !html.text.trim().is_empty() || body.trim().is_empty());
     let mut out = html.unwrap_or_else(|| {
         let reply = content
             .pointer("/m.relates_to/m.in_reply_to/event_id")
@@ -475,7 +486,7 @@ pub fn matrix_to_max(content: &Value) -> Option<MaxText> {
         };
         MaxText {
             text: body.to_owned(),
-            elements: Vec::new(),
+            ..MaxText::default()
         }
     });
     if msgtype == "m.emote" {
@@ -640,6 +651,30 @@ mod tests {
         assert_eq!(text(reply).as_deref(), Some("new text"));
     }
 
+    /// Formatting that cannot be converted degrades to the plain body,
+    /// never to a text with parts missing or to nothing.
+    #[test]
+    fn html_too_deep_or_saying_nothing_falls_back_to_the_body() {
+        let html = |formatted: String| {
+            let content = json!({"msgtype": "m.text", "body": "the plain words",
+                "format": "org.matrix.custom.html", "formatted_body": formatted});
+            matrix_to_max(&content).map(|t| (t.text, t.elements.len()))
+        };
+        let deep = format!(
+            "<i>shallow</i> {}deep{}",
+            "<b>".repeat(100),
+            "</b>".repeat(100)
+        );
+        assert_eq!(html(deep), Some(("the plain words".to_owned(), 0)));
+        let flood = format!("{}x{}", "<b>".repeat(5_000), "</b>".repeat(5_000));
+        assert_eq!(html(flood), Some(("the plain words".to_owned(), 0)));
+        let nothing = "<script>x</script><mx-reply>quote</mx-reply>".to_owned();
+        assert_eq!(html(nothing), Some(("the plain words".to_owned(), 0)));
+        // Nesting within the bound is still formatting.
+        let nested = format!("{}ok{}", "<b>".repeat(40), "</b>".repeat(40));
+        assert_eq!(html(nested).map(|(t, _)| t), Some("ok".to_owned()));
+    }
+
     fn kinds(text: &MaxText) -> Vec<(ElementType, i64, i64)> {
         text.elements
             .iter()
@@ -687,9 +722,9 @@ mod tests {
         .unwrap();
         assert_eq!(out.text, "clickpic");
         assert!(out.elements.is_empty(), "{:?}", out.elements);
-        // Deep nesting is cut off instead of overflowing the stack...
+        // Deep nesting is not walked (the stack) ...
         let deep = format!("{}x{}", "<b>".repeat(1_000), "</b>".repeat(1_000));
-        assert_eq!(html_to_max(&deep).unwrap().text, "");
+        assert_eq!(html_to_max(&deep), None);
         // ... and a flood of tags is not parsed at all.
         let flood = format!("{}x{}", "<b>".repeat(100_000), "</b>".repeat(100_000));
         assert_eq!(html_to_max(&flood), None);
