@@ -63,6 +63,7 @@ fn example_config_parses_with_its_documented_values() {
     assert_eq!(config.bridge.command_prefix, "!max");
     assert_eq!(config.logging.format, LogFormat::Pretty);
     assert_eq!(config.runtime.worker_threads, 1);
+    assert_eq!(config.backfill.max_initial_messages, 50);
     assert_eq!(
         config.permission_for("@admin:example.org"),
         Permission::Admin
@@ -194,6 +195,10 @@ fn semantic_errors_name_the_key() {
         (
             format!("{MINIMAL}max:\n  frame_max_depth: 500\n"),
             "max.frame_max_depth",
+        ),
+        (
+            format!("{MINIMAL}backfill:\n  max_initial_messages: 5000\n"),
+            "backfill.max_initial_messages",
         ),
     ];
     for (text, expected) in cases {

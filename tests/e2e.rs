@@ -1463,3 +1463,89 @@ async fn a_burst_of_replies_edits_and_deletions_keeps_every_link() {
         .collect();
     assert!(complaints.is_empty(), "{complaints:?}");
 }
+
+/// A new portal brings the chat's newest history with it
+/// (`backfill.max_initial_messages`), in order, with MAX's times, before
+/// what comes live; and a chat that gets its portal from its first messages
+/// has each of them once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_portals_bring_their_newest_history_in_order() {
+    const HISTORY: usize = 5;
+    let env = Env::start_with_options(support::bridge::EnvOptions {
+        backfill: HISTORY as u32,
+        ..support::bridge::EnvOptions::default()
+    })
+    .await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+    // Written before Alice's login: history, not news.
+    let written: Vec<maxsim::SimMessage> = (1..=8)
+        .map(|n| boris_says(control, &format!("history {n}")))
+        .collect();
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    boris_says(control, "live");
+    human.wait_for_text(&dm, "live").await;
+    let from_boris: Vec<_> = human
+        .messages(&dm)
+        .into_iter()
+        .filter(|m| m.sender == boris)
+        .collect();
+    let bodies: Vec<&str> = from_boris.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(
+        bodies,
+        [
+            "history 4",
+            "history 5",
+            "history 6",
+            "history 7",
+            "history 8",
+            "live"
+        ],
+        "the newest {HISTORY} of the history, then the live message"
+    );
+    for (message, sent) in from_boris.iter().zip(&written[8 - HISTORY..]) {
+        assert_eq!(
+            message.origin_server_ts, sent.time as u64,
+            "{} keeps its MAX time",
+            message.body
+        );
+    }
+
+    // A group appears with messages already in it.
+    let chat = control
+        .create_chat(
+            fixture_ids::BORIS,
+            maxsim::ChatKind::Chat,
+            "Group with a past",
+            &[fixture_ids::ALICE],
+        )
+        .expect("Boris creates a group");
+    for text in ["first words", "second words", "third words"] {
+        control
+            .send(fixture_ids::BORIS, chat, Outgoing::text(text))
+            .expect("Boris sends");
+    }
+    let invite = human
+        .wait_for_invite(|i| i.room_name.as_deref() == Some("Group with a past"))
+        .await;
+    human.join(&invite.room_id).await;
+    human.wait_for_text(&invite.room_id, "third words").await;
+    boris_says(control, "and the DM goes on");
+    human.wait_for_text(&dm, "and the DM goes on").await;
+    let group: Vec<String> = human
+        .messages(&invite.room_id)
+        .into_iter()
+        .filter(|m| m.sender == boris)
+        .map(|m| m.body)
+        .collect();
+    // The group's creation is part of its history on MAX too.
+    assert_eq!(
+        group,
+        [
+            "created the chat «Group with a past»",
+            "first words",
+            "second words",
+            "third words"
+        ]
+    );
+}

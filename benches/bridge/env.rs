@@ -130,6 +130,9 @@ max:
 bridge:
     permissions:
         "*": user
+# The runs measure the live path; history into new portals is its own cost.
+backfill:
+    max_initial_messages: 0
 logging:
     level: warn
 "#,

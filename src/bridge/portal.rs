@@ -252,9 +252,9 @@ impl Bridge {
                 self.refresh_portal(session, portal, chat).await?;
             }
             _ if create => {
-                // A portal starts with the chat as it is now: what came
-                // before is history, not missed messages.
-                let start = chat.last_message.as_ref().map_or(
+                // A portal starts with the chat as it is now, and the
+                // newest of what came before as its history.
+                let live = chat.last_message.as_ref().map_or(
                     PortalMark {
                         message_id: 0,
                         time: super::now_ms(),
@@ -264,7 +264,10 @@ impl Bridge {
                         time: last.time,
                     },
                 );
+                let start = self.history_start(session, chat.id.0, live).await;
                 self.create_portal(session, chat, start).await?;
+                self.backfill(session, session.portal_key(chat.id.0), start, live)
+                    .await?;
             }
             _ => {}
         }

@@ -72,7 +72,34 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub backfill: BackfillConfig,
 }
+
+/// History brought into portals from MAX.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// The newest MAX messages of a chat bridged into its portal when the
+    /// portal is created (0: a portal starts empty, with what comes next).
+    #[serde(default = "default_max_initial_messages")]
+    pub max_initial_messages: u32,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        Self {
+            max_initial_messages: default_max_initial_messages(),
+        }
+    }
+}
+
+fn default_max_initial_messages() -> u32 {
+    50
+}
+
+/// A new portal's history is read in one CHAT_HISTORY page of at most this.
+pub const MAX_INITIAL_MESSAGES: u32 = 1000;
 
 /// How the process runs its work.
 #[derive(Debug, Clone, Deserialize)]
@@ -531,6 +558,12 @@ impl Config {
             return Err((
                 "runtime.worker_threads",
                 format!("must be between 1 and {MAX_WORKER_THREADS}"),
+            ));
+        }
+        if self.backfill.max_initial_messages > MAX_INITIAL_MESSAGES {
+            return Err((
+                "backfill.max_initial_messages",
+                format!("must be at most {MAX_INITIAL_MESSAGES}"),
             ));
         }
         // Deeper frames would be walked recursively past what a thread's

@@ -55,6 +55,9 @@ pub struct EnvOptions {
     pub media_max_bytes: Option<u64>,
     /// Extra top-level YAML for Synapse's config.
     pub synapse_yaml: String,
+    /// `backfill.max_initial_messages` (0 here: most tests read a portal's
+    /// timeline and expect only what they sent into it).
+    pub backfill: u32,
 }
 
 impl Default for EnvOptions {
@@ -68,6 +71,7 @@ impl Default for EnvOptions {
             log_filter: None,
             media_max_bytes: None,
             synapse_yaml: String::new(),
+            backfill: 0,
         }
     }
 }
@@ -122,6 +126,7 @@ impl Env {
             log_filter,
             media_max_bytes,
             synapse_yaml,
+            backfill,
         } = options;
         let db = match &pg_admin_url {
             Some(url) => TestDb::create_on(url).await,
@@ -171,7 +176,9 @@ bridge:
         "*": none
         localhost: user
         "@mallory:localhost": none
-{extra}logging:
+{extra}backfill:
+    max_initial_messages: {backfill}
+logging:
     level: info
     format: {log_format}
 "#,

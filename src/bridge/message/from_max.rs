@@ -97,12 +97,20 @@ impl Bridge {
             (stored, _) => stored,
         };
         match mark {
-            // No portal yet: this message starts it.
+            // No portal yet: this message starts it, after the newest of
+            // what came before as its history.
             None => {
-                let start = PortalMark {
+                let live = PortalMark {
                     message_id: prev.unwrap_or(0),
                     time: message.time - 1,
                 };
+                let start = self.history_start(session, key.chat_id, live).await;
+                if start != live {
+                    self.portal_room(session, key.chat_id, start).await?;
+                    self.backfill(session, key, start, live).await?;
+                    // History normally held this message too.
+                    return self.bridge_message(session, key, message, None, None).await;
+                }
                 self.bridge_message(session, key, message, Some(start), Some(known))
                     .await
             }
@@ -132,6 +140,69 @@ impl Bridge {
                     .await
             }
         }
+    }
+
+    /// Where a new portal of the chat starts so that its history comes in
+    /// with it: just before the oldest of the newest
+    /// `backfill.max_initial_messages` messages up to `live` (the chat as
+    /// it is now). `live` itself without backfill, history or an answer.
+    pub(crate) async fn history_start(
+        &self,
+        session: &LoginSession,
+        chat_id: i64,
+        live: PortalMark,
+    ) -> PortalMark {
+        // Bridged by the catch-up, whose limit must not call them missed.
+        let wanted = self
+            .config
+            .backfill
+            .max_initial_messages
+            .min(self.config.bridge.max_catchup_messages);
+        if wanted == 0 {
+            return live;
+        }
+        let request = ChatHistoryRequest::backward(ChatId(chat_id), live.time, i64::from(wanted));
+        let page = match session.client.call(&request).await {
+            Ok(answer) => answer.messages,
+            Err(error) => {
+                tracing::warn!(chat = chat_id, %error, "history unavailable; the portal starts without it");
+                return live;
+            }
+        };
+        let mut ids: Vec<(i64, i64)> = page
+            .iter()
+            .filter(|m| live.message_id == 0 || m.id.0 <= live.message_id)
+            .map(|m| (m.id.0, m.time))
+            .collect();
+        ids.sort_unstable();
+        let skip = ids.len().saturating_sub(wanted as usize);
+        match ids.get(skip) {
+            Some(&(id, time)) => PortalMark {
+                message_id: id - 1,
+                time: time - 1,
+            },
+            None => live,
+        }
+    }
+
+    /// Brings a new portal's history in: what the chat holds after `start`
+    /// (see [`Self::history_start`]), in order, with MAX's times.
+    pub(crate) async fn backfill(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        key: PortalKey,
+        start: PortalMark,
+        live: PortalMark,
+    ) -> Result<(), PortalError> {
+        if start == live {
+            return Ok(());
+        }
+        tracing::info!(
+            chat = key.chat_id,
+            receiver = key.receiver,
+            "bringing in the new portal's history"
+        );
+        self.catch_up_from(session, key, start).await
     }
 
     /// Reads the chat's history after `mark` up to the live edge and bridges
@@ -312,6 +383,13 @@ impl Bridge {
         let known = match known {
             Some(known) => known,
             None => {
+                // A catch-up just before may still be recording it.
+                if self
+                    .recording(key)
+                    .is_some_and(|newest| message.id.0 <= newest)
+                {
+                    self.settle_record(key).await;
+                }
                 self.store
                     .messages()
                     .by_max_id(key.chat_id, key.receiver, message.id.0)
