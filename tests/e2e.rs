@@ -1549,3 +1549,65 @@ async fn new_portals_bring_their_newest_history_in_order() {
         ]
     );
 }
+
+/// An account with more chats than the LOGIN answer holds (40) gets a
+/// portal for every one: the rest of the list is read with CHATS_LIST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_chat_of_a_long_chat_list_gets_its_portal() {
+    const GROUPS: usize = 45;
+    let env = Env::start().await;
+    let control = env.sim.control();
+    for n in 1..=GROUPS {
+        control
+            .create_chat(
+                fixture_ids::BORIS,
+                maxsim::ChatKind::Chat,
+                &format!("Paged group {n}"),
+                &[fixture_ids::ALICE],
+            )
+            .expect("Boris creates a group");
+    }
+    let (human, _management, _dm) = env.alice_with_boris_dm("alice").await;
+    // The oldest groups are past the LOGIN answer's first page.
+    human
+        .wait_for_invite(|i| i.room_name.as_deref() == Some("Paged group 1"))
+        .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut names: Vec<String> = human
+            .invites()
+            .into_iter()
+            .filter_map(|i| i.room_name)
+            .filter(|n| n.starts_with("Paged group "))
+            .collect();
+        names.sort();
+        names.dedup();
+        if names.len() == GROUPS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {GROUPS} groups got a portal",
+            names.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let store = maxbridge::store::Store::connect(&env.config().database.url, 1)
+        .await
+        .expect("bridge database");
+    let rooms: i64 = sqlx::query_scalar("SELECT count(*) FROM portals WHERE room_id IS NOT NULL")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    // Each group once, besides the fixture's own chats.
+    assert!(rooms >= GROUPS as i64, "{rooms} portals");
+    let duplicates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT name FROM portals WHERE name LIKE 'Paged group %' \
+         GROUP BY name HAVING count(*) > 1) d",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("count");
+    assert_eq!(duplicates, 0, "one portal per chat");
+    store.close().await;
+}

@@ -648,19 +648,11 @@ async fn sync(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
             .await;
         return;
     };
-    let request = maxproto::types::ChatsListRequest {
-        marker: super::now_ms(),
-        count: Some(100),
-        ..Default::default()
-    };
-    match session.client.call(&request).await {
-        Ok(answer) => {
-            let count = answer
-                .chats
-                .iter()
-                .filter(|c| !c.is_saved_messages())
-                .count();
-            bridge.sync_chats(&session, &answer.chats).await;
+    match bridge
+        .sync_chats_from(&session, super::now_ms(), Default::default())
+        .await
+    {
+        Ok(count) => {
             bridge
                 .bot_notice(room, &format!("Synchronising {count} chats."))
                 .await;

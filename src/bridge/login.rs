@@ -24,6 +24,10 @@ const RESUME_FIRST_DELAY: std::time::Duration = std::time::Duration::from_secs(2
 const RESUME_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(120);
 
 const OWN_EDITS_KEPT: usize = 256;
+/// Chats asked for per CHATS_LIST (53) page (MAX's most).
+const CHATS_PAGE: i64 = 100;
+/// Pages of the chat list read at most (10,000 chats).
+const CHATS_PAGES: usize = 100;
 
 /// Login states kept in the `logins.state` column.
 pub const STATE_CONNECTED: &str = "connected";
@@ -242,6 +246,7 @@ impl Bridge {
             tasks.spawn(Arc::clone(self).watch_state(Arc::clone(&session)));
         }
         self.sync_chats(&session, &login.chats).await;
+        self.sync_more_chats(&session, &login.chats, login.chat_marker);
         tracing::info!(user = %mxid, max_user = me, "MAX login running");
         Ok(session)
     }
@@ -277,6 +282,82 @@ impl Bridge {
         }
     }
 
+    /// The chats past the LOGIN answer's first page (it holds the 40 most
+    /// recent), read with CHATS_LIST from `marker` on and synced as the
+    /// first page was, so every chat of a big account gets its portal and
+    /// its catch-up. In a task of the session's own: the pump must not wait
+    /// for answers, whose reading may wait for the pump.
+    pub(crate) fn sync_more_chats(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        first_page: &[Chat],
+        marker: Option<i64>,
+    ) {
+        // 0 (or none) says there is no more.
+        let Some(marker) = marker.filter(|m| *m > 0) else {
+            return;
+        };
+        let seen = first_page.iter().map(|c| c.id.0).collect();
+        let bridge = Arc::clone(self);
+        let paging = Arc::clone(session);
+        session
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spawn(async move {
+                // A failure is logged where it happens; the next
+                // reconnection or `sync` reads the list again.
+                let _ = bridge.sync_chats_from(&paging, marker, seen).await;
+            });
+    }
+
+    /// Syncs the chat list from `marker` (a time: chats whose last event is
+    /// older) to its end, but for the chats in `seen`; how many chats it
+    /// found. A page ends at a time that other chats may share, and the
+    /// next page starts strictly before it: so each page is asked from just
+    /// after its marker, and what was seen already is left out.
+    pub(crate) async fn sync_chats_from(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        mut marker: i64,
+        mut seen: std::collections::HashSet<i64>,
+    ) -> Result<usize, maxproto::client::ClientError> {
+        let mut found = 0;
+        let mut first = seen.is_empty();
+        for _ in 0..CHATS_PAGES {
+            let request = maxproto::types::ChatsListRequest {
+                marker: if first {
+                    marker
+                } else {
+                    marker.saturating_add(1)
+                },
+                count: Some(CHATS_PAGE),
+                ..Default::default()
+            };
+            first = false;
+            let page = match session.client.call(&request).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(user = %session.mxid, marker, %error, "could not read the rest of the chat list");
+                    return Err(error);
+                }
+            };
+            let new: Vec<Chat> = page
+                .chats
+                .into_iter()
+                .filter(|c| seen.insert(c.id.0))
+                .collect();
+            found += new.iter().filter(|c| !c.is_saved_messages()).count();
+            self.sync_chats(session, &new).await;
+            match page.marker {
+                // A page with nothing new would come again and again.
+                Some(next) if next > 0 && !new.is_empty() => marker = next,
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
     async fn pump(self: Arc<Self>, session: Arc<LoginSession>, mut events: ClientEvents) {
         while let Some(event) = events.recv().await {
             match event {
@@ -304,6 +385,7 @@ impl Bridge {
                 ClientEvent::Reconnected(login) => {
                     session.remember_contacts(login.contacts.iter().cloned());
                     self.sync_chats(&session, &login.chats).await;
+                    self.sync_more_chats(&session, &login.chats, login.chat_marker);
                 }
             }
         }
