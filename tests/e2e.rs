@@ -1611,3 +1611,64 @@ async fn every_chat_of_a_long_chat_list_gets_its_portal() {
     assert_eq!(duplicates, 0, "one portal per chat");
     store.close().await;
 }
+
+/// `start-chat` opens a direct chat with a MAX user the account never wrote
+/// to, found by id or by phone number; Alice's first message makes the
+/// dialog on MAX, and the answer comes back into the same room. Unknown
+/// users are named as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_chat_opens_a_direct_chat_with_someone_new() {
+    let env = Env::start().await;
+    let control = env.sim.control();
+    let vera = control
+        .create_account(maxsim::NewAccount {
+            first_name: "Vera".to_owned(),
+            last_name: "Nova".to_owned(),
+            phone: Some(79_000_000_077),
+            ..maxsim::NewAccount::default()
+        })
+        .expect("Vera's account");
+    let (human, management, _dm) = env.alice_with_boris_dm("alice").await;
+    let answer = env
+        .command(
+            &human,
+            &management,
+            &format!("start-chat {}", vera.id),
+            "Direct chat with Vera Nova",
+        )
+        .await;
+    let ghost = env.ghost(vera.id);
+    let invite = human.wait_for_invite_from(&ghost).await;
+    assert!(invite.is_direct, "a direct chat");
+    assert!(answer.contains(invite.room_id.as_str()), "{answer}");
+    human.join(&invite.room_id).await;
+    human.send_text(&invite.room_id, "hi Vera").await;
+    let dialog = fixture_ids::ALICE ^ vera.id;
+    let on_max = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.chat_id == dialog && m.text == "hi Vera"
+        })
+        .await
+        .expect("the dialog is made on MAX by the first message");
+    assert_eq!(on_max.sender, Some(fixture_ids::ALICE));
+    control
+        .send(vera.id, dialog, Outgoing::text("hi Alice"))
+        .expect("Vera answers");
+    let reply = human.wait_for_text(&invite.room_id, "hi Alice").await;
+    assert_eq!(reply.sender, ghost);
+
+    // By phone: the same room again, not a second one.
+    let again = env
+        .command(
+            &human,
+            &management,
+            "start-chat +79000000077",
+            "Direct chat with Vera Nova",
+        )
+        .await;
+    assert!(again.contains(invite.room_id.as_str()), "{again}");
+    env.command(&human, &management, "start-chat 999999999", "No MAX user")
+        .await;
+    env.command(&human, &management, "start-chat bob", "neither a phone")
+        .await;
+}

@@ -20,6 +20,7 @@ Commands (in this room no prefix is needed):
 • ping — show the MAX connection state and account
 • sync — read your MAX chats again and create missing portals
 • list — list your bridged chats
+• start-chat <+phone or MAX user id> — open a direct chat with a MAX user
 • cancel — cancel a login in progress
 • help — this text";
 
@@ -228,6 +229,10 @@ async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
         "ping" => ping(bridge, room, user).await,
         "sync" => sync(bridge, room, user).await,
         "list" => list(bridge, room, user).await,
+        "start-chat" => match args.first() {
+            Some(who) => start_chat(bridge, room, user, who).await,
+            None => reply("Usage: start-chat <+phone or MAX user id>".to_owned()).await,
+        },
         "cancel" => reply("Nothing to cancel.".to_owned()).await,
         other => {
             reply(format!(
@@ -664,6 +669,93 @@ async fn sync(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
                     &format!("❌ Could not read chats: {}", describe(&error)),
                 )
                 .await;
+        }
+    }
+}
+
+/// Opens the direct chat with a MAX user found by phone number (`+…`,
+/// CONTACT_INFO_BY_PHONE) or id (CONTACT_INFO).
+async fn start_chat(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, who: &str) {
+    let Some(session) = bridge.login_of(user) else {
+        bridge
+            .bot_notice(room, "You are not logged in to MAX.")
+            .await;
+        return;
+    };
+    let found = if who.starts_with('+') {
+        let request = maxproto::types::ContactByPhoneRequest {
+            phone: who.to_owned(),
+            ..Default::default()
+        };
+        session.client.call(&request).await.map(|r| Some(r.contact))
+    } else {
+        match who.parse::<i64>() {
+            Ok(id) if id > 0 => {
+                let request = maxproto::types::ContactInfoRequest {
+                    contact_ids: vec![maxproto::types::UserId(id)],
+                    ..Default::default()
+                };
+                // Unknown ids are left out of the answer.
+                session
+                    .client
+                    .call(&request)
+                    .await
+                    .map(|r| r.contacts.into_iter().find(|c| c.id.0 == id))
+            }
+            _ => {
+                bridge
+                    .bot_notice(
+                        room,
+                        &format!("`{who}` is neither a phone number (+…) nor a MAX user id."),
+                    )
+                    .await;
+                return;
+            }
+        }
+    };
+    let contact = match found {
+        Ok(Some(contact)) if contact.id.0 == session.max_user_id => {
+            bridge.bot_notice(room, "That is your own account.").await;
+            return;
+        }
+        Ok(Some(contact)) => contact,
+        Ok(None) => {
+            bridge
+                .bot_notice(room, &format!("No MAX user {who}."))
+                .await;
+            return;
+        }
+        Err(error) => {
+            bridge
+                .bot_notice(
+                    room,
+                    &format!("❌ MAX could not find {who}: {}", describe(&error)),
+                )
+                .await;
+            return;
+        }
+    };
+    let name = contact
+        .display_name()
+        .unwrap_or_else(|| format!("MAX user {}", contact.id.0));
+    match bridge.open_dialog_portal(&session, contact).await {
+        Ok(chat) => {
+            bridge
+                .bot_notice(
+                    room,
+                    &format!(
+                        "Direct chat with {name}: https://matrix.to/#/{chat} (you are invited)."
+                    ),
+                )
+                .await
+        }
+        Err(error) => {
+            bridge
+                .bot_notice(
+                    room,
+                    &format!("❌ Could not open the chat with {name}: {error}"),
+                )
+                .await
         }
     }
 }

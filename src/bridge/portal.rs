@@ -79,6 +79,14 @@ pub enum PortalEvent {
     ),
     /// Typing or a read receipt in the portal's Matrix room.
     MatrixEphemeral(Box<EphemeralEvent>),
+    /// The login's user asked for the dialog with `contact` (`start-chat`):
+    /// create its portal if there is none, invite the user, and answer with
+    /// the room.
+    OpenDialog {
+        session: Arc<LoginSession>,
+        contact: Box<maxproto::types::User>,
+        opened: tokio::sync::oneshot::Sender<Result<OwnedRoomId, String>>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +134,17 @@ impl Bridge {
     /// patience; every step is idempotent (deterministic Matrix transaction
     /// ids, cids derived from event ids, mappings checked first).
     pub(crate) async fn handle_portal_event(self: Arc<Self>, key: PortalKey, event: PortalEvent) {
+        if let PortalEvent::OpenDialog {
+            session,
+            contact,
+            opened,
+        } = event
+        {
+            self.settle_record(key).await;
+            let room = self.open_dialog(&session, &contact).await;
+            let _ = opened.send(room.map_err(|error| error.to_string()));
+            return;
+        }
         let started = tokio::time::Instant::now();
         let patience = self.config.outage_patience();
         let mut delay = RETRY_FIRST;
@@ -202,6 +221,10 @@ impl Bridge {
                 create,
             } => self.on_chat(session, chat, *create).await,
             PortalEvent::CatchUp { session, chat } => self.catch_up(session, chat).await,
+            PortalEvent::OpenDialog { .. } => {
+                // Answered in `handle_portal_event`, which owns the reply.
+                Ok(())
+            }
             PortalEvent::MaxMessage {
                 session,
                 message,
@@ -227,6 +250,72 @@ impl Bridge {
             }
             PortalEvent::MatrixEphemeral(event) => self.on_matrix_ephemeral(key, event).await,
         }
+    }
+
+    /// Opens the dialog with `contact` through its portal's queue, as
+    /// everything that touches a portal; the portal's room.
+    pub(crate) async fn open_dialog_portal(
+        &self,
+        session: &Arc<LoginSession>,
+        contact: maxproto::types::User,
+    ) -> Result<OwnedRoomId, String> {
+        let key = session.portal_key(session.max_user_id ^ contact.id.0);
+        let (opened, answer) = tokio::sync::oneshot::channel();
+        self.enqueue(
+            key,
+            PortalEvent::OpenDialog {
+                session: Arc::clone(session),
+                contact: Box::new(contact),
+                opened,
+            },
+        )
+        .await;
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the bridge is stopping".to_owned()))
+    }
+
+    /// The portal of the dialog with `contact`, created (with its history)
+    /// if there is none; the user is invited to it either way (they may have
+    /// left it).
+    async fn open_dialog(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        contact: &maxproto::types::User,
+    ) -> Result<OwnedRoomId, PortalError> {
+        session.remember_contacts([contact.clone()]);
+        let me = session.max_user_id;
+        // A dialog's id is both users' ids XORed; MAX makes it with the first
+        // message, so it may not exist yet.
+        let chat_id = me ^ contact.id.0;
+        let key = session.portal_key(chat_id);
+        if let Some(room) = self.existing_room(key).await? {
+            if let Err(error) = self
+                .matrix
+                .invite(&self.bot, &room, &session.mxid, true)
+                .await
+            {
+                // Already in it, most likely.
+                tracing::debug!(room = %room, %error, "invite to an opened dialog failed");
+            }
+            return Ok(room);
+        }
+        let chat = Chat {
+            participants: Some(
+                [(maxproto::types::UserId(me), 0), (contact.id, 0)]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..Chat::new(maxproto::types::ChatId(chat_id), ChatType::Dialog)
+        };
+        let live = PortalMark {
+            message_id: 0,
+            time: super::now_ms(),
+        };
+        let start = self.history_start(session, chat_id, live).await;
+        let (_, room) = self.create_portal(session, &chat, start).await?;
+        self.backfill(session, key, start, live).await?;
+        Ok(room)
     }
 
     async fn on_chat(

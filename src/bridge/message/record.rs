@@ -20,10 +20,12 @@ const RECORDS_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(
 /// come meanwhile in one transaction.
 ///
 /// A crash in that window leaves up to [`RECORDS_BEHIND`] sent messages
-/// unrecorded instead of one; they are sent again from MAX history under
-/// the same transaction ids, which the homeserver deduplicates (as for any
-/// send not yet recorded). Whatever reads what the records write waits for
-/// them first ([`Bridge::settle_record`]).
+/// unrecorded instead of one, and each is sent again as any send not yet
+/// recorded is: a MAX message from history under the same transaction id,
+/// which the homeserver deduplicates; a Matrix event, still pending in the
+/// inbox until its mapping is written, under the same cid, which MAX
+/// answers with the message it made. Whatever reads what the records write
+/// waits for them first ([`Bridge::settle_record`]).
 #[derive(Debug, Default)]
 pub(crate) struct InFlightRecords(std::sync::Mutex<HashMap<PortalKey, InFlight>>);
 
