@@ -891,12 +891,19 @@ async fn reactions_cross_both_ways() {
         .await
         .expect("the reaction is taken back on MAX");
 
-    // A reaction MAX does not offer is refused with MAX's reason.
-    human.send_reaction(&dm, &bridged.event_id, "🦀").await;
+    // A reaction MAX does not offer is refused with MAX's reason, and
+    // taken off the Matrix side too.
+    let crab = human.send_reaction(&dm, &bridged.event_id, "🦀").await;
     let notice = human
         .wait_for_message(&dm, |m| m.sender == bot && m.body.contains("reaction 🦀"))
         .await;
     assert!(notice.body.contains("not delivered"), "{}", notice.body);
+    human
+        .wait_for_event(&dm, |e| {
+            e["type"] == "m.room.redaction"
+                && (e["redacts"] == crab.as_str() || e["content"]["redacts"] == crab.as_str())
+        })
+        .await;
     // Our own reactions never came back as ghost reactions.
     let own_ghost = env.ghost(fixture_ids::ALICE);
     assert!(

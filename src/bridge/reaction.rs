@@ -168,6 +168,22 @@ impl Bridge {
                 ),
             )
             .await;
+            // Left in place, it would show the user a reaction that the
+            // other side never sees.
+            let txn = format!("refused-{}", event.event_id);
+            if let Err(error) = self
+                .matrix
+                .redact(
+                    &self.bot,
+                    &event.room_id,
+                    &event.event_id,
+                    Some("MAX did not take this reaction"),
+                    &txn,
+                )
+                .await
+            {
+                tracing::warn!(event = %event.event_id, %error, "could not remove a reaction MAX refused");
+            }
             return Ok(());
         }
         let previous = self
