@@ -22,6 +22,27 @@ fn boris_says(control: &maxsim::Control, text: &str) -> maxsim::SimMessage {
         .expect("Boris sends")
 }
 
+/// Waits until `event` in `room` is redacted.
+async fn wait_for_redaction(human: &Human, room: &RoomId, event: &str) {
+    human
+        .wait_for_event(room, |e| {
+            e["type"] == "m.room.redaction"
+                && (e["redacts"] == event || e["content"]["redacts"] == event)
+        })
+        .await;
+}
+
+/// Nothing in `room` says `complaint` (the bot's notices of failures).
+fn assert_no_notice(human: &Human, room: &RoomId, complaint: &str) {
+    let complaints: Vec<String> = human
+        .messages(room)
+        .into_iter()
+        .filter(|m| m.body.contains(complaint))
+        .map(|m| m.body)
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:?}");
+}
+
 fn texts_from(human: &Human, room: &RoomId, sender: &ruma::UserId) -> Vec<String> {
     human
         .messages(room)
@@ -196,13 +217,7 @@ async fn sms_login_creates_portals_and_text_flows_both_ways() {
             false,
         )
         .expect("Boris deletes");
-    human
-        .wait_for_event(&dm, |e| {
-            e["type"] == "m.room.redaction"
-                && (e["redacts"] == done_event.as_str()
-                    || e["content"]["redacts"] == done_event.as_str())
-        })
-        .await;
+    wait_for_redaction(&human, &dm, done_event.as_str()).await;
 
     // A chat that appears later gets its portal with its first message.
     let chat = control
@@ -727,13 +742,7 @@ async fn matrix_formatting_edits_and_redactions_reach_max() {
     assert_eq!(redactions, 1, "only the user's own redaction");
     // MAX's echoes of the edit and the send were recognised, not retried as
     // foreign messages (which would have failed loudly here).
-    let complaints: Vec<String> = human
-        .messages(&management)
-        .into_iter()
-        .filter(|m| m.body.contains("could not be bridged"))
-        .map(|m| m.body)
-        .collect();
-    assert!(complaints.is_empty(), "{complaints:?}");
+    assert_no_notice(&human, &management, "could not be bridged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -764,12 +773,7 @@ async fn binary_wire_format_bridges_the_same() {
             false,
         )
         .expect("Alice deletes on another device");
-    human
-        .wait_for_event(&dm, |e| {
-            e["type"] == "m.room.redaction"
-                && (e["redacts"] == event.as_str() || e["content"]["redacts"] == event.as_str())
-        })
-        .await;
+    wait_for_redaction(&human, &dm, event.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -898,12 +902,7 @@ async fn reactions_cross_both_ways() {
         .wait_for_message(&dm, |m| m.sender == bot && m.body.contains("reaction 🦀"))
         .await;
     assert!(notice.body.contains("not delivered"), "{}", notice.body);
-    human
-        .wait_for_event(&dm, |e| {
-            e["type"] == "m.room.redaction"
-                && (e["redacts"] == crab.as_str() || e["content"]["redacts"] == crab.as_str())
-        })
-        .await;
+    wait_for_redaction(&human, &dm, crab.as_str()).await;
     // Our own reactions never came back as ghost reactions.
     let own_ghost = env.ghost(fixture_ids::ALICE);
     assert!(
@@ -1116,13 +1115,7 @@ async fn catch_up_applies_edits_deletions_and_the_limit() {
                 && e["content"]["m.new_content"]["body"] == "fixed"
         })
         .await;
-    human
-        .wait_for_event(&dm, |e| {
-            e["type"] == "m.room.redaction"
-                && (e["redacts"] == delete_target.as_str()
-                    || e["content"]["redacts"] == delete_target.as_str())
-        })
-        .await;
+    wait_for_redaction(&human, &dm, delete_target.as_str()).await;
     let notice = human
         .wait_for_message(&dm, |m| {
             m.msgtype == "m.notice" && m.body.contains("not bridged")
@@ -1387,13 +1380,7 @@ async fn a_burst_of_replies_edits_and_deletions_keeps_every_link() {
         })
         .await;
     let redacted = from_boris[BURST - 2].event_id.clone();
-    human
-        .wait_for_event(&dm, |e| {
-            e["type"] == "m.room.redaction"
-                && (e["redacts"] == redacted.as_str()
-                    || e["content"]["redacts"] == redacted.as_str())
-        })
-        .await;
+    wait_for_redaction(&human, &dm, redacted.as_str()).await;
     let edit = human
         .wait_for_message(&dm, |m| {
             m.sender == boris && m.rel_type() == Some("m.replace")
@@ -1462,13 +1449,7 @@ async fn a_burst_of_replies_edits_and_deletions_keeps_every_link() {
         ])
         .collect();
     assert_eq!(alice_on_max, expected, "once each, in order");
-    let complaints: Vec<String> = human
-        .messages(&management)
-        .into_iter()
-        .filter(|m| m.body.contains("could not"))
-        .map(|m| m.body)
-        .collect();
-    assert!(complaints.is_empty(), "{complaints:?}");
+    assert_no_notice(&human, &management, "could not");
 }
 
 /// A new portal brings the chat's newest history with it
