@@ -22,6 +22,18 @@ fn boris_says(control: &maxsim::Control, text: &str) -> maxsim::SimMessage {
         .expect("Boris sends")
 }
 
+/// Boris makes a group with Alice on MAX; its chat id.
+fn boris_creates_group(control: &maxsim::Control, title: &str) -> i64 {
+    control
+        .create_chat(
+            fixture_ids::BORIS,
+            maxsim::ChatKind::Chat,
+            title,
+            &[fixture_ids::ALICE],
+        )
+        .expect("Boris creates a group")
+}
+
 /// Waits until `event` in `room` is redacted.
 async fn wait_for_redaction(human: &Human, room: &RoomId, event: &str) {
     human
@@ -220,14 +232,7 @@ async fn sms_login_creates_portals_and_text_flows_both_ways() {
     wait_for_redaction(&human, &dm, done_event.as_str()).await;
 
     // A chat that appears later gets its portal with its first message.
-    let chat = control
-        .create_chat(
-            fixture_ids::BORIS,
-            maxsim::ChatKind::Chat,
-            "Later group",
-            &[fixture_ids::ALICE],
-        )
-        .expect("Boris creates a group");
+    let chat = boris_creates_group(control, "Later group");
     control
         .send(
             fixture_ids::BORIS,
@@ -1500,14 +1505,7 @@ async fn new_portals_bring_their_newest_history_in_order() {
     }
 
     // A group appears with messages already in it.
-    let chat = control
-        .create_chat(
-            fixture_ids::BORIS,
-            maxsim::ChatKind::Chat,
-            "Group with a past",
-            &[fixture_ids::ALICE],
-        )
-        .expect("Boris creates a group");
+    let chat = boris_creates_group(control, "Group with a past");
     for text in ["first words", "second words", "third words"] {
         control
             .send(fixture_ids::BORIS, chat, Outgoing::text(text))
@@ -1546,14 +1544,7 @@ async fn every_chat_of_a_long_chat_list_gets_its_portal() {
     let env = Env::start().await;
     let control = env.sim.control();
     for n in 1..=GROUPS {
-        control
-            .create_chat(
-                fixture_ids::BORIS,
-                maxsim::ChatKind::Chat,
-                &format!("Paged group {n}"),
-                &[fixture_ids::ALICE],
-            )
-            .expect("Boris creates a group");
+        boris_creates_group(control, &format!("Paged group {n}"));
     }
     let (human, _management, _dm) = env.alice_with_boris_dm("alice").await;
     // The oldest groups are past the LOGIN answer's first page.

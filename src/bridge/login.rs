@@ -307,15 +307,18 @@ impl Bridge {
             .spawn(async move {
                 // A failure is logged where it happens; the next
                 // reconnection or `sync` reads the list again.
-                let _ = bridge.sync_chats_from(&paging, marker, seen).await;
+                // The page ends at a time other chats may share.
+                let _ = bridge
+                    .sync_chats_from(&paging, marker.saturating_add(1), seen)
+                    .await;
             });
     }
 
     /// Syncs the chat list from `marker` (a time: chats whose last event is
     /// older) to its end, but for the chats in `seen`; how many chats it
     /// found. A page ends at a time that other chats may share, and the
-    /// next page starts strictly before it: so each page is asked from just
-    /// after its marker, and what was seen already is left out.
+    /// next page starts strictly before it: so each next page is asked
+    /// from just after that time, and what was seen already is left out.
     pub(crate) async fn sync_chats_from(
         self: &Arc<Self>,
         session: &Arc<LoginSession>,
@@ -323,18 +326,12 @@ impl Bridge {
         mut seen: std::collections::HashSet<i64>,
     ) -> Result<usize, maxproto::client::ClientError> {
         let mut found = 0;
-        let mut first = seen.is_empty();
         for _ in 0..CHATS_PAGES {
             let request = maxproto::types::ChatsListRequest {
-                marker: if first {
-                    marker
-                } else {
-                    marker.saturating_add(1)
-                },
+                marker,
                 count: Some(CHATS_PAGE),
                 ..Default::default()
             };
-            first = false;
             let page = match session.client.call(&request).await {
                 Ok(page) => page,
                 Err(error) => {
@@ -351,7 +348,7 @@ impl Bridge {
             self.sync_chats(session, &new).await;
             match page.marker {
                 // A page with nothing new would come again and again.
-                Some(next) if next > 0 && !new.is_empty() => marker = next,
+                Some(next) if next > 0 && !new.is_empty() => marker = next.saturating_add(1),
                 _ => break,
             }
         }
