@@ -878,7 +878,8 @@ impl AppserviceHandler for Keeper {
 
 /// The room's next event comes while the handler still holds the one before,
 /// and each stays pending in the inbox (so a crash hands it over again)
-/// until its holder lets go.
+/// until its holder lets go; one the handler gave up on (`keep_pending`)
+/// stays for the next start.
 #[tokio::test]
 async fn an_event_is_pending_until_its_handler_lets_go_and_the_room_goes_on_meanwhile() {
     let log = Arc::new(InMemoryInbox::default());
@@ -892,7 +893,11 @@ async fn an_event_is_pending_until_its_handler_lets_go_and_the_room_goes_on_mean
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(server.serve(listener, std::future::pending()));
-    let txn = json!({"events": [event("!r", "$first", "1"), event("!r", "$second", "2")]});
+    let txn = json!({"events": [
+        event("!r", "$first", "1"),
+        event("!r", "$second", "2"),
+        event("!r", "$third", "3"),
+    ]});
     let response = reqwest::Client::new()
         .put(format!("{base}/_matrix/app/v1/transactions/1"))
         .bearer_auth(HS_TOKEN)
@@ -909,21 +914,32 @@ async fn an_event_is_pending_until_its_handler_lets_go_and_the_room_goes_on_mean
     };
     let (first, first_handled) = next().await;
     let (second, second_handled) = next().await;
-    assert_eq!((first.as_str(), second.as_str()), ("$first", "$second"));
-    let mut pending = log.pending_ids();
-    pending.sort();
-    assert_eq!(pending, ["$first", "$second"]);
+    let (third, third_handled) = next().await;
+    assert_eq!(
+        [first.as_str(), second.as_str(), third.as_str()],
+        ["$first", "$second", "$third"]
+    );
+    let pending = || {
+        let mut pending = log.pending_ids();
+        pending.sort();
+        pending
+    };
+    assert_eq!(pending(), ["$first", "$second", "$third"]);
 
+    third_handled.keep_pending();
     drop(first_handled);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while log.pending_ids() != ["$second"] {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pending: {:?}",
-            log.pending_ids()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let wait_for = |expected: &'static [&'static str]| async move {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while pending() != expected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pending: {:?}, expected {expected:?}",
+                pending()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    wait_for(&["$second", "$third"]).await;
     drop(second_handled);
-    wait_until_done(&log).await;
+    wait_for(&["$third"]).await;
 }

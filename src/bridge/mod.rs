@@ -27,7 +27,7 @@ use crate::matrix::{
     AppserviceHandler, Delivery, EphemeralEvent, Handled, MatrixClient, RoomEvent,
 };
 use crate::queue::KeyedQueue;
-use crate::store::Store;
+use crate::store::{PortalRow, Store, StoreError};
 use login::LoginSession;
 use portal::{PortalEvent, PortalKey};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -435,6 +435,24 @@ impl AppserviceHandler for MatrixHandler {
 }
 
 impl Bridge {
+    /// The portal bridged to `room`, waiting out a database outage for the
+    /// outage patience: an event must not be dropped because the database
+    /// restarted as it came.
+    async fn portal_of_room(&self, room: &str) -> Result<Option<PortalRow>, StoreError> {
+        let backoff = crate::retry::Backoff {
+            first: std::time::Duration::from_millis(200),
+            max: std::time::Duration::from_secs(5),
+            patience: self.config.outage_patience(),
+        };
+        crate::retry::retry(
+            "portal lookup",
+            backoff,
+            StoreError::is_transient,
+            || async { self.store.portals().get_by_room(room).await },
+        )
+        .await
+    }
+
     async fn handle_matrix_event(
         self: &Arc<Self>,
         event: RoomEvent,
@@ -462,7 +480,7 @@ impl Bridge {
         let Some(room) = event.room_id.as_ref() else {
             return;
         };
-        match self.store.portals().get_by_room(room.as_str()).await {
+        match self.portal_of_room(room.as_str()).await {
             Ok(Some(portal)) => {
                 let key = PortalKey {
                     chat_id: portal.chat_id,
@@ -490,15 +508,19 @@ impl Bridge {
         delivery: Delivery,
         handled: Handled,
     ) {
-        let portal = match self
-            .store
-            .portals()
-            .get_by_room(event.room_id.as_str())
-            .await
-        {
+        let portal = match self.portal_of_room(event.room_id.as_str()).await {
             Ok(portal) => portal,
             Err(error) => {
-                tracing::error!(room = %event.room_id, %error, "portal lookup failed");
+                // The database was out for longer than the bridge waits:
+                // the event stays in the inbox for the next start rather
+                // than being dropped.
+                tracing::error!(room = %event.room_id, event = %event.event_id, %error, "portal lookup failed; the event is handled again after a restart");
+                self.bot_notice(
+                    &event.room_id,
+                    &format!("⚠️ Your message could not be bridged to MAX yet (the bridge's database is unavailable); it will be after the bridge restarts: {error}"),
+                )
+                .await;
+                handled.keep_pending();
                 return;
             }
         };

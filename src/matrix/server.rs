@@ -213,8 +213,20 @@ pub struct Handled {
     writer: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
+impl Handled {
+    /// Leaves the event pending: it is handed over again after a restart.
+    /// For an event the handler could not deal with (its database was out
+    /// for longer than it waits), so that it is not lost.
+    pub fn keep_pending(mut self) {
+        self.event_id.clear();
+    }
+}
+
 impl Drop for Handled {
     fn drop(&mut self) {
+        if self.event_id.is_empty() {
+            return;
+        }
         // Closed only when the runtime shuts down: the event is then
         // handled again after the restart.
         let _ = self.writer.send(std::mem::take(&mut self.event_id));
