@@ -1064,6 +1064,134 @@ async fn matrix_images_and_files_are_uploaded_to_max() {
     assert_eq!(content_type, "application/pdf");
 }
 
+/// A photo with a caption is one message on each side, whichever side sent
+/// it, and an edit of its caption on either side keeps the photo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captions_travel_with_their_media_and_edits_keep_the_media() {
+    let env = Env::start().await;
+    let (human, management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+
+    // MAX → Matrix: one m.image whose body is the caption (MSC2530).
+    let png = avatar_png(&env, fixture_ids::BORIS).await;
+    let photo = control
+        .upload(
+            fixture_ids::BORIS,
+            maxsim::UploadKind::Photo,
+            "cat.png",
+            "image/png",
+            png.clone(),
+        )
+        .expect("photo upload");
+    let sent = control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            maxsim::Outgoing {
+                text: "my cat".to_owned(),
+                elements: vec![serde_json::json!({"type": "STRONG", "from": 3, "length": 3})],
+                attaches: vec![photo],
+                ..Default::default()
+            },
+        )
+        .expect("Boris sends");
+    let image = human
+        .wait_for_message(&dm, |m| m.sender == boris && m.msgtype == "m.image")
+        .await;
+    let content = &image.json["content"];
+    assert_eq!(content["body"], "my cat");
+    assert_eq!(content["formatted_body"], "my <strong>cat</strong>");
+    assert!(content["filename"].as_str().is_some_and(|f| !f.is_empty()));
+    let url = content["url"].as_str().expect("url").to_owned();
+    assert_eq!(download(&env, &human, &url).await, png, "the photo's bytes");
+
+    control
+        .edit(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            sent.id,
+            "my cat, asleep",
+            Some(Vec::new()),
+        )
+        .expect("Boris edits the caption");
+    let edit = human
+        .wait_for_message(&dm, |m| {
+            m.sender == boris && m.json["content"]["m.relates_to"]["rel_type"] == "m.replace"
+        })
+        .await;
+    let new_content = &edit.json["content"]["m.new_content"];
+    assert_eq!(new_content["msgtype"], "m.image");
+    assert_eq!(new_content["body"], "my cat, asleep");
+    assert_eq!(new_content["url"], url.as_str(), "the edit keeps the photo");
+    assert_eq!(
+        edit.json["content"]["m.relates_to"]["event_id"],
+        image.event_id.as_str()
+    );
+
+    // Matrix → MAX: the caption is the MAX message's text beside the photo.
+    let mxc = human
+        .client()
+        .media()
+        .upload(&"image/png".parse().expect("mime"), png.clone(), None)
+        .await
+        .expect("upload to Synapse")
+        .content_uri;
+    let original = human
+        .send_event(
+            &dm,
+            "m.room.message",
+            serde_json::json!({"msgtype": "m.image", "body": "here I am", "filename": "me.png",
+                               "url": mxc, "info": {"mimetype": "image/png", "size": png.len()}}),
+        )
+        .await;
+    let on_max = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.sender == Some(fixture_ids::ALICE) && m.text == "here I am"
+        })
+        .await
+        .expect("the captioned photo reaches MAX");
+    assert_eq!(on_max.attaches.len(), 1);
+    assert_eq!(on_max.attaches[0]["_type"], "PHOTO");
+    let photo_id = on_max.attaches[0]["photoId"].as_i64().expect("photo id");
+
+    human
+        .send_event(
+            &dm,
+            "m.room.message",
+            serde_json::json!({
+                "msgtype": "m.image", "body": "* here I am, smiling",
+                "m.new_content": {"msgtype": "m.image", "body": "here I am, smiling",
+                                  "filename": "me.png", "url": mxc},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+            }),
+        )
+        .await;
+    let edited = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.id == on_max.id && m.status.as_deref() == Some("EDITED")
+        })
+        .await
+        .expect("the caption's edit reaches MAX");
+    assert_eq!(edited.text, "here I am, smiling");
+    assert_eq!(edited.attaches.len(), 1, "the edit keeps the photo");
+    assert_eq!(edited.attaches[0]["photoId"].as_i64(), Some(photo_id));
+
+    // One event per message: no text event beside Boris's photo, and
+    // nothing of Alice's came back.
+    boris_says(control, "nice");
+    human.wait_for_text(&dm, "nice").await;
+    let from_boris: Vec<String> = human
+        .messages(&dm)
+        .into_iter()
+        .filter(|m| m.sender == boris && m.json["content"]["m.relates_to"].is_null())
+        .map(|m| m.msgtype)
+        .collect();
+    assert_eq!(from_boris, ["m.image", "m.text"]);
+    assert_no_notice(&human, &management, "could not be bridged");
+    assert_no_notice(&human, &dm, "not delivered");
+}
+
 /// While the bridge is away, Boris edits one bridged message, deletes
 /// another and sends more than `max_catchup_messages`: at start the edit
 /// and the deletion are applied, the newest messages arrive once and in

@@ -32,9 +32,73 @@ pub fn is_media(attach: &Attach) -> bool {
     )
 }
 
+/// Whether a MAX message is one media attachment (not a sticker, which
+/// Matrix gives no caption) that may carry a caption: it is bridged as one
+/// Matrix media event, whose caption (MSC2530) is the message's text.
+pub fn is_captioned_media(message: &Message) -> bool {
+    message.forwarded().is_none()
+        && matches!(
+            message.attaches.as_slice(),
+            [Attach::Photo(_) | Attach::Video(_) | Attach::File(_) | Attach::Audio(_)]
+        )
+}
+
+/// Puts `caption` (a text content from [`max_to_matrix`]) on a media event's
+/// content as MSC2530 has it: the caption is the `body`, the file's name
+/// moves to `filename`. An empty caption leaves the name as the body. A
+/// media that could not be bridged (a notice) keeps the caption before the
+/// notice's words.
+pub fn put_caption(media: &mut Value, caption: &Value) {
+    let caption_body = caption["body"].as_str().unwrap_or_default();
+    let body = media["body"].as_str().unwrap_or_default().to_owned();
+    if media["msgtype"] == "m.notice" && media.get("url").is_none() {
+        if caption_body.is_empty() {
+            return;
+        }
+        let mut text = caption.clone();
+        text["body"] = json!(format!("{caption_body}\n{body}"));
+        if let Some(html) = caption["formatted_body"].as_str() {
+            text["formatted_body"] = json!(format!("{html}<br>{}", escape_html(&body)));
+        }
+        *media = text;
+        return;
+    }
+    let name = media["filename"].as_str().unwrap_or(&body).to_owned();
+    media["filename"] = json!(name);
+    if let Some(object) = media.as_object_mut() {
+        object.remove("format");
+        object.remove("formatted_body");
+    }
+    if caption_body.is_empty() {
+        media["body"] = json!(name);
+        return;
+    }
+    media["body"] = json!(caption_body);
+    if let Some(html) = caption["formatted_body"].as_str() {
+        media["format"] = json!("org.matrix.custom.html");
+        media["formatted_body"] = json!(html);
+    }
+}
+
+/// The caption of a Matrix media event (MSC2530: a `body` other than its
+/// `filename`) as MAX text, or `None` when it has none.
+pub fn matrix_caption(content: &Value) -> Option<MaxText> {
+    let filename = content.get("filename")?.as_str()?;
+    let body = content.get("body")?.as_str()?;
+    if body == filename || body.trim().is_empty() {
+        return None;
+    }
+    let mut text = content.clone();
+    text["msgtype"] = json!("m.text");
+    matrix_to_max(&text)
+}
+
 /// The text part of a MAX message as a Matrix `m.room.message` content, or
 /// `None` when the message is nothing but media.
 pub fn max_text_to_matrix(message: &Message) -> Option<Value> {
+    if is_captioned_media(message) {
+        return None;
+    }
     let forwarded = message.forwarded().is_some() && message.text.is_empty();
     let has_text = !message.text.is_empty()
         || forwarded
@@ -548,6 +612,70 @@ mod tests {
         let mut m = Message::new(MessageId(1), 1, Some(UserId(2)), text);
         m.elements = elements;
         m
+    }
+
+    fn photo() -> Attach {
+        serde_json::from_value(json!({"_type": "PHOTO", "photoId": 5, "baseUrl": "https://x/p"}))
+            .unwrap()
+    }
+
+    #[test]
+    fn one_media_with_text_is_one_captioned_event() {
+        let mut m = message(
+            "look at this",
+            vec![Element::new(ElementType::Strong, 0, 4)],
+        );
+        m.attaches = vec![photo()];
+        assert!(is_captioned_media(&m));
+        assert_eq!(max_text_to_matrix(&m), None, "no separate text event");
+        let mut media = json!({"msgtype": "m.image", "body": "photo.jpg", "url": "mxc://h/a"});
+        put_caption(&mut media, &max_to_matrix(&m));
+        assert_eq!(media["body"], "look at this");
+        assert_eq!(media["filename"], "photo.jpg");
+        assert_eq!(media["formatted_body"], "<strong>look</strong> at this");
+        assert_eq!(media["url"], "mxc://h/a");
+        // And back: the caption is MAX text with its formatting.
+        let back = matrix_caption(&media).expect("a caption");
+        assert_eq!(back.text, "look at this");
+        assert_eq!(back.elements, m.elements);
+
+        // The caption removed by an edit: the name is the body again.
+        put_caption(&mut media, &max_to_matrix(&message("", vec![])));
+        assert_eq!(media["body"], "photo.jpg");
+        assert!(media.get("formatted_body").is_none());
+        assert_eq!(matrix_caption(&media), None);
+
+        // Two media, a sticker or a forward keep the text as its own event.
+        m.attaches.push(photo());
+        assert!(!is_captioned_media(&m));
+        assert!(max_text_to_matrix(&m).is_some());
+        m.attaches =
+            vec![serde_json::from_value(json!({"_type": "STICKER", "stickerId": 1})).unwrap()];
+        assert!(!is_captioned_media(&m));
+    }
+
+    #[test]
+    fn a_caption_survives_media_that_could_not_be_bridged() {
+        let mut notice = json!({"msgtype": "m.notice", "body": "[photo — not bridged: no URL]"});
+        put_caption(
+            &mut notice,
+            &json!({"msgtype": "m.text", "body": "the view"}),
+        );
+        assert_eq!(notice["msgtype"], "m.text");
+        assert_eq!(notice["body"], "the view\n[photo — not bridged: no URL]");
+    }
+
+    #[test]
+    fn matrix_media_without_a_distinct_body_has_no_caption() {
+        let plain = json!({"msgtype": "m.image", "body": "cat.png", "url": "mxc://h/c"});
+        assert_eq!(matrix_caption(&plain), None);
+        let same = json!({"msgtype": "m.image", "body": "cat.png", "filename": "cat.png"});
+        assert_eq!(matrix_caption(&same), None);
+        let captioned = json!({"msgtype": "m.file", "body": "the report", "filename": "r.pdf"});
+        assert_eq!(
+            matrix_caption(&captioned).map(|c| c.text).as_deref(),
+            Some("the report")
+        );
     }
 
     #[test]

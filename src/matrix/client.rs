@@ -26,6 +26,7 @@ use ruma::api::client::profile::{get_profile, set_profile_field};
 use ruma::api::client::receipt::create_receipt;
 use ruma::api::client::redact::redact_event;
 use ruma::api::client::room::create_room;
+use ruma::api::client::room::get_room_event;
 use ruma::api::client::state::{get_state_event_for_key, send_state_event};
 use ruma::api::client::typing::create_typing_event;
 use ruma::api::path_builder::{PathBuilder, SinglePath, VersionHistory};
@@ -628,6 +629,31 @@ impl MatrixClient {
             .await
         {
             Ok(response) => serde_json::from_str(response.event_or_content.get())
+                .map(Some)
+                .map_err(|e| MatrixError::InvalidResponse {
+                    request: REQUEST,
+                    message: e.to_string(),
+                }),
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One event of a room as `as_user` sees it (its JSON), or `None` if
+    /// the homeserver does not have it.
+    pub async fn get_event(
+        &self,
+        as_user: &UserId,
+        room: &RoomId,
+        event_id: &EventId,
+    ) -> Result<Option<Value>, MatrixError> {
+        const REQUEST: &str = "get event";
+        let request = get_room_event::v3::Request::new(room.to_owned(), event_id.to_owned());
+        match self
+            .send(REQUEST, request, Some(as_user), Retry::Always)
+            .await
+        {
+            Ok(response) => serde_json::from_str(response.event.json().get())
                 .map(Some)
                 .map_err(|e| MatrixError::InvalidResponse {
                     request: REQUEST,

@@ -457,8 +457,13 @@ impl Bridge {
                         .await
                 }
                 (None, n) => {
-                    self.media_event(session, key.chat_id, message, media[n])
-                        .await
+                    let (event_type, mut content) = self
+                        .media_event(session, key.chat_id, message, media[n])
+                        .await;
+                    if convert::is_captioned_media(message) {
+                        convert::put_caption(&mut content, &convert::max_to_matrix(message));
+                    }
+                    (event_type, content)
                 }
             };
             if part == 0
@@ -617,6 +622,37 @@ impl Bridge {
         Ok(())
     }
 
+    /// The content of a bridged media event with the edited message's text
+    /// as its caption, or `None` if the event is not a media event the
+    /// homeserver still has.
+    async fn recaptioned(
+        &self,
+        room: &RoomId,
+        row: &MessageRow,
+        message: &Message,
+    ) -> Result<Option<Value>, MatrixError> {
+        let Ok(event_id) = ruma::EventId::parse(&row.event_id) else {
+            return Ok(None);
+        };
+        let Some(event) = self.matrix.get_event(&self.bot, room, &event_id).await? else {
+            return Ok(None);
+        };
+        let mut content = event["content"].clone();
+        let is_media = content["msgtype"]
+            .as_str()
+            .is_some_and(crate::bridge::media::is_media_msgtype);
+        if !is_media || content.get("url").is_none() {
+            return Ok(None);
+        }
+        if let Some(object) = content.as_object_mut() {
+            object.remove("m.relates_to");
+            object.remove("m.new_content");
+            object.remove(TXN_KEY);
+        }
+        convert::put_caption(&mut content, &convert::max_to_matrix(message));
+        Ok(Some(content))
+    }
+
     /// A MAX edit of a bridged message becomes an `m.replace` — once per
     /// edit: the edit's time is recorded, and this bridge's own edits
     /// (from Matrix) are not sent back.
@@ -647,7 +683,15 @@ impl Bridge {
             None => self.bot.clone(),
         };
         self.add_to_room(&room, &author).await?;
-        let new_content = convert::max_to_matrix(message);
+        // A captioned media is one event: its edit keeps the media and
+        // changes the caption.
+        let new_content = match known {
+            [only] if convert::is_captioned_media(message) => {
+                self.recaptioned(&room, only, message).await?
+            }
+            _ => None,
+        }
+        .unwrap_or_else(|| convert::max_to_matrix(message));
         let mut content = json!({
             "msgtype": new_content["msgtype"],
             "body": format!("* {}", new_content["body"].as_str().unwrap_or_default()),

@@ -99,20 +99,35 @@ impl Bridge {
             .unwrap_or("?");
         let mut outgoing: Vec<OutgoingMessage> = Vec::new();
         if crate::bridge::media::is_media_msgtype(msgtype) {
-            if already > 0 {
+            // The caption goes with the media, as MAX shows it; one too
+            // long for a MAX message follows it as text.
+            let caption = convert::matrix_caption(&event.content).unwrap_or_default();
+            let (mut media, rest) = if caption.text.chars().count() > convert::MAX_TEXT_CHARS {
+                (
+                    OutgoingMessage::new(0, ""),
+                    convert::split_text(&caption.text),
+                )
+            } else {
+                let mut media = OutgoingMessage::new(0, caption.text);
+                media.elements = caption.elements;
+                (media, Vec::new())
+            };
+            if already > rest.len() {
                 return Ok(());
             }
-            match self.media_to_max(&session, &event.content).await {
-                Ok(attach) => {
-                    let mut message = OutgoingMessage::new(0, "");
-                    message.attaches.push(attach);
-                    outgoing.push(message);
-                }
-                Err(reason) => {
-                    self.send_failed(event, &reason, 0, 0).await;
-                    return Ok(());
+            // After a crash, the media is uploaded again only if its
+            // message was not sent.
+            if already == 0 {
+                match self.media_to_max(&session, &event.content).await {
+                    Ok(attach) => media.attaches.push(attach),
+                    Err(reason) => {
+                        self.send_failed(event, &reason, 0, 0).await;
+                        return Ok(());
+                    }
                 }
             }
+            outgoing.push(media);
+            outgoing.extend(rest.into_iter().map(|part| OutgoingMessage::new(0, part)));
         } else if let Some(content) = convert::matrix_to_max(&event.content) {
             // A text over MAX's limit goes as several plain messages; offsets
             // of formatting would not survive the cut.
@@ -236,10 +251,17 @@ impl Bridge {
             .content
             .pointer("/m.relates_to/event_id")
             .and_then(Value::as_str);
-        let new_content = event
-            .content
-            .get("m.new_content")
-            .and_then(convert::matrix_to_max);
+        let new_content = event.content.get("m.new_content");
+        let new_media = new_content
+            .and_then(|c| c.get("msgtype"))
+            .and_then(Value::as_str)
+            .is_some_and(crate::bridge::media::is_media_msgtype);
+        // A media's edit changes its caption.
+        let new_content = if new_media {
+            new_content.map(|c| convert::matrix_caption(c).unwrap_or_default())
+        } else {
+            new_content.and_then(convert::matrix_to_max)
+        };
         let (Some(target), Some(content)) = (target, new_content) else {
             return Ok(());
         };
@@ -265,12 +287,35 @@ impl Bridge {
             .await;
             return Ok(());
         }
+        let chat = maxproto::types::ChatId(key.chat_id);
+        let message_id = maxproto::types::MessageId(original.max_message_id);
+        // MSG_EDIT replaces the media with what it is given: the message's
+        // own attaches go back with the new caption.
+        let attachments = if new_media {
+            match session.client.get_message(chat, message_id).await {
+                Ok(Some(message)) => message.attaches,
+                Ok(None) => Vec::new(),
+                Err(error) => {
+                    self.bot_notice(
+                        &event.room_id,
+                        &format!(
+                            "⚠️ Your edit was not delivered to MAX: {}",
+                            crate::bridge::commands::describe(&error)
+                        ),
+                    )
+                    .await;
+                    return Ok(());
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let request = MsgEditRequest {
-            chat_id: maxproto::types::ChatId(key.chat_id),
-            message_id: maxproto::types::MessageId(original.max_message_id),
+            chat_id: chat,
+            message_id,
             text: content.text,
             elements: content.elements,
-            attachments: Vec::new(),
+            attachments,
             extra: Default::default(),
         };
         match session.client.call(&request).await {

@@ -7,10 +7,10 @@ use crate::types::{
     Attach, Chat, ChatHistoryRequest, ChatHistoryResponse, ChatId, ChatInfoRequest,
     ChatMarkRequest, ChatMarkResponse, ContactInfoRequest, Element, Extra, FileDownloadRequest,
     FileDownloadResponse, FileUploadRequest, Message, MessageId, MsgCancelReactionRequest,
-    MsgDeleteRequest, MsgEditRequest, MsgReactionRequest, MsgSendRequest, MsgSendResponse,
-    MsgTypingRequest, OutgoingMessage, PhotoUploadRequest, PhotoUploadResponse, PingRequest,
-    Reaction, ReactionInfoResponse, TypingType, UploadSlot, User, UserId, VideoPlayRequest,
-    VideoPlayResponse, VideoUploadRequest,
+    MsgDeleteRequest, MsgEditRequest, MsgGetRequest, MsgReactionRequest, MsgSendRequest,
+    MsgSendResponse, MsgTypingRequest, OutgoingMessage, PhotoUploadRequest, PhotoUploadResponse,
+    PingRequest, Reaction, ReactionInfoResponse, TypingType, UploadSlot, User, UserId,
+    VideoPlayRequest, VideoPlayResponse, VideoUploadRequest,
 };
 
 impl Client {
@@ -86,6 +86,22 @@ impl Client {
             extra: Extra::new(),
         };
         self.call(&request).await.map(drop)
+    }
+
+    /// MSG_GET (71): one message as the server has it now, `None` if this
+    /// account cannot see it.
+    pub async fn get_message(
+        &self,
+        chat_id: ChatId,
+        message_id: MessageId,
+    ) -> Result<Option<Message>, ClientError> {
+        let request = MsgGetRequest {
+            chat_id,
+            message_ids: vec![message_id],
+            extra: Extra::new(),
+        };
+        let answer = self.call(&request).await?;
+        Ok(answer.messages.into_iter().find(|m| m.id == message_id))
     }
 
     /// MSG_EDIT (67). `attachments` replaces the message's media: pass the

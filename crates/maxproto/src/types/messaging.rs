@@ -135,6 +135,30 @@ pub struct MsgEditResponse {
     pub extra: Extra,
 }
 
+/// 71 MSG_GET: messages of one chat by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MsgGetRequest {
+    pub chat_id: ChatId,
+    pub message_ids: Vec<MessageId>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Request for MsgGetRequest {
+    const OPCODE: Opcode = Opcode::MSG_GET;
+    type Response = MsgGetResponse;
+}
+
+/// `{messages: [Message]}`; ids the account cannot see are left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MsgGetResponse {
+    #[serde(default)]
+    pub messages: Vec<Message>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 wire_enum! {
     /// `reactionType` of a reaction.
     ReactionType {
