@@ -1192,6 +1192,72 @@ async fn captions_travel_with_their_media_and_edits_keep_the_media() {
     assert_no_notice(&human, &dm, "not delivered");
 }
 
+/// A shared location is a map pin on both sides; one without coordinates
+/// is refused with a notice, not sent as something else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locations_cross_both_ways() {
+    let env = Env::start().await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            maxsim::Outgoing {
+                attaches: vec![serde_json::json!(
+                    {"_type": "LOCATION", "latitude": 59.9386, "longitude": 30.3141}
+                )],
+                ..Default::default()
+            },
+        )
+        .expect("Boris shares where he is");
+    let pin = human
+        .wait_for_message(&dm, |m| m.sender == boris && m.msgtype == "m.location")
+        .await;
+    assert_eq!(pin.json["content"]["geo_uri"], "geo:59.9386,30.3141");
+
+    human
+        .send_event(
+            &dm,
+            "m.room.message",
+            serde_json::json!({"msgtype": "m.location", "body": "Location", "geo_uri": "geo:55.7558,37.6173;u=20"}),
+        )
+        .await;
+    let on_max = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.sender == Some(fixture_ids::ALICE)
+                && m.attaches.first().is_some_and(|a| a["_type"] == "LOCATION")
+        })
+        .await
+        .expect("the location reaches MAX");
+    assert_eq!(on_max.attaches[0]["latitude"], 55.7558);
+    assert_eq!(on_max.attaches[0]["longitude"], 37.6173);
+
+    human
+        .send_event(
+            &dm,
+            "m.room.message",
+            serde_json::json!({"msgtype": "m.location", "body": "somewhere", "geo_uri": "geo:nowhere"}),
+        )
+        .await;
+    human
+        .wait_for_message(&dm, |m| {
+            m.sender == env.bot() && m.body.contains("holds no coordinates")
+        })
+        .await;
+    // Alice's pin did not come back from MAX as a ghost's.
+    boris_says(control, "see you there");
+    human.wait_for_text(&dm, "see you there").await;
+    let pins = human
+        .messages(&dm)
+        .into_iter()
+        .filter(|m| m.msgtype == "m.location" && m.sender != *human.user_id())
+        .count();
+    assert_eq!(pins, 1, "only Boris's pin");
+}
+
 /// While the bridge is away, Boris edits one bridged message, deletes
 /// another and sends more than `max_catchup_messages`: at start the edit
 /// and the deletion are applied, the newest messages arrive once and in

@@ -5,7 +5,7 @@
 //! calls, unknown kinds) are named in the text, so that nothing is dropped
 //! without a trace; media become events of their own ([`super::media`]).
 
-use maxproto::types::{Attach, Element, ElementType, Message};
+use maxproto::types::{Attach, Element, ElementType, LocationAttach, Message};
 use serde_json::{Value, json};
 
 /// `max-msg-length` of the MAX server config.
@@ -20,7 +20,8 @@ const MAX_ELEMENTS: usize = 1000;
 /// most 64 KiB in all, and MAX's own limit is far below this.
 const MAX_MATRIX_TEXT_BYTES: usize = 48 * 1024;
 
-/// Attachments bridged as media events of their own.
+/// Attachments bridged as events of their own: media, and locations
+/// (`m.location`).
 pub fn is_media(attach: &Attach) -> bool {
     matches!(
         attach,
@@ -29,7 +30,57 @@ pub fn is_media(attach: &Attach) -> bool {
             | Attach::File(_)
             | Attach::Audio(_)
             | Attach::Sticker(_)
+            | Attach::Location(_)
     )
+}
+
+/// A MAX location as Matrix `m.location` content (with its MSC3488 form),
+/// or why it cannot be: coordinates missing or off the globe. Some MAX
+/// code names them `lat`/`lon`.
+pub fn location_to_matrix(location: &LocationAttach) -> Result<Value, String> {
+    let extra = |key: &str| location.extra.get(key).and_then(Value::as_f64);
+    let latitude = location.latitude.or_else(|| extra("lat"));
+    let longitude = location.longitude.or_else(|| extra("lon"));
+    let (Some(latitude), Some(longitude)) = (latitude, longitude) else {
+        return Err("no coordinates".to_owned());
+    };
+    if !on_the_globe(latitude, longitude) {
+        return Err("coordinates off the globe".to_owned());
+    }
+    let geo_uri = format!("geo:{latitude},{longitude}");
+    let body = format!(
+        "Location: {geo_uri}\nhttps://www.openstreetmap.org/?mlat={latitude}&mlon={longitude}#map=16/{latitude}/{longitude}"
+    );
+    Ok(json!({
+        "msgtype": "m.location",
+        "body": body,
+        "geo_uri": geo_uri,
+        "org.matrix.msc3488.location": {"uri": geo_uri},
+        "org.matrix.msc1767.text": body,
+    }))
+}
+
+/// The coordinates of a Matrix `m.location` as a MAX `LOCATION` attach, or
+/// `None` if its `geo_uri` (RFC 5870: `geo:lat,lon[,alt][;params]`) does
+/// not hold any.
+pub fn matrix_location_to_max(content: &Value) -> Option<LocationAttach> {
+    let uri = content
+        .get("geo_uri")
+        .or_else(|| content.pointer("/org.matrix.msc3488.location/uri"))?
+        .as_str()?;
+    let coordinates = uri.strip_prefix("geo:")?.split(';').next()?;
+    let mut numbers = coordinates.split(',').map(|n| n.trim().parse::<f64>());
+    let latitude = numbers.next()?.ok()?;
+    let longitude = numbers.next()?.ok()?;
+    on_the_globe(latitude, longitude).then(|| LocationAttach {
+        latitude: Some(latitude),
+        longitude: Some(longitude),
+        ..LocationAttach::default()
+    })
+}
+
+fn on_the_globe(latitude: f64, longitude: f64) -> bool {
+    (-90.0..=90.0).contains(&latitude) && (-180.0..=180.0).contains(&longitude)
 }
 
 /// Whether a MAX message is one media attachment (not a sticker, which
@@ -676,6 +727,60 @@ mod tests {
             matrix_caption(&captioned).map(|c| c.text).as_deref(),
             Some("the report")
         );
+    }
+
+    #[test]
+    fn locations_cross_as_geo_uris_and_nonsense_is_refused() {
+        let max: LocationAttach =
+            serde_json::from_value(json!({"latitude": 55.7558, "longitude": 37.6173})).unwrap();
+        let content = location_to_matrix(&max).expect("a location");
+        assert_eq!(content["msgtype"], "m.location");
+        assert_eq!(content["geo_uri"], "geo:55.7558,37.6173");
+        assert!(
+            content["body"]
+                .as_str()
+                .unwrap()
+                .contains("openstreetmap.org/?mlat=55.7558&mlon=37.6173")
+        );
+        let back = matrix_location_to_max(&content).expect("coordinates");
+        assert_eq!(
+            (back.latitude, back.longitude),
+            (Some(55.7558), Some(37.6173))
+        );
+
+        // The other spelling MAX code reads, altitude and parameters.
+        let short: LocationAttach =
+            serde_json::from_value(json!({"lat": -33.9, "lon": 18.4})).unwrap();
+        assert_eq!(
+            location_to_matrix(&short).unwrap()["geo_uri"],
+            "geo:-33.9,18.4"
+        );
+        let element = json!({"msgtype": "m.location", "body": "Location", "geo_uri": "geo:51.5,-0.12,20;u=35"});
+        let back = matrix_location_to_max(&element).expect("coordinates");
+        assert_eq!((back.latitude, back.longitude), (Some(51.5), Some(-0.12)));
+
+        for bad in [
+            json!({}),
+            json!({"latitude": 91.0, "longitude": 0.0}),
+            json!({"latitude": "x"}),
+        ] {
+            let bad: LocationAttach = serde_json::from_value(bad).unwrap_or_default();
+            assert!(location_to_matrix(&bad).is_err());
+        }
+        for bad in [
+            "geo:",
+            "geo:1",
+            "geo:a,b",
+            "geo:0,200",
+            "http://x",
+            "geo:NaN,0",
+        ] {
+            assert_eq!(
+                matrix_location_to_max(&json!({"geo_uri": bad})),
+                None,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

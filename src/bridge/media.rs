@@ -8,6 +8,7 @@
 //! waiting for MAX's NOTIF_ATTACH (136) before the message is sent.
 
 use super::Bridge;
+use super::convert;
 use super::login::LoginSession;
 use maxproto::types::{Attach, ChatId, Message, PhotoUploadResult, UploadSlot};
 use ruma::OwnedMxcUri;
@@ -62,6 +63,9 @@ impl Bridge {
     ) -> Result<(&'static str, Value), String> {
         let chat = ChatId(chat_id);
         match attach {
+            Attach::Location(location) => {
+                convert::location_to_matrix(location).map(|content| ("m.room.message", content))
+            }
             Attach::Photo(photo) => {
                 let url = photo.base_url.as_deref().ok_or("no URL")?;
                 let (mxc, mut info, name) = self.mirror(url, "image/jpeg", "photo").await?;

@@ -128,6 +128,17 @@ impl Bridge {
             }
             outgoing.push(media);
             outgoing.extend(rest.into_iter().map(|part| OutgoingMessage::new(0, part)));
+        } else if msgtype == "m.location" {
+            let Some(location) = convert::matrix_location_to_max(&event.content) else {
+                self.send_failed(event, "its geo URI holds no coordinates", 0, 0)
+                    .await;
+                return Ok(());
+            };
+            let mut message = OutgoingMessage::new(0, "");
+            message
+                .attaches
+                .push(maxproto::types::Attach::Location(location));
+            outgoing.push(message);
         } else if let Some(content) = convert::matrix_to_max(&event.content) {
             // A text over MAX's limit goes as several plain messages; offsets
             // of formatting would not survive the cut.
