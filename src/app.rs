@@ -79,6 +79,8 @@ impl EventInbox for StoredInbox {
 /// Handled events are remembered this long, to recognise a homeserver's
 /// late redelivery; pruned at start and then daily.
 const INBOX_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Ghost rows read into memory at start when there are no more of them.
+const GHOSTS_PRELOADED: i64 = 100_000;
 const INBOX_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 async fn prune_inbox(store: Store) {
@@ -160,6 +162,11 @@ pub async fn start_on(
     listener: tokio::net::TcpListener,
 ) -> Result<Running, StartError> {
     let store = Store::connect(&config.database.url, config.database.max_connections).await?;
+    // A small table is read whole (a few MiB at most), so that new ghosts
+    // cost no lookup; a large one is read as ghosts are needed.
+    if let Err(error) = store.ghosts().preload(GHOSTS_PRELOADED).await {
+        tracing::warn!(%error, "could not read the ghosts ahead; they are read as needed");
+    }
     let appservice = appservice_config(&config, &registration)?;
     let matrix = MatrixClient::new(&appservice).map_err(|source| StartError::Homeserver {
         url: config.homeserver.address.to_string(),

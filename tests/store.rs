@@ -317,6 +317,60 @@ async fn portals_round_trip_and_uniqueness() {
     db.drop_db().await;
 }
 
+/// Ghosts made at once (a first start) are written together, each as its
+/// last upsert left it; a store that read the table ahead answers for a
+/// ghost it does not hold without asking the database.
+#[tokio::test]
+async fn ghosts_made_at_once_are_all_kept_and_a_preloaded_table_answers_from_memory() {
+    let (db, store) = fresh().await;
+    let writes = (0..60i64).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut ghost = GhostRow::new(1000 + n, format!("@max_{}:example.org", 1000 + n));
+            store.ghosts().upsert(&ghost).await.unwrap();
+            ghost.registered = true;
+            ghost.display_name = Some(format!("Member {n}"));
+            ghost.name_set = true;
+            store.ghosts().upsert(&ghost).await.unwrap();
+            ghost
+        })
+    });
+    let writes: Vec<_> = writes.collect();
+    let mut written = Vec::new();
+    for write in writes {
+        written.push(write.await.unwrap());
+    }
+
+    let restarted = Store::connect(db.url(), 2).await.unwrap();
+    assert!(restarted.ghosts().preload(1000).await.unwrap());
+    for ghost in &written {
+        assert_eq!(
+            restarted
+                .ghosts()
+                .get(ghost.max_user_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(ghost)
+        );
+    }
+    // Written behind the store's back: a preloaded store does not look.
+    sqlx::query("INSERT INTO ghosts (max_user_id, mxid) VALUES (5, '@max_5:example.org')")
+        .execute(restarted.pool())
+        .await
+        .unwrap();
+    assert_eq!(restarted.ghosts().get(5).await.unwrap(), None);
+    // A table larger than asked for is left to be read as needed.
+    let large = Store::connect(db.url(), 2).await.unwrap();
+    assert!(!large.ghosts().preload(10).await.unwrap());
+    assert!(large.ghosts().get(5).await.unwrap().is_some());
+
+    large.close().await;
+    restarted.close().await;
+    store.close().await;
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn ghosts_round_trip_and_uniqueness() {
     let (db, store) = fresh().await;

@@ -22,6 +22,8 @@ pub struct NullHomeserver {
     pub messages_sent: AtomicU64,
     /// Woken at every message sent, for the latency rounds.
     pub message_arrived: Notify,
+    /// Requests answered by kind (method and path without ids).
+    kinds: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl NullHomeserver {
@@ -37,6 +39,14 @@ impl NullHomeserver {
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
         (hs, addr)
+    }
+
+    /// Requests answered so far by kind, most asked first.
+    pub fn kinds(&self) -> Vec<(String, u64)> {
+        let kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kinds: Vec<(String, u64)> = kinds.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        kinds.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        kinds
     }
 
     /// Serves, and writes the files of a bridge that uses it.
@@ -58,6 +68,20 @@ async fn answer(
 ) -> Response {
     let path = uri.path();
     let n = hs.counter.fetch_add(1, Ordering::Relaxed);
+    // Ids (room, user, event, transaction) are left out of the kind.
+    let kind: Vec<&str> = path
+        .split('/')
+        .filter(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
+        })
+        .collect();
+    *hs.kinds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(format!("{method} /{}", kind.join("/")))
+        .or_default() += 1;
     let answer = if path.ends_with("/versions") {
         json!({"versions": ["v1.11", "v1.12"], "unstable_features": {}})
     } else if path.contains("/appservice/") && path.ends_with("/ping") {

@@ -11,7 +11,8 @@ use maxbridge::store::Store;
 use maxsim::{ChatKind, NewAccount, Outgoing, SimConfig, Simulator};
 
 use crate::env::{
-    BenchDb, BridgeProcess, DEADLINE, dialog_with, login_account, save_login, wait_until,
+    BenchDb, BridgeProcess, DEADLINE, dialog_with, login_account, postgres_cpu, process_stats,
+    save_login, wait_until,
 };
 use crate::null_hs::NullHomeserver;
 
@@ -113,6 +114,7 @@ pub async fn run(full: bool) {
     );
 
     // First start: every portal and ghost is made.
+    let before = Rest::now(&hs);
     let bridge = BridgeProcess::spawn(&files);
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -127,9 +129,23 @@ pub async fn run(full: bool) {
             Instant::now() < deadline,
             "first start never got ready: {portals} portals, {ghosts} named ghosts"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Not much more often: each look counts 10,000 rows, CPU that
+        // PostgreSQL would otherwise give the bridge.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let rest = Rest::now(&hs).since(&before);
     report("first start:", &bridge).await;
+    rest.print(shape.ghosts());
+    let kinds: Vec<String> = hs
+        .kinds()
+        .into_iter()
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
+    println!(
+        "{:<12} homeserver requests by kind: {}",
+        "",
+        kinds.join(", ")
+    );
     drop(bridge);
 
     // While the bridge is down, a message in every login's first dialog;
@@ -152,6 +168,44 @@ pub async fn run(full: bool) {
     drop(bridge);
     store.close().await;
     db.drop().await;
+}
+
+/// What the rest of the machine did meanwhile: a first start's floor is
+/// their CPU time over the two cores, whatever the bridge costs.
+struct Rest {
+    /// This process: the simulator and the null homeserver.
+    own: Duration,
+    postgres: Duration,
+    requests: u64,
+}
+
+impl Rest {
+    fn now(hs: &NullHomeserver) -> Rest {
+        Rest {
+            own: process_stats(std::process::id()).cpu,
+            postgres: postgres_cpu(),
+            requests: hs.counter.load(Ordering::Relaxed),
+        }
+    }
+
+    fn since(&self, before: &Rest) -> Rest {
+        Rest {
+            own: self.own.saturating_sub(before.own),
+            postgres: self.postgres.saturating_sub(before.postgres),
+            requests: self.requests - before.requests,
+        }
+    }
+
+    fn print(&self, ghosts: usize) {
+        println!(
+            "{:<12} rest of the machine meanwhile: simulator + null homeserver CPU {:.2} s, PostgreSQL CPU {:.2} s; {} homeserver requests ({:.2} per ghost)",
+            "",
+            self.own.as_secs_f64(),
+            self.postgres.as_secs_f64(),
+            self.requests,
+            self.requests as f64 / ghosts.max(1) as f64
+        );
+    }
 }
 
 /// Prints the time to ready (now) and RSS at ready and after idling.

@@ -14,8 +14,8 @@ use maxsim::{Control, Outgoing, SimConfig, Simulator};
 use serde_json::json;
 
 use crate::env::{
-    BenchDb, BridgeProcess, DEADLINE, dialog_with, login_account, process_stats, quantile,
-    save_login, wait_until,
+    BenchDb, BridgeProcess, DEADLINE, dialog_with, login_account, postgres_cpu, process_stats,
+    quantile, save_login, wait_until,
 };
 use crate::null_hs::NullHomeserver;
 
@@ -411,41 +411,4 @@ impl Bench<'_> {
         self.last = Some(reading);
         reading
     }
-}
-
-/// CPU time of every process of the `postgres` user (the PostgreSQL
-/// server: its backends, WAL writer, checkpointer…).
-fn postgres_cpu() -> Duration {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Duration::ZERO;
-    };
-    let postgres_uid = std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|line| {
-                let fields: Vec<&str> = line.split(':').collect();
-                (fields.first() == Some(&"postgres"))
-                    .then(|| fields.get(2).and_then(|uid| uid.parse::<u32>().ok()))
-                    .flatten()
-            })
-        });
-    let Some(uid) = postgres_uid else {
-        return Duration::ZERO;
-    };
-    entries
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|status| {
-                    status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Uid:"))
-                        .and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok())
-                })
-                == Some(uid)
-        })
-        .map(|pid| process_stats(pid).cpu)
-        .sum()
 }

@@ -67,6 +67,9 @@ struct GhostInner {
     /// Bumped by every write, so that a lookup that raced one does not
     /// remember what it read before the write.
     writes: u64,
+    /// Every row of the table is in `rows`: a miss is a ghost that does
+    /// not exist, with no lookup.
+    complete: bool,
 }
 
 impl GhostCache {
@@ -81,47 +84,151 @@ impl GhostCache {
         inner.writes += 1;
         match row {
             Some(row) => inner.rows.insert(max_user_id, Some(row)),
-            None => inner.rows.remove(&max_user_id),
+            None => {
+                // The database may hold what memory no longer does.
+                inner.complete = false;
+                inner.rows.remove(&max_user_id)
+            }
         };
     }
+}
+
+/// Ghost upserts of concurrent callers written in one transaction: a first
+/// start makes thousands of ghosts, several portals at once, and a commit
+/// each cost PostgreSQL more CPU than everything else it did for them.
+#[derive(Debug, Default)]
+pub(super) struct GhostCommit {
+    queue: Mutex<Vec<PendingGhost>>,
+    /// Held by the task whose statement is writing a batch.
+    writer: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct PendingGhost {
+    row: GhostRow,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Ghosts written by one statement at most.
+const GHOST_BATCH_MAX: usize = 256;
+
+impl GhostCommit {
+    fn lock_queue(&self) -> MutexGuard<'_, Vec<PendingGhost>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `row` with the rows queued beside it when this task becomes
+    /// the writer, or waits for the writer that takes it.
+    async fn write(&self, pool: &PgPool, row: &GhostRow) -> Result<(), StoreError> {
+        loop {
+            let (done, mut outcome) = tokio::sync::oneshot::channel();
+            self.lock_queue().push(PendingGhost {
+                row: row.clone(),
+                done,
+            });
+            loop {
+                tokio::select! {
+                    biased;
+                    written = &mut outcome => match written {
+                        Ok(written) => return written,
+                        // The writer was dropped mid-write; an upsert may
+                        // be repeated, so ours is queued again.
+                        Err(_) => break,
+                    },
+                    writer = self.writer.lock() => {
+                        match outcome.try_recv() {
+                            Ok(written) => return written,
+                            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break,
+                            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                        }
+                        let batch: Vec<PendingGhost> = {
+                            let mut queue = self.lock_queue();
+                            let end = queue.len().min(GHOST_BATCH_MAX);
+                            queue.drain(..end).collect()
+                        };
+                        Self::write_batch(pool, batch).await;
+                        drop(writer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One statement for the batch; if it fails, each row on its own, so
+    /// that each caller hears its own outcome.
+    async fn write_batch(pool: &PgPool, batch: Vec<PendingGhost>) {
+        // A later upsert of the same ghost wins, as it would have one by one
+        // (and one statement may not touch a row twice).
+        let mut latest: HashMap<i64, &GhostRow> = HashMap::new();
+        for pending in &batch {
+            latest.insert(pending.row.max_user_id, &pending.row);
+        }
+        let rows: Vec<&GhostRow> = latest.into_values().collect();
+        if upsert_many(pool, &rows).await.is_ok() {
+            for pending in batch {
+                let _ = pending.done.send(Ok(()));
+            }
+            return;
+        }
+        for pending in batch {
+            let written = upsert_many(pool, &[&pending.row]).await;
+            let _ = pending.done.send(written);
+        }
+    }
+}
+
+async fn upsert_many(pool: &PgPool, rows: &[&GhostRow]) -> Result<(), StoreError> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.max_user_id).collect();
+    let text = |f: fn(&GhostRow) -> Option<&str>| -> Vec<Option<String>> {
+        rows.iter().map(|r| f(r).map(str::to_owned)).collect()
+    };
+    let flag = |f: fn(&GhostRow) -> bool| -> Vec<bool> { rows.iter().map(|r| f(r)).collect() };
+    sqlx::query(
+        "INSERT INTO ghosts (max_user_id, mxid, display_name, avatar_url, avatar_mxc, \
+           registered, name_set, avatar_set) \
+         SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], \
+           $6::bool[], $7::bool[], $8::bool[]) \
+         ON CONFLICT (max_user_id) DO UPDATE SET \
+           mxid = EXCLUDED.mxid, display_name = EXCLUDED.display_name, \
+           avatar_url = EXCLUDED.avatar_url, avatar_mxc = EXCLUDED.avatar_mxc, \
+           registered = EXCLUDED.registered, name_set = EXCLUDED.name_set, \
+           avatar_set = EXCLUDED.avatar_set, updated_at = now()",
+    )
+    .bind(ids)
+    .bind(text(|r| Some(r.mxid.as_str())))
+    .bind(text(|r| r.display_name.as_deref()))
+    .bind(text(|r| r.avatar_url.as_deref()))
+    .bind(text(|r| r.avatar_mxc.as_deref()))
+    .bind(flag(|r| r.registered))
+    .bind(flag(|r| r.name_set))
+    .bind(flag(|r| r.avatar_set))
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 pub struct Ghosts<'a> {
     pool: &'a PgPool,
     cache: &'a GhostCache,
+    commits: &'a GhostCommit,
 }
 
 impl<'a> Ghosts<'a> {
-    pub(super) fn new(pool: &'a PgPool, cache: &'a GhostCache) -> Self {
-        Self { pool, cache }
+    pub(super) fn new(pool: &'a PgPool, cache: &'a GhostCache, commits: &'a GhostCommit) -> Self {
+        Self {
+            pool,
+            cache,
+            commits,
+        }
     }
 
-    /// Inserts the ghost or replaces every field of the existing one.
+    /// Inserts the ghost or replaces every field of the existing one
+    /// (written with the upserts of concurrent callers, in one transaction).
     pub async fn upsert(&self, ghost: &GhostRow) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO ghosts (max_user_id, mxid, display_name, avatar_url, avatar_mxc, \
-               registered, name_set, avatar_set) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (max_user_id) DO UPDATE SET \
-               mxid = EXCLUDED.mxid, display_name = EXCLUDED.display_name, \
-               avatar_url = EXCLUDED.avatar_url, avatar_mxc = EXCLUDED.avatar_mxc, \
-               registered = EXCLUDED.registered, name_set = EXCLUDED.name_set, \
-               avatar_set = EXCLUDED.avatar_set, updated_at = now()",
-        )
-        .bind(ghost.max_user_id)
-        .bind(&ghost.mxid)
-        .bind(&ghost.display_name)
-        .bind(&ghost.avatar_url)
-        .bind(&ghost.avatar_mxc)
-        .bind(ghost.registered)
-        .bind(ghost.name_set)
-        .bind(ghost.avatar_set)
-        .execute(self.pool)
-        .await;
+        let done = self.commits.write(self.pool, ghost).await;
         self.cache
             .wrote(ghost.max_user_id, done.is_ok().then(|| ghost.clone()));
-        done?;
-        Ok(())
+        done
     }
 
     pub async fn get(&self, max_user_id: i64) -> Result<Option<GhostRow>, StoreError> {
@@ -129,6 +236,9 @@ impl<'a> Ghosts<'a> {
             let inner = self.cache.lock();
             if let Some(row) = inner.rows.get(&max_user_id) {
                 return Ok(row.clone());
+            }
+            if inner.complete {
+                return Ok(None);
             }
             inner.writes
         };
@@ -141,6 +251,29 @@ impl<'a> Ghosts<'a> {
             inner.rows.insert(max_user_id, row.clone());
         }
         Ok(row)
+    }
+
+    /// Reads the whole table into memory if it has at most `at_most` rows,
+    /// so that making a new ghost costs no lookup (a first start makes
+    /// thousands); whether it did.
+    pub async fn preload(&self, at_most: i64) -> Result<bool, StoreError> {
+        let writes = self.cache.lock().writes;
+        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM ghosts")
+            .fetch_one(self.pool)
+            .await?;
+        if count > at_most {
+            return Ok(false);
+        }
+        let rows: Vec<GhostRow> = sqlx::query_as(select!("")).fetch_all(self.pool).await?;
+        let mut inner = self.cache.lock();
+        if inner.writes != writes {
+            return Ok(false);
+        }
+        for row in rows {
+            inner.rows.insert(row.max_user_id, Some(row));
+        }
+        inner.complete = true;
+        Ok(true)
     }
 
     pub async fn get_by_mxid(&self, mxid: &str) -> Result<Option<GhostRow>, StoreError> {

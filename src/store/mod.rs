@@ -51,6 +51,8 @@ pub struct Store {
 struct Cache {
     portals: portals::PortalCache,
     ghosts: ghosts::GhostCache,
+    /// Ghost upserts waiting to be written together.
+    ghost_commits: ghosts::GhostCommit,
     /// Message mappings waiting to be written together.
     commits: messages::GroupCommit,
 }
@@ -118,7 +120,7 @@ impl Store {
     }
 
     pub fn ghosts(&self) -> Ghosts<'_> {
-        Ghosts::new(&self.pool, &self.cache.ghosts)
+        Ghosts::new(&self.pool, &self.cache.ghosts, &self.cache.ghost_commits)
     }
 
     pub fn messages(&self) -> Messages<'_> {
