@@ -5,7 +5,10 @@
 //! calls, unknown kinds) are named in the text, so that nothing is dropped
 //! without a trace; media become events of their own ([`super::media`]).
 
-use maxproto::types::{Attach, Element, ElementType, LocationAttach, Message};
+use maxproto::types::{
+    Attach, CallAttach, ContactAttach, Element, ElementType, InlineKeyboardAttach, LocationAttach,
+    Message, PollAttach,
+};
 use serde_json::{Value, json};
 
 /// `max-msg-length` of the MAX server config.
@@ -14,6 +17,8 @@ pub const MAX_TEXT_CHARS: usize = 4000;
 /// Most attachments of one MAX message bridged (media and described alike);
 /// the rest are counted in the text. A hostile server could send 100,000.
 pub const MAX_ATTACHES: usize = 50;
+/// Most answers of a poll or buttons of a keyboard listed.
+const MAX_LISTED: usize = 50;
 /// Most formatting elements of one message turned into HTML.
 const MAX_ELEMENTS: usize = 1000;
 /// Longest text put into one Matrix event, in bytes: a Matrix event is at
@@ -187,7 +192,10 @@ pub fn max_to_matrix(message: &Message) -> Value {
     let mut described: Vec<(bool, String)> = bridged
         .iter()
         .filter(|a| !is_media(a))
-        .map(|a| (matches!(a, Attach::Control(_)), describe_attach(a)))
+        .map(|a| {
+            let service = matches!(a, Attach::Control(_) | Attach::Call(_));
+            (service, describe_attach(a))
+        })
         .collect();
     if message.attaches.len() > MAX_ATTACHES {
         described.push((
@@ -209,7 +217,7 @@ pub fn max_to_matrix(message: &Message) -> Value {
         body.push_str(&line);
         if let Some(html) = html.as_mut() {
             html.push_str("<br>");
-            html.push_str(&escape_html(&line));
+            html.push_str(&escape_html(&line).replace('\n', "<br>"));
         }
     }
     if forwarded {
@@ -270,6 +278,10 @@ fn describe_attach(attach: &Attach) -> String {
                 (None, None) => "[chat event]".to_owned(),
             }
         }
+        Attach::Call(call) => describe_call(call),
+        Attach::Poll(poll) => describe_poll(poll),
+        Attach::InlineKeyboard(keyboard) => describe_keyboard(keyboard),
+        Attach::Contact(contact) => describe_contact(contact),
         Attach::Share(share) => match (&share.title, &share.url) {
             (_, Some(url)) => format!("[link: {url}]"),
             (Some(title), None) => format!("[link: {title}]"),
@@ -279,6 +291,113 @@ fn describe_attach(attach: &Attach) -> String {
             "[{} attachment — not bridged yet]",
             other.kind().to_lowercase()
         ),
+    }
+}
+
+/// A call as its notice: kind, and how it ended or how long it took (MAX
+/// gives milliseconds).
+fn describe_call(call: &CallAttach) -> String {
+    let video = call.call_type.as_deref() == Some("VIDEO");
+    let kind = if video { "Video call" } else { "Call" };
+    match call.hangup_type.as_deref() {
+        Some("REJECTED") => format!("📞 {kind} declined"),
+        Some("CANCELED") => format!("📞 {kind} cancelled"),
+        Some("TIMEOUT") => format!("📞 Missed {}", kind.to_lowercase()),
+        _ => match call.duration.filter(|d| *d > 0) {
+            Some(ms) => {
+                let secs = ms / 1000;
+                let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+                if h > 0 {
+                    format!("📞 {kind}, {h}:{m:02}:{s:02}")
+                } else {
+                    format!("📞 {kind}, {m}:{s:02}")
+                }
+            }
+            None => format!("📞 {kind}"),
+        },
+    }
+}
+
+/// The text of an answer or a button: a string, or an object naming it.
+fn label(value: &Value) -> Option<&str> {
+    value
+        .as_str()
+        .or_else(|| value.get("text")?.as_str())
+        .or_else(|| value.get("title")?.as_str())
+}
+
+/// A poll as text: its question, and each answer with its votes where MAX
+/// sent the count.
+fn describe_poll(poll: &PollAttach) -> String {
+    let mut text = format!("📊 Poll: {}", poll.title.as_deref().unwrap_or("(untitled)"));
+    let votes: std::collections::HashMap<i64, i64> = poll
+        .state
+        .as_ref()
+        .and_then(|state| state.get("result")?.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r.get("answerId")?.as_i64()?, r.get("voteCount")?.as_i64()?)))
+        .collect();
+    let answers = poll.answers.as_ref().and_then(Value::as_array);
+    for answer in answers.into_iter().flatten().take(MAX_LISTED) {
+        let Some(label) = label(answer) else { continue };
+        let id = answer.get("id").or_else(|| answer.get("answerId"));
+        match id.and_then(Value::as_i64).and_then(|id| votes.get(&id)) {
+            Some(n) => text.push_str(&format!("\n• {label} — {n}")),
+            None => text.push_str(&format!("\n• {label}")),
+        }
+    }
+    if let Some(total) = poll.state.as_ref().and_then(|s| s.get("total")?.as_i64()) {
+        text.push_str(&format!("\n({total} votes)"));
+    }
+    text
+}
+
+/// A bot's buttons as a numbered list (links with their address).
+fn describe_keyboard(keyboard: &InlineKeyboardAttach) -> String {
+    let mut text = "Buttons:".to_owned();
+    let rows = keyboard
+        .keyboard
+        .as_ref()
+        .and_then(|k| k.get("buttons")?.as_array());
+    let buttons = rows
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_array)
+        .flatten()
+        .take(MAX_LISTED);
+    for (n, button) in buttons.enumerate() {
+        let label = label(button).unwrap_or("?");
+        match button.get("url").and_then(Value::as_str) {
+            Some(url) => text.push_str(&format!("\n[{}] {label} — {url}", n + 1)),
+            None => text.push_str(&format!("\n[{}] {label}", n + 1)),
+        }
+    }
+    text
+}
+
+/// A shared contact: the name and, when MAX sent it, the phone number.
+fn describe_contact(contact: &ContactAttach) -> String {
+    let name = contact.name.clone().unwrap_or_else(|| {
+        [contact.first_name.as_deref(), contact.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let name = if name.trim().is_empty() {
+        "(no name)".to_owned()
+    } else {
+        name
+    };
+    let phone = match &contact.phone {
+        Some(Value::String(phone)) => Some(phone.clone()),
+        Some(Value::Number(phone)) => Some(format!("+{phone}")),
+        _ => None,
+    };
+    match phone {
+        Some(phone) => format!("👤 Contact: {name}, {phone}"),
+        None => format!("👤 Contact: {name}"),
     }
 }
 
@@ -781,6 +900,61 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn with_attach(raw: Value) -> Message {
+        let mut m = message("", vec![]);
+        m.attaches = vec![serde_json::from_value(raw).unwrap()];
+        m
+    }
+
+    #[test]
+    fn calls_polls_buttons_and_contacts_are_readable() {
+        let call = |raw| max_to_matrix(&with_attach(raw));
+        let done = call(
+            json!({"_type": "CALL", "callType": "VIDEO", "hangupType": "HUNGUP", "duration": 205_000}),
+        );
+        assert_eq!(done["body"], "📞 Video call, 3:25");
+        assert_eq!(done["msgtype"], "m.notice", "a call is an event, not words");
+        let missed = call(json!({"_type": "CALL", "callType": "AUDIO", "hangupType": "TIMEOUT"}));
+        assert_eq!(missed["body"], "📞 Missed call");
+        let long = call(json!({"_type": "CALL", "duration": 3_725_000}));
+        assert_eq!(long["body"], "📞 Call, 1:02:05");
+
+        let poll = max_to_matrix(&with_attach(
+            json!({"_type": "POLL", "pollId": 9, "title": "Lunch?",
+            "answers": [{"id": 1, "text": "Pizza"}, {"id": 2, "text": "Soup"}, "Nothing"],
+            "state": {"total": 3, "result": [{"answerId": 1, "voteCount": 2}, {"answerId": 2, "voteCount": 1}]}}),
+        ));
+        assert_eq!(
+            poll["body"],
+            "📊 Poll: Lunch?\n• Pizza — 2\n• Soup — 1\n• Nothing\n(3 votes)"
+        );
+        assert_eq!(poll["msgtype"], "m.text");
+
+        let keyboard = max_to_matrix(&with_attach(
+            json!({"_type": "INLINE_KEYBOARD", "callbackId": "c",
+            "keyboard": {"buttons": [[{"type": "CALLBACK", "text": "Yes", "payload": "y"},
+                                      {"type": "CALLBACK", "text": "No"}],
+                                     [{"type": "LINK", "text": "Site", "url": "https://max.ru"}]]}}),
+        ));
+        assert_eq!(
+            keyboard["body"],
+            "Buttons:\n[1] Yes\n[2] No\n[3] Site — https://max.ru"
+        );
+
+        let contact = max_to_matrix(&with_attach(json!({"_type": "CONTACT", "contactId": 7,
+            "firstName": "Vera", "lastName": "Lis", "phone": 79001234567i64})));
+        assert_eq!(contact["body"], "👤 Contact: Vera Lis, +79001234567");
+
+        // Beside formatted text, each line of a description is its own HTML line.
+        let mut m = with_attach(json!({"_type": "POLL", "title": "Q", "answers": ["a", "b"]}));
+        m.text = "vote".to_owned();
+        m.elements = vec![Element::new(ElementType::Strong, 0, 4)];
+        assert_eq!(
+            max_to_matrix(&m)["formatted_body"],
+            "<strong>vote</strong><br>📊 Poll: Q<br>• a<br>• b"
+        );
     }
 
     #[test]
