@@ -1258,6 +1258,111 @@ async fn locations_cross_both_ways() {
     assert_eq!(pins, 1, "only Boris's pin");
 }
 
+/// A forward names whom it comes from and brings its media; a shared
+/// contact, a call and a poll arrive as words a person can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_contacts_calls_and_polls_arrive_readable() {
+    let env = Env::start().await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+
+    // Vera posts a captioned photo in a group Alice is not in; Boris
+    // forwards it to Alice.
+    let vera = control
+        .create_account(maxsim::NewAccount {
+            first_name: "Vera".to_owned(),
+            last_name: "Lis".to_owned(),
+            ..Default::default()
+        })
+        .expect("Vera");
+    let pets = control
+        .create_chat(
+            vera.id,
+            maxsim::ChatKind::Chat,
+            "Pets",
+            &[fixture_ids::BORIS],
+        )
+        .expect("a group without Alice");
+    let png = avatar_png(&env, fixture_ids::BORIS).await;
+    let photo = control
+        .upload(
+            vera.id,
+            maxsim::UploadKind::Photo,
+            "dog.png",
+            "image/png",
+            png.clone(),
+        )
+        .expect("photo upload");
+    let post = control
+        .send(
+            vera.id,
+            pets,
+            maxsim::Outgoing {
+                text: "my dog".to_owned(),
+                attaches: vec![photo],
+                ..Default::default()
+            },
+        )
+        .expect("Vera posts");
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            maxsim::Outgoing {
+                forward: Some((pets, post.id)),
+                ..Default::default()
+            },
+        )
+        .expect("Boris forwards");
+    let parts = human.wait_for_messages(&dm, 2, |m| m.sender == boris).await;
+    assert_eq!(parts[0].body, "↪ Forwarded from Vera Lis:\nmy dog");
+    assert_eq!(parts[1].msgtype, "m.image", "the forward's photo");
+    let url = parts[1].json["content"]["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    assert_eq!(download(&env, &human, &url).await, png);
+
+    let shared = |attach: serde_json::Value| {
+        control
+            .send(
+                fixture_ids::BORIS,
+                fixture_ids::DIALOG_ALICE_BORIS,
+                maxsim::Outgoing {
+                    attaches: vec![attach],
+                    ..Default::default()
+                },
+            )
+            .expect("Boris sends");
+    };
+    shared(serde_json::json!({"_type": "CONTACT", "contactId": vera.id}));
+    human.wait_for_text(&dm, "👤 Contact: Vera Lis").await;
+    shared(serde_json::json!(
+        {"_type": "CALL", "callType": "AUDIO", "hangupType": "HUNGUP", "duration": 65_000}
+    ));
+    let call = human
+        .wait_for_message(&dm, |m| m.sender == boris && m.body.starts_with("📞"))
+        .await;
+    assert_eq!(
+        (call.msgtype.as_str(), call.body.as_str()),
+        ("m.notice", "📞 Call, 1:05")
+    );
+    shared(
+        serde_json::json!({"_type": "POLL", "pollId": 1, "title": "Walk at 6?",
+        "answers": [{"id": 1, "text": "Yes"}, {"id": 2, "text": "No"}]}),
+    );
+    human
+        .wait_for_text(&dm, "📊 Poll: Walk at 6?\n• Yes\n• No")
+        .await;
+    let unbridged = human
+        .messages(&dm)
+        .into_iter()
+        .filter(|m| m.body.contains("not bridged"))
+        .count();
+    assert_eq!(unbridged, 0);
+}
+
 /// While the bridge is away, Boris edits one bridged message, deletes
 /// another and sends more than `max_catchup_messages`: at start the edit
 /// and the deletion are applied, the newest messages arrive once and in

@@ -149,26 +149,41 @@ pub fn matrix_caption(content: &Value) -> Option<MaxText> {
     matrix_to_max(&text)
 }
 
+/// What a MAX message shows: a forward (whose own text is empty) shows the
+/// forwarded message, text and attachments; any other message itself.
+pub fn shown(message: &Message) -> &Message {
+    match message.forwarded() {
+        Some(original) if message.text.is_empty() => original,
+        _ => message,
+    }
+}
+
 /// The text part of a MAX message as a Matrix `m.room.message` content, or
-/// `None` when the message is nothing but media.
-pub fn max_text_to_matrix(message: &Message) -> Option<Value> {
+/// `None` when the message is nothing but media. `origin` names whom a
+/// forward comes from.
+pub fn max_text_to_matrix(message: &Message, origin: Option<&str>) -> Option<Value> {
     if is_captioned_media(message) {
         return None;
     }
-    let forwarded = message.forwarded().is_some() && message.text.is_empty();
-    let has_text = !message.text.is_empty()
+    let shown = shown(message);
+    let forwarded = !std::ptr::eq(shown, message);
+    let has_text = !shown.text.is_empty()
         || forwarded
-        || message.attaches.len() > MAX_ATTACHES
-        || message.attaches.iter().any(|a| !is_media(a));
-    (has_text || message.attaches.is_empty()).then(|| max_to_matrix(message))
+        || shown.attaches.len() > MAX_ATTACHES
+        || shown.attaches.iter().any(|a| !is_media(a));
+    (has_text || shown.attaches.is_empty()).then(|| max_to_matrix_from(message, origin))
 }
 
 /// A Matrix `m.room.message` content built from a MAX message.
 pub fn max_to_matrix(message: &Message) -> Value {
-    let (text, elements) = match message.forwarded() {
-        Some(original) if message.text.is_empty() => (&original.text, &original.elements),
-        _ => (&message.text, &message.elements),
-    };
+    max_to_matrix_from(message, None)
+}
+
+/// [`max_to_matrix`], a forward headed with whom it comes from.
+pub fn max_to_matrix_from(message: &Message, origin: Option<&str>) -> Value {
+    let shown = shown(message);
+    let forwarded = !std::ptr::eq(shown, message);
+    let (text, elements) = (&shown.text, &shown.elements);
     let (text, cut) = truncate_bytes(text, MAX_MATRIX_TEXT_BYTES);
     let elements = &elements[..elements.len().min(MAX_ELEMENTS)];
     let mut body = text.to_owned();
@@ -186,8 +201,7 @@ pub fn max_to_matrix(message: &Message) -> Value {
             html.push_str(&escape_html(&note));
         }
     }
-    let forwarded = message.forwarded().is_some() && message.text.is_empty();
-    let bridged = &message.attaches[..message.attaches.len().min(MAX_ATTACHES)];
+    let bridged = &shown.attaches[..shown.attaches.len().min(MAX_ATTACHES)];
     // Each line, and whether it is a service event (a chat change).
     let mut described: Vec<(bool, String)> = bridged
         .iter()
@@ -197,12 +211,12 @@ pub fn max_to_matrix(message: &Message) -> Value {
             (service, describe_attach(a))
         })
         .collect();
-    if message.attaches.len() > MAX_ATTACHES {
+    if shown.attaches.len() > MAX_ATTACHES {
         described.push((
             false,
             format!(
                 "[{} more attachments not bridged]",
-                message.attaches.len() - MAX_ATTACHES
+                shown.attaches.len() - MAX_ATTACHES
             ),
         ));
     }
@@ -221,10 +235,25 @@ pub fn max_to_matrix(message: &Message) -> Value {
         }
     }
     if forwarded {
-        body = format!("↪ Forwarded:\n{body}");
+        let header = match origin {
+            Some(origin) => format!("↪ Forwarded from {origin}:"),
+            None => "↪ Forwarded:".to_owned(),
+        };
+        // The media of a forward follow as events of their own.
         if let Some(html) = html.as_mut() {
-            *html = format!("<blockquote>{html}</blockquote>");
+            *html = format!("{}<blockquote>{html}</blockquote>", escape_html(&header));
+        } else if !body.is_empty() {
+            html = Some(format!(
+                "{}<blockquote>{}</blockquote>",
+                escape_html(&header),
+                escape_html(&body).replace('\n', "<br>")
+            ));
         }
+        body = if body.is_empty() {
+            header
+        } else {
+            format!("{header}\n{body}")
+        };
     }
     // Formatting that would push the event over Matrix's size limit is
     // dropped; the plain text stays.
@@ -797,7 +826,7 @@ mod tests {
         );
         m.attaches = vec![photo()];
         assert!(is_captioned_media(&m));
-        assert_eq!(max_text_to_matrix(&m), None, "no separate text event");
+        assert_eq!(max_text_to_matrix(&m, None), None, "no separate text event");
         let mut media = json!({"msgtype": "m.image", "body": "photo.jpg", "url": "mxc://h/a"});
         put_caption(&mut media, &max_to_matrix(&m));
         assert_eq!(media["body"], "look at this");
@@ -818,7 +847,7 @@ mod tests {
         // Two media, a sticker or a forward keep the text as its own event.
         m.attaches.push(photo());
         assert!(!is_captioned_media(&m));
-        assert!(max_text_to_matrix(&m).is_some());
+        assert!(max_text_to_matrix(&m, None).is_some());
         m.attaches =
             vec![serde_json::from_value(json!({"_type": "STICKER", "stickerId": 1})).unwrap()];
         assert!(!is_captioned_media(&m));
@@ -909,6 +938,35 @@ mod tests {
     }
 
     #[test]
+    fn a_forward_names_its_origin_and_shows_what_it_forwards() {
+        let mut original = message("hello <all>", vec![]);
+        original.attaches =
+            vec![serde_json::from_value(json!({"_type": "CALL", "duration": 1000})).unwrap()];
+        let mut forward = message("", vec![]);
+        forward.link = Some(
+            serde_json::from_value(json!({"type": "FORWARD", "messageId": "1",
+            "chatId": 5, "message": serde_json::to_value(&original).unwrap()}))
+            .unwrap(),
+        );
+        let content = max_text_to_matrix(&forward, Some("Vera")).expect("a text part");
+        assert_eq!(
+            content["body"],
+            "↪ Forwarded from Vera:\nhello <all>\n📞 Call, 0:01"
+        );
+        assert_eq!(
+            content["formatted_body"],
+            "↪ Forwarded from Vera:<blockquote>hello &lt;all&gt;<br>📞 Call, 0:01</blockquote>"
+        );
+        // A forwarded photo alone: the header, then the photo as its own event.
+        original.text.clear();
+        original.attaches = vec![photo()];
+        forward.link.as_mut().unwrap().message = Some(Box::new(original));
+        assert_eq!(shown(&forward).attaches.len(), 1);
+        let content = max_text_to_matrix(&forward, None).expect("the header");
+        assert_eq!(content["body"], "↪ Forwarded:");
+    }
+
+    #[test]
     fn calls_polls_buttons_and_contacts_are_readable() {
         let call = |raw| max_to_matrix(&with_attach(raw));
         let done = call(
@@ -966,7 +1024,7 @@ mod tests {
         m.attaches = (0..100_000)
             .map(|_| serde_json::from_value(json!({"_type": "HOLOGRAM"})).unwrap())
             .collect();
-        let content = max_text_to_matrix(&m).expect("text part");
+        let content = max_text_to_matrix(&m, None).expect("text part");
         let body = content["body"].as_str().unwrap();
         assert!(body.len() < 60 * 1024, "{} bytes", body.len());
         assert!(body.contains(&format!(
@@ -986,7 +1044,7 @@ mod tests {
                 serde_json::from_value(json!({"_type": "PHOTO", "baseUrl": "https://x/y"})).unwrap()
             })
             .collect();
-        let content = max_text_to_matrix(&photos).expect("a note");
+        let content = max_text_to_matrix(&photos, None).expect("a note");
         assert_eq!(content["body"], "[10 more attachments not bridged]");
     }
 

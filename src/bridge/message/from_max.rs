@@ -400,8 +400,18 @@ impl Bridge {
             message_id: message.id.0,
             time: message.time,
         };
-        let text = convert::max_text_to_matrix(message);
-        let media: Vec<_> = message
+        let origin = match message.forwarded() {
+            Some(original) => self.forward_origin(session, message, original).await,
+            None => None,
+        };
+        let text = convert::max_text_to_matrix(message, origin.as_deref());
+        // A forward's media are the forwarded message's, found in its chat.
+        let shown = convert::shown(message);
+        let media_chat = match message.link.as_ref().and_then(|l| l.chat_id) {
+            Some(chat) if !std::ptr::eq(shown, message) => chat.0,
+            _ => key.chat_id,
+        };
+        let media: Vec<_> = shown
             .attaches
             .iter()
             .take(convert::MAX_ATTACHES)
@@ -453,13 +463,12 @@ impl Bridge {
             let (event_type, mut content) = match (&text, part) {
                 (Some(text), 0) => ("m.room.message", text.clone()),
                 (Some(_), n) => {
-                    self.media_event(session, key.chat_id, message, media[n - 1])
+                    self.media_event(session, media_chat, shown, media[n - 1])
                         .await
                 }
                 (None, n) => {
-                    let (event_type, mut content) = self
-                        .media_event(session, key.chat_id, message, media[n])
-                        .await;
+                    let (event_type, mut content) =
+                        self.media_event(session, media_chat, shown, media[n]).await;
                     if convert::is_captioned_media(message) {
                         convert::put_caption(&mut content, &convert::max_to_matrix(message));
                     }
@@ -620,6 +629,28 @@ impl Bridge {
             .set_deleted(key.chat_id, key.receiver, first.max_message_id)
             .await?;
         Ok(())
+    }
+
+    /// Whom a forward comes from, as people see it: the original author's
+    /// name, or the channel's or chat's.
+    async fn forward_origin(
+        &self,
+        session: &LoginSession,
+        message: &Message,
+        original: &Message,
+    ) -> Option<String> {
+        let chat_name = message.link.as_ref().and_then(|l| l.chat_name.clone());
+        let Some(author) = original.sender else {
+            return chat_name;
+        };
+        let contact = match session.contact(author.0) {
+            Some(contact) => Some(contact),
+            None => {
+                self.prefetch_contacts(session, &[author.0]).await;
+                session.contact(author.0)
+            }
+        };
+        contact.and_then(|c| c.display_name()).or(chat_name)
     }
 
     /// The content of a bridged media event with the edited message's text
