@@ -1192,6 +1192,50 @@ async fn captions_travel_with_their_media_and_edits_keep_the_media() {
     assert_no_notice(&human, &dm, "not delivered");
 }
 
+/// MAX has no Matrix stickers: one goes as the picture it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matrix_sticker_reaches_max_as_a_picture() {
+    let env = Env::start().await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let png = avatar_png(&env, fixture_ids::ALICE).await;
+    let mxc = human
+        .client()
+        .media()
+        .upload(&"image/png".parse().expect("mime"), png.clone(), None)
+        .await
+        .expect("upload to Synapse")
+        .content_uri;
+    human
+        .send_event(
+            &dm,
+            "m.sticker",
+            serde_json::json!({"body": "waving cat", "url": mxc,
+                               "info": {"mimetype": "image/png", "size": png.len(), "w": 64, "h": 64}}),
+        )
+        .await;
+    let on_max = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.sender == Some(fixture_ids::ALICE)
+                && m.attaches.first().is_some_and(|a| a["_type"] == "PHOTO")
+        })
+        .await
+        .expect("the sticker reaches MAX");
+    assert_eq!(on_max.text, "", "a sticker's description is no caption");
+    let photo_id = on_max.attaches[0]["photoId"].as_i64().expect("photo id");
+    let (bytes, _) = control.media(photo_id).expect("stored photo");
+    assert_eq!(bytes.as_ref(), png.as_slice());
+    // Its MAX echo is known as Alice's sticker, not bridged back.
+    boris_says(control, "cute");
+    human.wait_for_text(&dm, "cute").await;
+    let images = human
+        .messages(&dm)
+        .into_iter()
+        .filter(|m| m.msgtype == "m.image")
+        .count();
+    assert_eq!(images, 0);
+}
+
 /// A shared location is a map pin on both sides; one without coordinates
 /// is refused with a notice, not sent as something else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -398,7 +398,11 @@ impl AppserviceHandler for MatrixHandler {
         !self.bridge.config.is_bridge_user(event.sender.as_str())
             && matches!(
                 event.event_type.as_str(),
-                "m.room.member" | "m.room.message" | "m.room.redaction" | "m.reaction"
+                "m.room.member"
+                    | "m.room.message"
+                    | "m.room.redaction"
+                    | "m.reaction"
+                    | "m.sticker"
             )
     }
 
@@ -464,7 +468,7 @@ impl Bridge {
         }
         match event.event_type.as_str() {
             "m.room.member" => self.handle_membership(event).await,
-            "m.room.message" | "m.room.redaction" | "m.reaction" => {
+            "m.room.message" | "m.room.redaction" | "m.reaction" | "m.sticker" => {
                 self.handle_room_message(event, delivery, handled).await
             }
             _ => {}

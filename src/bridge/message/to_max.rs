@@ -63,7 +63,7 @@ impl Bridge {
         if already > 0 {
             tracing::debug!(event = %event.event_id, already, "Matrix event bridged before");
         }
-        if already > 0 && event.event_type != "m.room.message" {
+        if already > 0 && !matches!(event.event_type.as_str(), "m.room.message" | "m.sticker") {
             return Ok(());
         }
         match event.event_type.as_str() {
@@ -92,8 +92,20 @@ impl Bridge {
                 .map(|row| MessageLink::reply(maxproto::types::MessageId(row.max_message_id))),
             None => None,
         };
-        let msgtype = event
-            .content
+        // MAX stickers come from its own sets: a Matrix sticker goes as the
+        // picture it is.
+        let sticker;
+        let content = if event.event_type == "m.sticker" {
+            sticker = {
+                let mut content = event.content.clone();
+                content["msgtype"] = Value::from("m.image");
+                content
+            };
+            &sticker
+        } else {
+            &event.content
+        };
+        let msgtype = content
             .get("msgtype")
             .and_then(Value::as_str)
             .unwrap_or("?");
@@ -101,7 +113,7 @@ impl Bridge {
         if crate::bridge::media::is_media_msgtype(msgtype) {
             // The caption goes with the media, as MAX shows it; one too
             // long for a MAX message follows it as text.
-            let caption = convert::matrix_caption(&event.content).unwrap_or_default();
+            let caption = convert::matrix_caption(content).unwrap_or_default();
             let (mut media, rest) = if caption.text.chars().count() > convert::MAX_TEXT_CHARS {
                 (
                     OutgoingMessage::new(0, ""),
@@ -118,7 +130,7 @@ impl Bridge {
             // After a crash, the media is uploaded again only if its
             // message was not sent.
             if already == 0 {
-                match self.media_to_max(&session, &event.content).await {
+                match self.media_to_max(&session, content).await {
                     Ok(attach) => media.attaches.push(attach),
                     Err(reason) => {
                         self.send_failed(event, &reason, 0, 0).await;
