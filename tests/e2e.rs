@@ -1192,6 +1192,95 @@ async fn captions_travel_with_their_media_and_edits_keep_the_media() {
     assert_no_notice(&human, &dm, "not delivered");
 }
 
+/// A voice message stays a voice message both ways, with its length and
+/// waveform, and its bytes as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_messages_stay_voice_both_ways() {
+    let env = Env::start().await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+    let ogg: Vec<u8> = b"OggS"
+        .iter()
+        .copied()
+        .chain((0..20_000u32).map(|i| (i * 31 % 256) as u8))
+        .collect();
+
+    let upload = control
+        .upload(
+            fixture_ids::BORIS,
+            maxsim::UploadKind::Video,
+            "voice.ogg",
+            "audio/ogg",
+            ogg.clone(),
+        )
+        .expect("voice upload");
+    let wave: Vec<u8> = (0..80).map(|i| (i * 3 % 128) as u8).collect();
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            maxsim::Outgoing {
+                attaches: vec![
+                    serde_json::json!({"_type": "AUDIO", "audioId": upload["videoId"],
+                    "token": upload["token"], "duration": 4200, "wave": wave}),
+                ],
+                ..Default::default()
+            },
+        )
+        .expect("Boris speaks");
+    let voice = human
+        .wait_for_message(&dm, |m| m.sender == boris && m.msgtype == "m.audio")
+        .await;
+    let content = &voice.json["content"];
+    assert!(
+        content.get("org.matrix.msc3245.voice").is_some(),
+        "{content}"
+    );
+    assert_eq!(content["org.matrix.msc1767.audio"]["duration"], 4200);
+    let waveform = content["org.matrix.msc1767.audio"]["waveform"]
+        .as_array()
+        .expect("waveform");
+    assert_eq!(waveform.len(), 80);
+    assert_eq!(waveform[1], 24, "3 of 127 is 24 of 1024");
+    let url = content["url"].as_str().expect("url").to_owned();
+    assert_eq!(download(&env, &human, &url).await, ogg);
+
+    let mxc = human
+        .client()
+        .media()
+        .upload(&"audio/ogg".parse().expect("mime"), ogg.clone(), None)
+        .await
+        .expect("upload to Synapse")
+        .content_uri;
+    let waveform: Vec<u32> = (0..100).map(|i| i * 10).collect();
+    human
+        .send_event(
+            &dm,
+            "m.room.message",
+            serde_json::json!({"msgtype": "m.audio", "body": "Voice message", "url": mxc,
+                "info": {"mimetype": "audio/ogg", "size": ogg.len(), "duration": 2500},
+                "org.matrix.msc1767.audio": {"duration": 2500, "waveform": waveform},
+                "org.matrix.msc3245.voice": {}}),
+        )
+        .await;
+    let on_max = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.sender == Some(fixture_ids::ALICE)
+                && m.attaches.first().is_some_and(|a| a["_type"] == "AUDIO")
+        })
+        .await
+        .expect("the voice message reaches MAX as voice");
+    let attach = &on_max.attaches[0];
+    assert_eq!(attach["duration"], 2500);
+    let wave = attach["wave"].as_array().expect("wave");
+    assert_eq!(wave.len(), 80);
+    assert_eq!(wave[79], 123, "the loudest of the last points, 990 of 1024");
+    let audio_id = attach["audioId"].as_i64().expect("audio id");
+    let (bytes, _) = control.media(audio_id).expect("stored voice");
+    assert_eq!(bytes.as_ref(), ogg.as_slice());
+}
+
 /// MAX has no Matrix stickers: one goes as the picture it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_matrix_sticker_reaches_max_as_a_picture() {

@@ -84,6 +84,54 @@ pub fn matrix_location_to_max(content: &Value) -> Option<LocationAttach> {
     })
 }
 
+/// Points of a MAX voice waveform, each 0–127.
+const MAX_WAVE_POINTS: usize = 80;
+
+/// A MAX voice waveform (0–127 each, as numbers or as base64 bytes) as
+/// MSC1767's (0–1024), or `None` if it is neither.
+pub fn max_wave_to_matrix(wave: &Value) -> Option<Vec<u64>> {
+    use base64::Engine as _;
+    let points: Vec<f64> = match wave {
+        Value::Array(points) => points.iter().map(Value::as_f64).collect::<Option<_>>()?,
+        Value::String(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        _ => return None,
+    };
+    let scaled: Vec<u64> = points
+        .iter()
+        .take(1024)
+        .map(|p| (p.clamp(0.0, 127.0) * 1024.0 / 127.0).round() as u64)
+        .collect();
+    (!scaled.is_empty()).then_some(scaled)
+}
+
+/// An MSC1767 waveform (0–1024, any number of points) as MAX's: 80 points
+/// of 0–127, each the loudest of the points it stands for.
+pub fn matrix_wave_to_max(waveform: &[Value]) -> Option<Vec<u8>> {
+    let points: Vec<f64> = waveform.iter().filter_map(Value::as_f64).collect();
+    if points.is_empty() {
+        return None;
+    }
+    let wave = (0..MAX_WAVE_POINTS)
+        .map(|i| {
+            let from = i * points.len() / MAX_WAVE_POINTS;
+            let to = ((i + 1) * points.len() / MAX_WAVE_POINTS)
+                .max(from + 1)
+                .min(points.len());
+            let loudest = points[from.min(points.len() - 1)..to]
+                .iter()
+                .copied()
+                .fold(0.0, f64::max);
+            (loudest.clamp(0.0, 1024.0) * 127.0 / 1024.0).round() as u8
+        })
+        .collect();
+    Some(wave)
+}
+
 fn on_the_globe(latitude: f64, longitude: f64) -> bool {
     (-90.0..=90.0).contains(&latitude) && (-180.0..=180.0).contains(&longitude)
 }
@@ -964,6 +1012,28 @@ mod tests {
         assert_eq!(shown(&forward).attaches.len(), 1);
         let content = max_text_to_matrix(&forward, None).expect("the header");
         assert_eq!(content["body"], "↪ Forwarded:");
+    }
+
+    #[test]
+    fn voice_waveforms_are_rescaled_both_ways() {
+        assert_eq!(
+            max_wave_to_matrix(&json!([0, 127, 64])),
+            Some(vec![0, 1024, 516])
+        );
+        assert_eq!(max_wave_to_matrix(&json!("AAF/")), Some(vec![0, 8, 1024]));
+        assert_eq!(max_wave_to_matrix(&json!("not base64!")), None);
+        assert_eq!(max_wave_to_matrix(&json!([1, "x"])), None);
+        assert_eq!(max_wave_to_matrix(&json!([])), None);
+        // 160 points become 80, each the louder of its pair.
+        let matrix: Vec<Value> = (0..160)
+            .map(|i| json!(if i % 2 == 0 { 0 } else { 1024 }))
+            .collect();
+        assert_eq!(matrix_wave_to_max(&matrix), Some(vec![127; 80]));
+        // Fewer points than MAX wants are stretched.
+        let short = matrix_wave_to_max(&[json!(0), json!(512)]).unwrap();
+        assert_eq!(short.len(), 80);
+        assert_eq!((short[0], short[79]), (0, 64));
+        assert_eq!(matrix_wave_to_max(&[json!("loud")]), None);
     }
 
     #[test]

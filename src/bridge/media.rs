@@ -111,14 +111,27 @@ impl Bridge {
                 }
                 Ok(("m.room.message", media("m.video", &name, mxc, info)))
             }
-            Attach::Audio(audio) => {
-                let url = audio.url.as_deref().ok_or("no URL")?;
+            Attach::Audio(audio_attach) => {
+                let url = audio_attach.url.as_deref().ok_or("no URL")?;
                 let (mxc, mut info, name) = self.mirror(url, "audio/ogg", "voice").await?;
-                if let Some(duration) = audio.duration {
+                if let Some(duration) = audio_attach.duration {
                     info["duration"] = json!(duration);
                 }
                 let mut content = media("m.audio", &name, mxc, info);
                 content["org.matrix.msc3245.voice"] = json!({});
+                // What voice players draw and count (MSC1767).
+                let mut audio = json!({});
+                if let Some(duration) = audio_attach.duration {
+                    audio["duration"] = json!(duration);
+                }
+                if let Some(wave) = audio_attach
+                    .wave
+                    .as_ref()
+                    .and_then(convert::max_wave_to_matrix)
+                {
+                    audio["waveform"] = json!(wave);
+                }
+                content["org.matrix.msc1767.audio"] = audio;
                 Ok(("m.room.message", content))
             }
             other => Err(format!("{} is not media", other.kind())),
@@ -217,6 +230,37 @@ impl Bridge {
                     .map_err(|e| format!("MAX's upload answer is unreadable: {e}"))?;
                 let token = result.token().ok_or("MAX returned no photo token")?;
                 Ok(Attach::photo(token))
+            }
+            // A voice message (MSC3245) is MAX voice; any other audio a file.
+            Some("m.audio") if content.get("org.matrix.msc3245.voice").is_some() => {
+                let slot = session
+                    .client
+                    .voice_upload_slot()
+                    .await
+                    .map_err(described)?;
+                let audio_id = slot.video_id.ok_or("MAX returned no audio id")?;
+                let token = slot.token.clone().unwrap_or_default();
+                self.upload_raw(&slot, fetched, &name).await?;
+                session
+                    .wait_attach_ready(audio_id, UPLOAD_READY_TIMEOUT)
+                    .await?;
+                let audio = content.get("org.matrix.msc1767.audio");
+                let duration = audio
+                    .and_then(|a| a.get("duration"))
+                    .or_else(|| content.pointer("/info/duration"))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let mut attach = Attach::audio(audio_id, token, duration);
+                if let (Attach::Audio(voice), Some(wave)) = (
+                    &mut attach,
+                    audio
+                        .and_then(|a| a.get("waveform"))
+                        .and_then(Value::as_array)
+                        .and_then(|w| convert::matrix_wave_to_max(w)),
+                ) {
+                    voice.wave = Some(json!(wave));
+                }
+                Ok(attach)
             }
             Some("m.video") => {
                 let slot = session

@@ -9,8 +9,8 @@ use crate::types::{
     FileDownloadResponse, FileUploadRequest, Message, MessageId, MsgCancelReactionRequest,
     MsgDeleteRequest, MsgEditRequest, MsgGetRequest, MsgReactionRequest, MsgSendRequest,
     MsgSendResponse, MsgTypingRequest, OutgoingMessage, PhotoUploadRequest, PhotoUploadResponse,
-    PingRequest, Reaction, ReactionInfoResponse, TypingType, UploadSlot, User, UserId,
-    VideoPlayRequest, VideoPlayResponse, VideoUploadRequest,
+    PingRequest, Reaction, ReactionInfoResponse, TypingType, UploadRequest, UploadSlot, User,
+    UserId, VideoPlayRequest, VideoPlayResponse, VideoUploadRequest,
 };
 
 impl Client {
@@ -180,6 +180,16 @@ impl Client {
     /// VIDEO_UPLOAD (82): an upload slot (URL, `videoId`, `token`).
     pub async fn video_upload_slot(&self) -> Result<UploadSlot, ClientError> {
         let answer = self.call(&VideoUploadRequest::default()).await?;
+        first_slot(Opcode::VIDEO_UPLOAD, answer.info)
+    }
+
+    /// VIDEO_UPLOAD (82) for a voice message (`type: 2, uploaderType: 1`):
+    /// its `videoId` is the voice attach's `audioId`.
+    pub async fn voice_upload_slot(&self) -> Result<UploadSlot, ClientError> {
+        let mut request = UploadRequest::default();
+        request.extra.insert("type".to_owned(), 2.into());
+        request.extra.insert("uploaderType".to_owned(), 1.into());
+        let answer = self.call(&VideoUploadRequest(request)).await?;
         first_slot(Opcode::VIDEO_UPLOAD, answer.info)
     }
 
