@@ -144,6 +144,8 @@ impl Download {
             .filter(|v| !v.is_empty())
     }
 
+    /// The announced length of what is left to read: ask before the
+    /// first chunk for the whole body's.
     pub fn content_length(&self) -> Option<u64> {
         self.response.content_length()
     }

@@ -1192,6 +1192,72 @@ async fn captions_travel_with_their_media_and_edits_keep_the_media() {
     assert_no_notice(&human, &dm, "not delivered");
 }
 
+/// A MAX video arrives as a video whatever type MAX's server names, with
+/// its preview as the thumbnail and no made-up dimensions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_video_metadata_comes_from_the_bytes_and_the_preview() {
+    let env = Env::start().await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+    // An MP4 header ('ftyp' box, brand isom) and some bytes.
+    let mp4: Vec<u8> = [0, 0, 0, 0x18]
+        .into_iter()
+        .chain(*b"ftypisom")
+        .chain([0, 0, 2, 0])
+        .chain(*b"isomiso2")
+        .chain((0..30_000u32).map(|i| (i * 7 % 256) as u8))
+        .collect();
+    let video = control
+        .upload(
+            fixture_ids::BORIS,
+            maxsim::UploadKind::Video,
+            "clip",
+            "application/octet-stream",
+            mp4.clone(),
+        )
+        .expect("video upload");
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            maxsim::Outgoing {
+                attaches: vec![video],
+                ..Default::default()
+            },
+        )
+        .expect("Boris sends a video");
+    let event = human
+        .wait_for_message(&dm, |m| m.sender == boris && m.msgtype == "m.video")
+        .await;
+    let info = &event.json["content"]["info"];
+    assert_eq!(info["mimetype"], "video/mp4", "{info}");
+    assert!(
+        info.get("w").is_none() && info.get("duration").is_none(),
+        "MAX said 0: {info}"
+    );
+    assert_eq!(info["thumbnail_info"]["mimetype"], "image/png");
+    assert_eq!(
+        (
+            info["thumbnail_info"]["w"].as_u64(),
+            info["thumbnail_info"]["h"].as_u64()
+        ),
+        (Some(64), Some(64))
+    );
+    let thumbnail = info["thumbnail_url"].as_str().expect("a thumbnail");
+    let thumb = download(&env, &human, thumbnail).await;
+    assert!(
+        thumb.starts_with(b"\x89PNG"),
+        "{:?} {info}",
+        &thumb[..thumb.len().min(40)]
+    );
+    let url = event.json["content"]["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    assert_eq!(download(&env, &human, &url).await, mp4);
+}
+
 /// A voice message stays a voice message both ways, with its length and
 /// waveform, and its bytes as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,8 +106,21 @@ impl Bridge {
                 let url = answer.best_url().ok_or("MAX offered no playable URL")?;
                 let (mxc, mut info, name) = self.mirror(url, "video/mp4", "video").await?;
                 dimensions(&mut info, video.width, video.height);
-                if let Some(duration) = video.duration {
+                if let Some(duration) = video.duration.filter(|d| *d > 0) {
                     info["duration"] = json!(duration);
+                }
+                // MAX's preview frame is the video's thumbnail; a video
+                // without one is still a video.
+                if let Some(thumbnail) = video.thumbnail.as_deref().filter(|u| !u.is_empty()) {
+                    match self.mirror(thumbnail, "image/jpeg", "thumbnail").await {
+                        Ok((thumb, thumb_info, _)) => {
+                            info["thumbnail_url"] = json!(thumb);
+                            info["thumbnail_info"] = thumb_info;
+                        }
+                        Err(reason) => {
+                            tracing::debug!(%reason, "video thumbnail not mirrored");
+                        }
+                    }
                 }
                 Ok(("m.room.message", media("m.video", &name, mxc, info)))
             }
@@ -360,14 +373,25 @@ impl Bridge {
         name: impl FnOnce(&str) -> String,
     ) -> Result<(OwnedMxcUri, Value, String), String> {
         let mut download = self.http.get(url).await.map_err(|e| e.to_string())?;
-        let mimetype = download
-            .content_type()
-            .filter(|v| v != "application/octet-stream")
+        // Read before the first chunk: the length reported is what is left.
+        let length = download.content_length();
+        // The first bytes say what the media is (and an image's size) more
+        // surely than MAX's header or the attach's kind.
+        let first = download.chunk().await.map_err(|e| e.to_string())?;
+        let sniffed = Sniffed::from(first.as_deref().unwrap_or_default());
+        let mimetype = sniffed
+            .mimetype
+            .map(str::to_owned)
+            .or_else(|| {
+                download
+                    .content_type()
+                    .filter(|v| v != "application/octet-stream")
+            })
             .unwrap_or_else(|| fallback_type.to_owned());
         let name = name(&mimetype);
-        let (mxc, size) = match download.content_length() {
+        let (mxc, size) = match length {
             Some(length) => {
-                let chunks = futures_util::stream::unfold(Some(download), |state| async move {
+                let rest = futures_util::stream::unfold(Some(download), |state| async move {
                     let mut download = state?;
                     match download.chunk().await {
                         Ok(Some(chunk)) => Some((Ok(chunk), Some(download))),
@@ -376,6 +400,9 @@ impl Bridge {
                         Err(error) => Some((Err(error), None)),
                     }
                 });
+                let first = first.map(Ok::<_, crate::fetch::FetchError>);
+                let chunks =
+                    futures_util::StreamExt::chain(futures_util::stream::iter(first), rest);
                 let mxc = self
                     .matrix
                     .upload_media_stream(
@@ -389,10 +416,14 @@ impl Bridge {
                 (mxc, length)
             }
             None => {
-                let bytes = download
-                    .bytes(self.config.max.media.max_bytes)
+                let cap = self.config.max.media.max_bytes;
+                let head = first.unwrap_or_default();
+                let rest = download
+                    .bytes(cap.saturating_sub(head.len() as u64))
                     .await
                     .map_err(|e| e.to_string())?;
+                let mut bytes = head.to_vec();
+                bytes.extend_from_slice(&rest);
                 let size = bytes.len() as u64;
                 let mxc = self
                     .matrix
@@ -402,13 +433,40 @@ impl Bridge {
                 (mxc, size)
             }
         };
-        let info = json!({"mimetype": mimetype, "size": size});
+        let mut info = json!({"mimetype": mimetype, "size": size});
+        if let Some((w, h)) = sniffed.dimensions {
+            info["w"] = json!(w);
+            info["h"] = json!(h);
+        }
         Ok((mxc, info, name))
     }
 }
 
+/// What the first bytes of a media say of it.
+struct Sniffed {
+    mimetype: Option<&'static str>,
+    /// An image's width and height, when its header is among the bytes.
+    dimensions: Option<(usize, usize)>,
+}
+
+impl Sniffed {
+    fn from(head: &[u8]) -> Sniffed {
+        let mimetype = infer::get(head).map(|kind| kind.mime_type());
+        let dimensions = mimetype
+            .filter(|m| m.starts_with("image/"))
+            .and_then(|_| imagesize::blob_size(head).ok())
+            .map(|size| (size.width, size.height))
+            .filter(|(w, h)| *w > 0 && *h > 0);
+        Sniffed {
+            mimetype,
+            dimensions,
+        }
+    }
+}
+
+/// MAX's own dimensions, where it gives them, over those read from the bytes.
 fn dimensions(info: &mut Value, width: Option<i64>, height: Option<i64>) {
-    if let (Some(w), Some(h)) = (width, height) {
+    if let (Some(w), Some(h)) = (width.filter(|w| *w > 0), height.filter(|h| *h > 0)) {
         info["w"] = json!(w);
         info["h"] = json!(h);
     }
