@@ -1391,6 +1391,48 @@ async fn a_matrix_sticker_reaches_max_as_a_picture() {
     assert_eq!(images, 0);
 }
 
+/// A reaction a client puts on the edit it shows reaches the MAX message;
+/// one on something MAX never had is refused aloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_on_an_edit_reaches_the_edited_message() {
+    let env = Env::start().await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let original = human.send_text(&dm, "see you at 5").await;
+    let on_max = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| m.text == "see you at 5")
+        .await
+        .expect("reaches MAX");
+    let edit = human.send_edit(&dm, &original, "see you at 6").await;
+    control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.id == on_max.id && m.text == "see you at 6"
+        })
+        .await
+        .expect("the edit reaches MAX");
+    human.send_reaction(&dm, &edit, "👍").await;
+    control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.id == on_max.id
+                && m.reactions.get(&fixture_ids::ALICE).map(String::as_str) == Some("👍")
+        })
+        .await
+        .expect("the reaction reaches the edited message");
+
+    let unbridged = human
+        .send_event(&dm, "m.room.message", serde_json::json!({"msgtype": "m.server_notice", "body": "?"}))
+        .await;
+    human
+        .wait_for_message(&dm, |m| m.sender == env.bot() && m.body.contains("not sent"))
+        .await;
+    human.send_reaction(&dm, &unbridged, "👀").await;
+    human
+        .wait_for_message(&dm, |m| {
+            m.sender == env.bot() && m.body.contains("👀 was not delivered")
+        })
+        .await;
+}
+
 /// A shared location is a map pin on both sides; one without coordinates
 /// is refused with a notice, not sent as something else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,6 +136,37 @@ impl Bridge {
 
     /// The portal owner reacted in Matrix: react on MAX. MAX keeps one
     /// reaction per user, so an earlier one of theirs goes from Matrix too.
+    /// The bridged message an event relates to. Some clients put a
+    /// reaction on the edit they show rather than on the original: an edit
+    /// stands for the message it replaces.
+    async fn bridged_target(
+        &self,
+        room: &ruma::RoomId,
+        target: &str,
+    ) -> Result<Target, PortalError> {
+        if let Some(row) = self.store.messages().by_event_id(target).await? {
+            return Ok(Target::Bridged(row));
+        }
+        let Ok(target) = ruma::EventId::parse(target) else {
+            return Ok(Target::Unknown);
+        };
+        let Some(event) = self.matrix.get_event(&self.bot, room, &target).await? else {
+            return Ok(Target::Unknown);
+        };
+        if event["sender"] == self.bot.as_str() {
+            return Ok(Target::Bots);
+        }
+        let relation = &event["content"]["m.relates_to"];
+        let original = match relation["event_id"].as_str() {
+            Some(original) if relation["rel_type"] == "m.replace" => original,
+            _ => return Ok(Target::Unknown),
+        };
+        Ok(match self.store.messages().by_event_id(original).await? {
+            Some(row) => Target::Bridged(row),
+            None => Target::Unknown,
+        })
+    }
+
     pub(crate) async fn react_on_max(
         &self,
         session: &LoginSession,
@@ -150,8 +181,21 @@ impl Bridge {
         let (Some(target), Some(emoji)) = (target, emoji) else {
             return Ok(());
         };
-        let Some(message) = self.store.messages().by_event_id(target).await? else {
-            return Ok(());
+        let message = match self.bridged_target(&event.room_id, target).await? {
+            Target::Bridged(message) => message,
+            // The bot's notices are no MAX messages; reacting to one is
+            // the user's own business.
+            Target::Bots => return Ok(()),
+            Target::Unknown => {
+                self.bot_notice(
+                &event.room_id,
+                &format!(
+                    "⚠️ Your reaction {emoji} was not delivered to MAX: the message it is on is not a bridged one."
+                ),
+            )
+            .await;
+                return Ok(());
+            }
         };
         let request = MsgReactionRequest {
             chat_id: ChatId(key.chat_id),
@@ -251,4 +295,12 @@ impl Bridge {
         }
         Ok(true)
     }
+}
+
+/// What a Matrix reaction is on.
+enum Target {
+    Bridged(crate::store::MessageRow),
+    /// A notice of the bridge bot.
+    Bots,
+    Unknown,
 }
