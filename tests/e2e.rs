@@ -707,6 +707,26 @@ async fn matrix_formatting_edits_and_redactions_reach_max() {
         ]
     );
 
+    // A pill to Boris's ghost is his MAX name on MAX, not the ghost's.
+    let boris = env.ghost(fixture_ids::BORIS);
+    human
+        .send_event(
+            &dm,
+            "m.room.message",
+            serde_json::json!({
+                "msgtype": "m.text",
+                "body": "Boris Petrov (MAX): look",
+                "format": "org.matrix.custom.html",
+                "formatted_body": format!("<a href=\"https://matrix.to/#/{boris}\">Boris Petrov (MAX)</a>: <b>look</b>"),
+            }),
+        )
+        .await;
+    let mention = stored("Boris Petrov: look").await;
+    assert_eq!(
+        mention.elements,
+        [serde_json::json!({"type": "STRONG", "from": 14, "length": 4})]
+    );
+
     let original = human.send_text(&dm, "typo hree").await;
     let on_max = stored("typo hree").await;
     human.send_edit(&dm, &original, "typo here").await;
@@ -1400,7 +1420,9 @@ async fn a_reaction_on_an_edit_reaches_the_edited_message() {
     let control = env.sim.control();
     let original = human.send_text(&dm, "see you at 5").await;
     let on_max = control
-        .wait_for_message(std::time::Duration::from_secs(30), |m| m.text == "see you at 5")
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.text == "see you at 5"
+        })
         .await
         .expect("reaches MAX");
     let edit = human.send_edit(&dm, &original, "see you at 6").await;
@@ -1419,11 +1441,39 @@ async fn a_reaction_on_an_edit_reaches_the_edited_message() {
         .await
         .expect("the reaction reaches the edited message");
 
+    // Boris's answer to it mentions Alice; his answer to himself does not.
+    let boris = env.ghost(fixture_ids::BORIS);
+    let answer = |text: &str, to: i64| {
+        let mut outgoing = maxsim::Outgoing::text(text);
+        outgoing.reply_to = Some(to);
+        control
+            .send(
+                fixture_ids::BORIS,
+                fixture_ids::DIALOG_ALICE_BORIS,
+                outgoing,
+            )
+            .expect("Boris answers")
+    };
+    let first = answer("6 is fine", on_max.id);
+    answer("really", first.id);
+    let answers = human.wait_for_messages(&dm, 2, |m| m.sender == boris).await;
+    assert_eq!(
+        answers[0].json["content"]["m.mentions"],
+        serde_json::json!({"user_ids": [human.user_id().as_str()]})
+    );
+    assert!(answers[1].json["content"].get("m.mentions").is_none());
+
     let unbridged = human
-        .send_event(&dm, "m.room.message", serde_json::json!({"msgtype": "m.server_notice", "body": "?"}))
+        .send_event(
+            &dm,
+            "m.room.message",
+            serde_json::json!({"msgtype": "m.server_notice", "body": "?"}),
+        )
         .await;
     human
-        .wait_for_message(&dm, |m| m.sender == env.bot() && m.body.contains("not sent"))
+        .wait_for_message(&dm, |m| {
+            m.sender == env.bot() && m.body.contains("not sent")
+        })
         .await;
     human.send_reaction(&dm, &unbridged, "👀").await;
     human

@@ -600,9 +600,48 @@ pub struct MaxText {
     /// Set while walking HTML that nests deeper than [`MAX_HTML_DEPTH`]:
     /// part of it was left out.
     cut: bool,
+    /// Pills: the Matrix user each names and where its text is (UTF-16),
+    /// in order.
+    mentions: Vec<(String, i64, i64)>,
 }
 
 impl MaxText {
+    /// Puts the name `name_of` gives each mentioned user in place of the
+    /// pill's text (a client writes a ghost's Matrix name, suffix and all;
+    /// MAX people know the MAX name). Formatting around or after a pill
+    /// moves with the text.
+    pub fn rename_mentions(&mut self, name_of: impl Fn(&str) -> Option<String>) {
+        let mentions = std::mem::take(&mut self.mentions);
+        for (user, start, length) in mentions.into_iter().rev() {
+            let Some(name) = name_of(&user) else { continue };
+            let units: Vec<u16> = self.text.encode_utf16().collect();
+            let (from, to) = (start as usize, (start + length) as usize);
+            if to > units.len() {
+                continue;
+            }
+            let name: Vec<u16> = name.encode_utf16().collect();
+            let delta = name.len() as i64 - length;
+            let mut text = units[..from].to_vec();
+            text.extend_from_slice(&name);
+            text.extend_from_slice(&units[to..]);
+            self.text = String::from_utf16_lossy(&text);
+            for element in &mut self.elements {
+                let (e_from, e_to) = (element.offset(), element.offset() + element.length);
+                if e_from >= start + length {
+                    element.from = Some(e_from + delta);
+                } else if e_to >= start + length && e_from <= start {
+                    element.length += delta;
+                }
+            }
+        }
+        // Formatting that only partly covered a pill stays within the text.
+        let len = self.utf16_len();
+        self.elements.retain_mut(|e| {
+            e.length = e.length.min(len - e.offset().min(len));
+            e.length > 0
+        });
+    }
+
     fn utf16_len(&self) -> i64 {
         self.text.encode_utf16().count() as i64
     }
@@ -756,6 +795,12 @@ fn walk_html(node: &ruma::html::NodeRef, out: &mut MaxText, depth: usize, pre: b
         walk_html(&child, out, depth + 1, pre || name == "pre");
     }
     let length = out.utf16_len() - start;
+    if name == "a"
+        && let Some(user) = attr("href").as_deref().and_then(mentioned_user)
+        && length > 0
+    {
+        out.mentions.push((user, start, length));
+    }
     match (kind, url) {
         (Some(ElementType::Link), Some(url)) if length > 0 => {
             out.elements.push(Element::link(start, length, url));
@@ -767,6 +812,16 @@ fn walk_html(node: &ruma::html::NodeRef, out: &mut MaxText, depth: usize, pre: b
     if block {
         out.newline();
     }
+}
+
+/// The user a `https://matrix.to/#/@user:server` pill names.
+fn mentioned_user(href: &str) -> Option<String> {
+    let fragment = href.strip_prefix("https://matrix.to/#/")?;
+    let id = fragment.split('?').next()?;
+    let id = percent_encoding::percent_decode_str(id)
+        .decode_utf8()
+        .ok()?;
+    (id.starts_with('@') && id.contains(':')).then(|| id.into_owned())
 }
 
 /// The text (and formatting) of a Matrix message to send to MAX, or `None`
@@ -1012,6 +1067,36 @@ mod tests {
         assert_eq!(shown(&forward).attaches.len(), 1);
         let content = max_text_to_matrix(&forward, None).expect("the header");
         assert_eq!(content["body"], "↪ Forwarded:");
+    }
+
+    #[test]
+    fn pills_are_renamed_and_formatting_moves_with_the_text() {
+        let mut out = html_to_max(
+            "<b>hi</b> <a href=\"https://matrix.to/#/%40max_7%3Ahs\">Boris (MAX)</a>, <i>and</i> <a href=\"https://matrix.to/#/@bob:hs\">Bob</a>!",
+        )
+        .unwrap();
+        assert_eq!(out.text, "hi Boris (MAX), and Bob!");
+        out.rename_mentions(|user| (user == "@max_7:hs").then(|| "Борис".to_owned()));
+        assert_eq!(out.text, "hi Борис, and Bob!");
+        let spans: Vec<(ElementType, i64, i64)> = out
+            .elements
+            .iter()
+            .map(|e| (e.kind.clone(), e.offset(), e.length))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                (ElementType::Strong, 0, 2),
+                (ElementType::Emphasized, 10, 3)
+            ]
+        );
+        // A pill inside bold text: the bold covers the new name.
+        let mut out =
+            html_to_max("<b>to <a href=\"https://matrix.to/#/@max_7:hs\">B (MAX)</a></b> ok")
+                .unwrap();
+        out.rename_mentions(|_| Some("Boris Petrov".to_owned()));
+        assert_eq!(out.text, "to Boris Petrov ok");
+        assert_eq!((out.elements[0].offset(), out.elements[0].length), (0, 15));
     }
 
     #[test]

@@ -490,6 +490,11 @@ impl Bridge {
                 {
                     content["m.relates_to"] =
                         json!({"m.in_reply_to": {"event_id": target.event_id}});
+                    // An answer to the user's own message mentions them, as
+                    // a reply made in Matrix would (intentional mentions).
+                    if target.sender == key.receiver {
+                        content["m.mentions"] = json!({"user_ids": [session.mxid.as_str()]});
+                    }
                 }
             }
             let txn = format!(

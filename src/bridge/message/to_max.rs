@@ -113,7 +113,8 @@ impl Bridge {
         if crate::bridge::media::is_media_msgtype(msgtype) {
             // The caption goes with the media, as MAX shows it; one too
             // long for a MAX message follows it as text.
-            let caption = convert::matrix_caption(content).unwrap_or_default();
+            let mut caption = convert::matrix_caption(content).unwrap_or_default();
+            caption.rename_mentions(|user| self.max_name(&session, user));
             let (mut media, rest) = if caption.text.chars().count() > convert::MAX_TEXT_CHARS {
                 (
                     OutgoingMessage::new(0, ""),
@@ -151,7 +152,8 @@ impl Bridge {
                 .attaches
                 .push(maxproto::types::Attach::Location(location));
             outgoing.push(message);
-        } else if let Some(content) = convert::matrix_to_max(&event.content) {
+        } else if let Some(mut content) = convert::matrix_to_max(&event.content) {
+            content.rename_mentions(|user| self.max_name(&session, user));
             // A text over MAX's limit goes as several plain messages; offsets
             // of formatting would not survive the cut.
             if content.text.chars().count() > convert::MAX_TEXT_CHARS {
@@ -206,6 +208,13 @@ impl Bridge {
             }
         }
         Ok(())
+    }
+
+    /// The MAX name of a mentioned ghost's MAX user, as the login knows
+    /// it; `None` leaves the pill's text (a Matrix user's name).
+    fn max_name(&self, session: &LoginSession, user: &str) -> Option<String> {
+        let max_user = self.config.max_user_id_from_ghost(user)?;
+        session.contact(max_user)?.display_name()
     }
 
     /// MSG_SEND, retried while MAX does not answer or the connection is
@@ -285,9 +294,10 @@ impl Bridge {
         } else {
             new_content.and_then(convert::matrix_to_max)
         };
-        let (Some(target), Some(content)) = (target, new_content) else {
+        let (Some(target), Some(mut content)) = (target, new_content) else {
             return Ok(());
         };
+        content.rename_mentions(|user| self.max_name(session, user));
         let Some(original) = self.store.messages().by_event_id(target).await? else {
             return Ok(());
         };
