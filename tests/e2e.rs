@@ -1483,6 +1483,91 @@ async fn a_reaction_on_an_edit_reaches_the_edited_message() {
         .await;
 }
 
+/// A MAX bot's buttons are listed, and answering one's number or text
+/// presses it (the bot is told); any other answer is an ordinary reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bots_buttons_can_be_pressed_from_matrix() {
+    let env = Env::start().await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            maxsim::Outgoing {
+                text: "Coming tonight?".to_owned(),
+                attaches: vec![
+                    serde_json::json!({"_type": "INLINE_KEYBOARD", "callbackId": "cb-1",
+                    "keyboard": {"buttons": [
+                        [{"type": "CALLBACK", "text": "Yes", "payload": "yes"},
+                         {"type": "CALLBACK", "text": "No", "payload": "no"}],
+                        [{"type": "LINK", "text": "Map", "url": "https://max.ru/map"}]]}}),
+                ],
+                ..Default::default()
+            },
+        )
+        .expect("the bot asks");
+    let question = human
+        .wait_for_message(&dm, |m| {
+            m.sender == boris && m.body.starts_with("Coming tonight?")
+        })
+        .await;
+    assert!(
+        question
+            .body
+            .ends_with("[1] Yes\n[2] No\n[3] Map — https://max.ru/map"),
+        "{}",
+        question.body
+    );
+
+    let answer = |text: &str| {
+        serde_json::json!({"msgtype": "m.text", "body": text,
+            "m.relates_to": {"m.in_reply_to": {"event_id": question.event_id.as_str()}}})
+    };
+    human.send_event(&dm, "m.room.message", answer("2")).await;
+    human
+        .wait_for_message(&dm, |m| m.sender == env.bot() && m.body == "Pressed «No».")
+        .await;
+    let pressed = control.callbacks();
+    assert_eq!(pressed.len(), 1);
+    assert_eq!(pressed[0].user, fixture_ids::ALICE);
+    assert_eq!(pressed[0].callback_id, "cb-1");
+    assert_eq!(pressed[0].payload.as_deref(), Some("no"));
+
+    human.send_event(&dm, "m.room.message", answer("Map")).await;
+    human
+        .wait_for_message(&dm, |m| {
+            m.sender == env.bot() && m.body == "«Map» opens https://max.ru/map"
+        })
+        .await;
+    human
+        .send_event(&dm, "m.room.message", answer("maybe later"))
+        .await;
+    let reply = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.text == "maybe later"
+        })
+        .await
+        .expect("an ordinary answer is a reply on MAX");
+    assert_eq!(
+        reply.link.as_ref().map(|l| l["type"].clone()),
+        Some(serde_json::json!("REPLY"))
+    );
+    let texts: Vec<String> = control
+        .messages(fixture_ids::ALICE, fixture_ids::DIALOG_ALICE_BORIS)
+        .expect("messages")
+        .into_iter()
+        .filter(|m| m.sender == Some(fixture_ids::ALICE))
+        .map(|m| m.text)
+        .collect();
+    assert!(
+        !texts.iter().any(|t| t == "2" || t == "Map"),
+        "presses are no messages: {texts:?}"
+    );
+    assert_eq!(control.callbacks().len(), 1);
+}
+
 /// A shared location is a map pin on both sides; one without coordinates
 /// is refused with a notice, not sent as something else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -432,7 +432,7 @@ fn describe_poll(poll: &PollAttach) -> String {
 
 /// A bot's buttons as a numbered list (links with their address).
 fn describe_keyboard(keyboard: &InlineKeyboardAttach) -> String {
-    let mut text = "Buttons:".to_owned();
+    let mut text = "Buttons (answer with a number to press one):".to_owned();
     let rows = keyboard
         .keyboard
         .as_ref()
@@ -451,6 +451,26 @@ fn describe_keyboard(keyboard: &InlineKeyboardAttach) -> String {
         }
     }
     text
+}
+
+/// The button of a keyboard that an answer names, by its number in
+/// [`describe_keyboard`]'s list or by its exact text.
+pub fn chosen_button<'k>(keyboard: &'k InlineKeyboardAttach, answer: &str) -> Option<&'k Value> {
+    let answer = answer.trim();
+    let buttons: Vec<&Value> = keyboard
+        .keyboard
+        .as_ref()
+        .and_then(|k| k.get("buttons")?.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_array)
+        .flatten()
+        .take(MAX_LISTED)
+        .collect();
+    if let Ok(n) = answer.parse::<usize>() {
+        return n.checked_sub(1).and_then(|i| buttons.get(i).copied());
+    }
+    buttons.into_iter().find(|b| label(b) == Some(answer))
 }
 
 /// A shared contact: the name and, when MAX sent it, the phone number.
@@ -1153,7 +1173,19 @@ mod tests {
         ));
         assert_eq!(
             keyboard["body"],
-            "Buttons:\n[1] Yes\n[2] No\n[3] Site — https://max.ru"
+            "Buttons (answer with a number to press one):\n[1] Yes\n[2] No\n[3] Site — https://max.ru"
+        );
+        let Attach::InlineKeyboard(buttons) = &with_attach(json!({"_type": "INLINE_KEYBOARD",
+            "keyboard": {"buttons": [[{"text": "Yes"}, {"text": "No"}], [{"text": "Site"}]]}}))
+        .attaches[0] else {
+            panic!("a keyboard");
+        };
+        let chosen = |answer: &str| chosen_button(buttons, answer).and_then(label);
+        assert_eq!(chosen(" 2 "), Some("No"));
+        assert_eq!(chosen("Site"), Some("Site"));
+        assert_eq!(
+            (chosen("0"), chosen("4"), chosen("maybe")),
+            (None, None, None)
         );
 
         let contact = max_to_matrix(&with_attach(json!({"_type": "CONTACT", "contactId": 7,

@@ -554,6 +554,11 @@ impl Control {
         Ok(())
     }
 
+    /// Inline keyboard buttons pressed so far (118), oldest first.
+    pub fn callbacks(&self) -> Vec<crate::Callback> {
+        self.sim.state().callbacks.clone()
+    }
+
     /// Whether `account` is currently shown online.
     pub fn is_online(&self, account: i64) -> bool {
         self.sim.is_online(account)

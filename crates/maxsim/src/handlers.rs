@@ -135,6 +135,7 @@ pub(crate) fn handle(sim: &Arc<Sim>, conn: &Arc<Conn>, frame: &Frame) -> HResult
             ok(sim.edit(actor, chat_id, message_id, text, elements, attaches)?)
         }
         71 => msg_get(sim, user, p),
+        118 => press_button(sim, user, p),
         73 => msg_search(sim, user, p),
         75 => {
             req_i64(p, "chatId")?;
@@ -950,6 +951,43 @@ fn chat_media(sim: &Sim, user: i64, p: &Value) -> HResult {
             .map(|m| m.to_json(true)),
     );
     ok(json!({"messages": page, "total": media.len()}))
+}
+
+/// 118 MSG_SEND_CALLBACK: a button of an inline keyboard the user can see
+/// is pressed; its bot is told (here: the press is recorded for the
+/// control API). An unknown `callbackId` is refused.
+fn press_button(sim: &Sim, user: i64, p: &Value) -> HResult {
+    let callback_id = p
+        .get("callbackId")
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| ProtoError::missing("callbackId"))?
+        .clone();
+    let payload = p.get("payload").and_then(Value::as_str).map(str::to_owned);
+    let mut st = sim.state();
+    let same = |a: &Value, b: &Value| {
+        a == b || a.to_string().trim_matches('"') == b.to_string().trim_matches('"')
+    };
+    let message_id = st
+        .chats
+        .values()
+        .filter(|chat| chat.participants.contains_key(&user))
+        .flat_map(|chat| chat.messages.iter())
+        .filter(|m| m.visible_to(user))
+        .find(|m| {
+            m.attaches.iter().any(|a| {
+                a.get("_type").and_then(Value::as_str) == Some("INLINE_KEYBOARD")
+                    && a.get("callbackId").is_some_and(|id| same(id, &callback_id))
+            })
+        })
+        .map(|m| m.id)
+        .ok_or_else(|| ProtoError::new("not.found", "No such keyboard"))?;
+    st.callbacks.push(crate::model::Callback {
+        user,
+        message_id,
+        callback_id,
+        payload,
+    });
+    ok(json!({}))
 }
 
 fn msg_get(sim: &Sim, user: i64, p: &Value) -> HResult {

@@ -185,6 +185,7 @@ pub use control::{
     SimMessage, UploadKind,
 };
 pub use fixture::{ChatKind, Fixture, FixtureAccount, FixtureChat, FixtureError};
+pub use model::Callback;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -519,10 +519,26 @@ pub(crate) struct State {
     pub server_config: Map<String, Value>,
     #[serde(skip)]
     pub presence: Presence,
+    /// Inline keyboard buttons pressed (118), oldest first: what a bot
+    /// would be told.
+    #[serde(skip)]
+    pub callbacks: Vec<Callback>,
     last_message_id: i64,
     next_group: i64,
     next_user: i64,
     next_media: i64,
+}
+
+/// A press of an inline keyboard button (118 MSG_SEND_CALLBACK).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Callback {
+    /// Who pressed it.
+    pub user: i64,
+    /// The message whose keyboard it is.
+    pub message_id: i64,
+    pub callback_id: Value,
+    pub payload: Option<String>,
 }
 
 /// (sender, chat, cid) → message id.

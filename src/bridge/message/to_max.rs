@@ -8,10 +8,14 @@ use crate::bridge::portal::{PortalError, PortalKey};
 use crate::matrix::{Handled, RoomEvent};
 use crate::store::MessageRow;
 use maxproto::types::{
-    MessageLink, MsgDeleteRequest, MsgEditRequest, MsgSendRequest, OutgoingMessage,
+    Attach, MessageLink, MsgDeleteRequest, MsgEditRequest, MsgSendCallbackRequest, MsgSendRequest,
+    OutgoingMessage,
 };
 use serde_json::Value;
 use std::sync::Arc;
+
+/// Longest answer taken for a button press: a number or a button's text.
+const BUTTON_ANSWER_CHARS: usize = 64;
 
 impl Bridge {
     pub(crate) async fn on_matrix_message(
@@ -79,19 +83,29 @@ impl Bridge {
         {
             return self.edit_on_max(&session, key, event).await;
         }
-        let reply_link = match event
+        let reply_to = match event
             .content
             .pointer("/m.relates_to/m.in_reply_to/event_id")
             .and_then(Value::as_str)
         {
-            Some(target) => self
-                .store
-                .messages()
-                .by_event_id(target)
-                .await?
-                .map(|row| MessageLink::reply(maxproto::types::MessageId(row.max_message_id))),
+            Some(target) => self.store.messages().by_event_id(target).await?,
             None => None,
         };
+        // A short answer to someone else's message may press one of its
+        // buttons (a MAX bot's keyboard).
+        if let Some(target) = &reply_to
+            && target.sender != session.max_user_id
+            && already == 0
+            && let Some(answer) = convert::matrix_to_max(&event.content)
+            && answer.text.chars().count() <= BUTTON_ANSWER_CHARS
+            && self
+                .press_button(&session, key, event, target, &answer.text)
+                .await
+        {
+            return Ok(());
+        }
+        let reply_link =
+            reply_to.map(|row| MessageLink::reply(maxproto::types::MessageId(row.max_message_id)));
         // MAX stickers come from its own sets: a Matrix sticker goes as the
         // picture it is.
         let sticker;
@@ -208,6 +222,69 @@ impl Bridge {
             }
         }
         Ok(())
+    }
+
+    /// Presses the button of `target`'s keyboard that `answer` names;
+    /// whether it named one (then the answer is not sent as text). A
+    /// message without a keyboard, or one MAX cannot show, names none.
+    async fn press_button(
+        &self,
+        session: &LoginSession,
+        key: PortalKey,
+        event: &RoomEvent,
+        target: &MessageRow,
+        answer: &str,
+    ) -> bool {
+        let chat = maxproto::types::ChatId(key.chat_id);
+        let message_id = maxproto::types::MessageId(target.max_message_id);
+        let Ok(Some(message)) = session.client.get_message(chat, message_id).await else {
+            return false;
+        };
+        let Some((keyboard, button)) = message.attaches.iter().find_map(|a| match a {
+            Attach::InlineKeyboard(keyboard) => {
+                convert::chosen_button(keyboard, answer).map(|button| (keyboard, button))
+            }
+            _ => None,
+        }) else {
+            return false;
+        };
+        let label = button.get("text").and_then(Value::as_str).unwrap_or("?");
+        let kind = button
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("CALLBACK");
+        let notice = match (kind, button.get("url").and_then(Value::as_str)) {
+            (_, Some(url)) => format!("«{label}» opens {url}"),
+            ("CALLBACK", None) => match &keyboard.callback_id {
+                Some(callback_id) => {
+                    let request = MsgSendCallbackRequest {
+                        callback_id: callback_id.clone(),
+                        kind: "CALLBACK".to_owned(),
+                        payload: button
+                            .get("payload")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                        timestamp: crate::bridge::now_ms(),
+                        extra: Default::default(),
+                    };
+                    match session.client.call(&request).await {
+                        Ok(_) => format!("Pressed «{label}»."),
+                        Err(error) => format!(
+                            "⚠️ «{label}» was not pressed: {}",
+                            crate::bridge::commands::describe(&error)
+                        ),
+                    }
+                }
+                None => {
+                    format!("⚠️ «{label}» was not pressed: MAX gave its keyboard no callback id.")
+                }
+            },
+            (other, None) => {
+                format!("⚠️ «{label}» is a {other} button, which cannot be pressed from Matrix.")
+            }
+        };
+        self.bot_notice(&event.room_id, &notice).await;
+        true
     }
 
     /// The MAX name of a mentioned ghost's MAX user, as the login knows

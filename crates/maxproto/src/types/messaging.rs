@@ -135,6 +135,29 @@ pub struct MsgEditResponse {
     pub extra: Extra,
 }
 
+/// 118 MSG_SEND_CALLBACK: a press of an inline keyboard button.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MsgSendCallbackRequest {
+    /// The keyboard attach's `callbackId`, as it came.
+    pub callback_id: serde_json::Value,
+    /// `CALLBACK`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// Milliseconds.
+    pub timestamp: i64,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Request for MsgSendCallbackRequest {
+    const OPCODE: Opcode = Opcode::MSG_SEND_CALLBACK;
+    /// `{chat?, message?, unread?, mark?}`, nothing the caller needs.
+    type Response = EmptyResponse;
+}
+
 /// 71 MSG_GET: messages of one chat by id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
