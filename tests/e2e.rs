@@ -1713,7 +1713,15 @@ async fn forwards_contacts_calls_and_polls_arrive_readable() {
             .expect("Boris sends");
     };
     shared(serde_json::json!({"_type": "CONTACT", "contactId": vera.id}));
-    human.wait_for_text(&dm, "👤 Contact: Vera Lis").await;
+    let card = human.wait_for_text(&dm, "👤 Contact: Vera Lis").await;
+    assert_eq!(card.msgtype, "m.file");
+    assert_eq!(card.json["content"]["filename"], "Vera Lis.vcf");
+    let url = card.json["content"]["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let vcard = String::from_utf8(download(&env, &human, &url).await).expect("text");
+    assert!(vcard.contains("\r\nFN:Vera Lis\r\n"), "{vcard}");
     shared(serde_json::json!(
         {"_type": "CALL", "callType": "AUDIO", "hangupType": "HUNGUP", "duration": 65_000}
     ));

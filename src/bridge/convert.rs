@@ -36,6 +36,7 @@ pub fn is_media(attach: &Attach) -> bool {
             | Attach::Audio(_)
             | Attach::Sticker(_)
             | Attach::Location(_)
+            | Attach::Contact(_)
     )
 }
 
@@ -473,8 +474,44 @@ pub fn chosen_button<'k>(keyboard: &'k InlineKeyboardAttach, answer: &str) -> Op
     buttons.into_iter().find(|b| label(b) == Some(answer))
 }
 
-/// A shared contact: the name and, when MAX sent it, the phone number.
-fn describe_contact(contact: &ContactAttach) -> String {
+/// A shared contact as a vCard 3.0 (RFC 2426) file: what contact apps
+/// import. Its name, and its phone number when MAX sent one.
+pub fn contact_vcard(contact: &ContactAttach) -> (String, Vec<u8>) {
+    let escape = |value: &str| {
+        value
+            .replace('\\', "\\\\")
+            .replace(',', "\\,")
+            .replace(';', "\\;")
+            .replace('\n', "\\n")
+            .replace('\r', "")
+    };
+    let name = contact_name(contact);
+    let mut card = format!(
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:{}\r\nN:{};{};;;\r\n",
+        escape(&name),
+        escape(contact.last_name.as_deref().unwrap_or_default()),
+        escape(contact.first_name.as_deref().unwrap_or_default()),
+    );
+    if let Some(phone) = contact_phone(contact) {
+        card.push_str(&format!("TEL;TYPE=CELL:{}\r\n", escape(&phone)));
+    }
+    card.push_str("END:VCARD\r\n");
+    // A name for a file: what a file system would refuse, replaced.
+    let file: String = name
+        .chars()
+        .map(|c| {
+            if c.is_control() || "/\\:*?\"<>|".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .take(64)
+        .collect();
+    (format!("{file}.vcf"), card.into_bytes())
+}
+
+fn contact_name(contact: &ContactAttach) -> String {
     let name = contact.name.clone().unwrap_or_else(|| {
         [contact.first_name.as_deref(), contact.last_name.as_deref()]
             .into_iter()
@@ -482,17 +519,25 @@ fn describe_contact(contact: &ContactAttach) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     });
-    let name = if name.trim().is_empty() {
+    if name.trim().is_empty() {
         "(no name)".to_owned()
     } else {
         name
-    };
-    let phone = match &contact.phone {
+    }
+}
+
+fn contact_phone(contact: &ContactAttach) -> Option<String> {
+    match &contact.phone {
         Some(Value::String(phone)) => Some(phone.clone()),
         Some(Value::Number(phone)) => Some(format!("+{phone}")),
         _ => None,
-    };
-    match phone {
+    }
+}
+
+/// A shared contact: the name and, when MAX sent it, the phone number.
+pub fn describe_contact(contact: &ContactAttach) -> String {
+    let name = contact_name(contact);
+    match contact_phone(contact) {
         Some(phone) => format!("👤 Contact: {name}, {phone}"),
         None => format!("👤 Contact: {name}"),
     }
@@ -1188,9 +1233,21 @@ mod tests {
             (None, None, None)
         );
 
-        let contact = max_to_matrix(&with_attach(json!({"_type": "CONTACT", "contactId": 7,
-            "firstName": "Vera", "lastName": "Lis", "phone": 79001234567i64})));
-        assert_eq!(contact["body"], "👤 Contact: Vera Lis, +79001234567");
+        let Attach::Contact(contact) = &with_attach(json!({"_type": "CONTACT", "contactId": 7,
+            "firstName": "Vera", "lastName": "Lis; Jr", "phone": 79001234567i64}))
+        .attaches[0] else {
+            panic!("a contact");
+        };
+        assert_eq!(
+            describe_contact(contact),
+            "👤 Contact: Vera Lis; Jr, +79001234567"
+        );
+        let (file, card) = contact_vcard(contact);
+        assert_eq!(file, "Vera Lis; Jr.vcf");
+        assert_eq!(
+            String::from_utf8(card).unwrap(),
+            "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Vera Lis\\; Jr\r\nN:Lis\\; Jr;Vera;;;\r\nTEL;TYPE=CELL:+79001234567\r\nEND:VCARD\r\n"
+        );
 
         // Beside formatted text, each line of a description is its own HTML line.
         let mut m = with_attach(json!({"_type": "POLL", "title": "Q", "answers": ["a", "b"]}));

@@ -44,6 +44,12 @@ impl Bridge {
         match self.bridge_media(session, chat_id, message, attach).await {
             Ok(event) => event,
             Err(reason) => {
+                // Without its card, a contact is still its name and number.
+                if let Attach::Contact(contact) = attach {
+                    tracing::warn!(message = message.id.0, %reason, "contact card not uploaded");
+                    let body = convert::describe_contact(contact);
+                    return ("m.room.message", json!({"msgtype": "m.text", "body": body}));
+                }
                 tracing::warn!(message = message.id.0, kind = attach.kind(), %reason, "media not bridged");
                 let body = format!("[{} — not bridged: {reason}]", attach.kind().to_lowercase());
                 (
@@ -63,6 +69,25 @@ impl Bridge {
     ) -> Result<(&'static str, Value), String> {
         let chat = ChatId(chat_id);
         match attach {
+            Attach::Contact(contact) => {
+                let (file, card) = convert::contact_vcard(contact);
+                let size = card.len();
+                let mxc = self
+                    .matrix
+                    .upload_media(card, "text/vcard", Some(&file))
+                    .await
+                    .map_err(|e| format!("upload to the homeserver failed: {e}"))?;
+                // The file for contact apps, the words (MSC2530 caption) for people.
+                let mut content = media(
+                    "m.file",
+                    &file,
+                    mxc,
+                    json!({"mimetype": "text/vcard", "size": size}),
+                );
+                content["filename"] = json!(file);
+                content["body"] = json!(convert::describe_contact(contact));
+                Ok(("m.room.message", content))
+            }
             Attach::Location(location) => {
                 convert::location_to_matrix(location).map(|content| ("m.room.message", content))
             }
