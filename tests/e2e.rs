@@ -950,6 +950,30 @@ async fn avatar_png(env: &Env, max_user_id: i64) -> Vec<u8> {
 }
 
 /// Downloads an `mxc://` URI through the homeserver as the human.
+/// Uploads bytes to Synapse as the human; their content URI.
+async fn matrix_upload(human: &Human, mime: &str, bytes: Vec<u8>) -> ruma::OwnedMxcUri {
+    human
+        .client()
+        .media()
+        .upload(&mime.parse().expect("mime"), bytes, None)
+        .await
+        .expect("upload to Synapse")
+        .content_uri
+}
+
+/// Uploads bytes to MAX as `account`; the attach to send them with.
+fn max_upload(
+    control: &maxsim::Control,
+    account: i64,
+    kind: maxsim::UploadKind,
+    (name, mime): (&str, &str),
+    bytes: Vec<u8>,
+) -> serde_json::Value {
+    control
+        .upload(account, kind, name, mime, bytes)
+        .expect("upload to MAX")
+}
+
 async fn download(env: &Env, human: &Human, mxc: &str) -> Vec<u8> {
     let (server, media_id) = mxc
         .strip_prefix("mxc://")
@@ -978,24 +1002,20 @@ async fn max_photos_and_files_arrive_as_matrix_media() {
     // A real PNG (the simulator's own avatar of Boris) and an arbitrary file.
     let png = avatar_png(&env, fixture_ids::BORIS).await;
     let file: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let photo = control
-        .upload(
-            fixture_ids::BORIS,
-            maxsim::UploadKind::Photo,
-            "cat.png",
-            "image/png",
-            png.clone(),
-        )
-        .expect("photo upload");
-    let document = control
-        .upload(
-            fixture_ids::BORIS,
-            maxsim::UploadKind::File,
-            "отчёт.pdf",
-            "application/pdf",
-            file.clone(),
-        )
-        .expect("file upload");
+    let photo = max_upload(
+        control,
+        fixture_ids::BORIS,
+        maxsim::UploadKind::Photo,
+        ("cat.png", "image/png"),
+        png.clone(),
+    );
+    let document = max_upload(
+        control,
+        fixture_ids::BORIS,
+        maxsim::UploadKind::File,
+        ("отчёт.pdf", "application/pdf"),
+        file.clone(),
+    );
     control
         .send(
             fixture_ids::BORIS,
@@ -1033,19 +1053,8 @@ async fn matrix_images_and_files_are_uploaded_to_max() {
 
     let png = avatar_png(&env, fixture_ids::ALICE).await;
     let file: Vec<u8> = (0..90_000u32).map(|i| (i * 13 % 253) as u8).collect();
-    let upload = |bytes: Vec<u8>, mime: &'static str| {
-        let client = human.client().clone();
-        async move {
-            client
-                .media()
-                .upload(&mime.parse().expect("mime"), bytes, None)
-                .await
-                .expect("upload to Synapse")
-                .content_uri
-        }
-    };
-    let image_mxc = upload(png.clone(), "image/png").await;
-    let file_mxc = upload(file.clone(), "application/pdf").await;
+    let image_mxc = matrix_upload(&human, "image/png", png.clone()).await;
+    let file_mxc = matrix_upload(&human, "application/pdf", file.clone()).await;
     human
         .send_event(
             &dm,
@@ -1095,15 +1104,13 @@ async fn captions_travel_with_their_media_and_edits_keep_the_media() {
 
     // MAX → Matrix: one m.image whose body is the caption (MSC2530).
     let png = avatar_png(&env, fixture_ids::BORIS).await;
-    let photo = control
-        .upload(
-            fixture_ids::BORIS,
-            maxsim::UploadKind::Photo,
-            "cat.png",
-            "image/png",
-            png.clone(),
-        )
-        .expect("photo upload");
+    let photo = max_upload(
+        control,
+        fixture_ids::BORIS,
+        maxsim::UploadKind::Photo,
+        ("cat.png", "image/png"),
+        png.clone(),
+    );
     let sent = control
         .send(
             fixture_ids::BORIS,
@@ -1150,13 +1157,7 @@ async fn captions_travel_with_their_media_and_edits_keep_the_media() {
     );
 
     // Matrix → MAX: the caption is the MAX message's text beside the photo.
-    let mxc = human
-        .client()
-        .media()
-        .upload(&"image/png".parse().expect("mime"), png.clone(), None)
-        .await
-        .expect("upload to Synapse")
-        .content_uri;
+    let mxc = matrix_upload(&human, "image/png", png.clone()).await;
     let original = human
         .send_event(
             &dm,
@@ -1228,15 +1229,13 @@ async fn max_video_metadata_comes_from_the_bytes_and_the_preview() {
         .chain(*b"isomiso2")
         .chain((0..30_000u32).map(|i| (i * 7 % 256) as u8))
         .collect();
-    let video = control
-        .upload(
-            fixture_ids::BORIS,
-            maxsim::UploadKind::Video,
-            "clip",
-            "application/octet-stream",
-            mp4.clone(),
-        )
-        .expect("video upload");
+    let video = max_upload(
+        control,
+        fixture_ids::BORIS,
+        maxsim::UploadKind::Video,
+        ("clip", "application/octet-stream"),
+        mp4.clone(),
+    );
     control
         .send(
             fixture_ids::BORIS,
@@ -1292,15 +1291,13 @@ async fn voice_messages_stay_voice_both_ways() {
         .chain((0..20_000u32).map(|i| (i * 31 % 256) as u8))
         .collect();
 
-    let upload = control
-        .upload(
-            fixture_ids::BORIS,
-            maxsim::UploadKind::Video,
-            "voice.ogg",
-            "audio/ogg",
-            ogg.clone(),
-        )
-        .expect("voice upload");
+    let upload = max_upload(
+        control,
+        fixture_ids::BORIS,
+        maxsim::UploadKind::Video,
+        ("voice.ogg", "audio/ogg"),
+        ogg.clone(),
+    );
     let wave: Vec<u8> = (0..80).map(|i| (i * 3 % 128) as u8).collect();
     control
         .send(
@@ -1332,13 +1329,7 @@ async fn voice_messages_stay_voice_both_ways() {
     let url = content["url"].as_str().expect("url").to_owned();
     assert_eq!(download(&env, &human, &url).await, ogg);
 
-    let mxc = human
-        .client()
-        .media()
-        .upload(&"audio/ogg".parse().expect("mime"), ogg.clone(), None)
-        .await
-        .expect("upload to Synapse")
-        .content_uri;
+    let mxc = matrix_upload(&human, "audio/ogg", ogg.clone()).await;
     let waveform: Vec<u32> = (0..100).map(|i| i * 10).collect();
     human
         .send_event(
@@ -1374,13 +1365,7 @@ async fn a_matrix_sticker_reaches_max_as_a_picture() {
     let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control();
     let png = avatar_png(&env, fixture_ids::ALICE).await;
-    let mxc = human
-        .client()
-        .media()
-        .upload(&"image/png".parse().expect("mime"), png.clone(), None)
-        .await
-        .expect("upload to Synapse")
-        .content_uri;
+    let mxc = matrix_upload(&human, "image/png", png.clone()).await;
     human
         .send_event(
             &dm,
@@ -1661,15 +1646,13 @@ async fn forwards_contacts_calls_and_polls_arrive_readable() {
         )
         .expect("a group without Alice");
     let png = avatar_png(&env, fixture_ids::BORIS).await;
-    let photo = control
-        .upload(
-            vera.id,
-            maxsim::UploadKind::Photo,
-            "dog.png",
-            "image/png",
-            png.clone(),
-        )
-        .expect("photo upload");
+    let photo = max_upload(
+        control,
+        vera.id,
+        maxsim::UploadKind::Photo,
+        ("dog.png", "image/png"),
+        png.clone(),
+    );
     let post = control
         .send(
             vera.id,

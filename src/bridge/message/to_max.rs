@@ -399,36 +399,26 @@ impl Bridge {
         }
         let chat = maxproto::types::ChatId(key.chat_id);
         let message_id = maxproto::types::MessageId(original.max_message_id);
-        // MSG_EDIT replaces the media with what it is given: the message's
-        // own attaches go back with the new caption.
-        let attachments = if new_media {
-            match session.client.get_message(chat, message_id).await {
-                Ok(Some(message)) => message.attaches,
-                Ok(None) => Vec::new(),
-                Err(error) => {
-                    self.bot_notice(
-                        &event.room_id,
-                        &format!(
-                            "⚠️ Your edit was not delivered to MAX: {}",
-                            crate::bridge::commands::describe(&error)
-                        ),
-                    )
-                    .await;
-                    return Ok(());
-                }
-            }
-        } else {
-            Vec::new()
+        let edited = async {
+            // MSG_EDIT replaces the media with what it is given: the
+            // message's own attaches go back with the new caption.
+            let attachments = if new_media {
+                let message = session.client.get_message(chat, message_id).await?;
+                message.map(|m| m.attaches).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let request = MsgEditRequest {
+                chat_id: chat,
+                message_id,
+                text: content.text,
+                elements: content.elements,
+                attachments,
+                extra: Default::default(),
+            };
+            session.client.call(&request).await
         };
-        let request = MsgEditRequest {
-            chat_id: chat,
-            message_id,
-            text: content.text,
-            elements: content.elements,
-            attachments,
-            extra: Default::default(),
-        };
-        match session.client.call(&request).await {
+        match edited.await {
             Ok(answer) => {
                 let edit_time = answer.message.update_time.unwrap_or(answer.message.time);
                 session.remember_own_edit(original.max_message_id, edit_time);
