@@ -200,9 +200,14 @@ pub async fn start_on(
     );
     bridge.spawn_task(prune_inbox(store));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(server.serve(listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let router = server.router().merge(operations_routes(&bridge));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
     let running = Running {
         bridge: Arc::clone(&bridge),
         addr: local_addr,
@@ -217,6 +222,34 @@ pub async fn start_on(
     bridge.resume_logins().await;
     tracing::info!(addr = %local_addr, bot = %bridge.bot_id(), "bridge running");
     Ok(running)
+}
+
+/// Routes for whoever runs the bridge, beside the appservice API: a health
+/// check (the process serves), and `/metrics` when enabled.
+fn operations_routes(bridge: &Arc<Bridge>) -> axum::Router {
+    let mut routes = axum::Router::new().route(
+        "/_maxbridge/health",
+        axum::routing::get(|| async { "ok\n" }),
+    );
+    if bridge.config().metrics.enabled {
+        let bridge = Arc::clone(bridge);
+        routes = routes.route(
+            "/metrics",
+            axum::routing::get(move || {
+                let bridge = Arc::clone(&bridge);
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        bridge.metrics_text(),
+                    )
+                }
+            }),
+        );
+    }
+    routes
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or `patience` runs

@@ -14,6 +14,7 @@ pub mod bridge;
 pub mod config;
 pub mod fetch;
 pub mod matrix;
+pub mod metrics;
 pub mod queue;
 pub mod retry;
 pub mod store;

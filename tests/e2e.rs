@@ -1553,6 +1553,82 @@ async fn a_bots_buttons_can_be_pressed_from_matrix() {
     assert_eq!(control.callbacks().len(), 1);
 }
 
+/// `/metrics` counts what was bridged each way, and the health check
+/// answers; both without the homeserver's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_was_bridged() {
+    let env = Env::start().await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    boris_says(control, "one");
+    boris_says(control, "two");
+    human.wait_for_text(&dm, "two").await;
+    human.send_text(&dm, "three").await;
+    control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| m.text == "three")
+        .await
+        .expect("reaches MAX");
+
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("{}/_maxbridge/health", env.appservice_url()))
+        .send()
+        .await
+        .expect("health answers");
+    assert_eq!(health.status(), 200);
+    // Counted once the send returns, a moment after MAX has it: wait for it.
+    let sample = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let response = http
+            .get(format!("{}/metrics", env.appservice_url()))
+            .send()
+            .await
+            .expect("metrics answer");
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.expect("metrics text");
+        if sample(
+            &text,
+            r#"maxbridge_messages_total{direction="matrix_to_max",kind="m.text"}"#,
+        ) >= 1.0
+        {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never counted:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        sample(
+            &text,
+            r#"maxbridge_messages_total{direction="max_to_matrix",kind="m.text"}"#
+        ) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            r#"maxbridge_handling_seconds_count{direction="max_to_matrix"}"#
+        ) >= 2.0
+    );
+    assert_eq!(
+        sample(&text, r#"maxbridge_logins{state="connected"}"#),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+}
+
 /// A shared location is a map pin on both sides; one without coordinates
 /// is refused with a notice, not sent as something else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -380,6 +380,7 @@ impl Bridge {
                     }
                 }
                 ClientEvent::Reconnected(login) => {
+                    self.metrics.reconnected();
                     session.remember_contacts(login.contacts.iter().cloned());
                     self.sync_chats(&session, &login.chats).await;
                     self.sync_more_chats(&session, &login.chats, login.chat_marker);

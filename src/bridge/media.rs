@@ -44,6 +44,8 @@ impl Bridge {
         match self.bridge_media(session, chat_id, message, attach).await {
             Ok(event) => event,
             Err(reason) => {
+                self.metrics
+                    .failed(crate::metrics::Direction::MaxToMatrix, "media");
                 // Without its card, a contact is still its name and number.
                 if let Attach::Contact(contact) = attach {
                     tracing::warn!(message = message.id.0, %reason, "contact card not uploaded");
@@ -235,6 +237,8 @@ impl Bridge {
             .map(str::to_owned)
             .or(served_type)
             .unwrap_or_else(|| "application/octet-stream".to_owned());
+        self.metrics
+            .media(crate::metrics::Direction::MatrixToMax, length);
         let fetched = Fetched {
             body,
             length,
@@ -458,6 +462,8 @@ impl Bridge {
                 (mxc, size)
             }
         };
+        self.metrics
+            .media(crate::metrics::Direction::MaxToMatrix, size);
         let mut info = json!({"mimetype": mimetype, "size": size});
         if let Some((w, h)) = sniffed.dimensions {
             info["w"] = json!(w);

@@ -82,6 +82,8 @@ pub struct Bridge {
     portal_creations: tokio::sync::Semaphore,
     /// Mappings of bridged MAX messages being written behind their portal.
     records: message::InFlightRecords,
+    /// What `/metrics` shows.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// Counts one held message while alive.
@@ -142,8 +144,38 @@ impl Bridge {
                 failed_pictures: ghost::FailedPictures::default(),
                 portal_creations: tokio::sync::Semaphore::new(PORTAL_CREATIONS_AT_ONCE),
                 records: message::InFlightRecords::default(),
+                metrics: crate::metrics::Metrics::new(),
             }
         })
+    }
+
+    /// The metrics in Prometheus's text format, the gauges read now.
+    pub fn metrics_text(&self) -> String {
+        use maxproto::client::ConnectionState;
+        let sessions: Vec<Arc<LoginSession>> = self
+            .logins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut states = [
+            ("connecting", 0),
+            ("connected", 0),
+            ("reconnecting", 0),
+            ("logged_out", 0),
+        ];
+        for session in sessions {
+            let index = match *session.client.state().borrow() {
+                ConnectionState::Connecting => 0,
+                ConnectionState::Connected => 1,
+                ConnectionState::Reconnecting { .. } => 2,
+                ConnectionState::LoggedOut { .. } | ConnectionState::Closed => 3,
+            };
+            states[index].1 += 1;
+        }
+        self.metrics.set_state(&states, self.portals.active_keys());
+        self.metrics.encode()
     }
 
     pub fn config(&self) -> &Config {

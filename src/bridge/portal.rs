@@ -167,6 +167,11 @@ impl Bridge {
                 continue;
             }
             tracing::error!(chat = key.chat_id, receiver = key.receiver, %error, "portal event failed");
+            let direction = match &event {
+                PortalEvent::Matrix(..) => crate::metrics::Direction::MatrixToMax,
+                _ => crate::metrics::Direction::MaxToMatrix,
+            };
+            self.metrics.failed(direction, "gave_up");
             if let PortalEvent::MaxMessage {
                 session, message, ..
             } = &event

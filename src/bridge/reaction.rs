@@ -98,6 +98,12 @@ impl Bridge {
                 .matrix
                 .send_message(&ghost, &room, "m.reaction", &content, &txn, None)
                 .await?;
+            self.metrics.bridged(
+                crate::metrics::Direction::MaxToMatrix,
+                "m.reaction",
+                std::time::Duration::ZERO,
+                None,
+            );
             self.store
                 .reactions()
                 .upsert(&ReactionRow {
@@ -230,6 +236,12 @@ impl Bridge {
             }
             return Ok(());
         }
+        self.metrics.bridged(
+            crate::metrics::Direction::MatrixToMax,
+            "m.reaction",
+            std::time::Duration::ZERO,
+            crate::metrics::age_of(event.origin_server_ts as i64),
+        );
         let previous = self
             .store
             .reactions()

@@ -74,6 +74,19 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub backfill: BackfillConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` (Prometheus text format) on the appservice
+    /// listener. Off by default: that listener is reachable by whatever
+    /// reaches the homeserver's side of the bridge.
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// History brought into portals from MAX.

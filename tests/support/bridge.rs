@@ -178,6 +178,8 @@ bridge:
         "@mallory:localhost": none
 {extra}backfill:
     max_initial_messages: {backfill}
+metrics:
+    enabled: true
 logging:
     level: info
     format: {log_format}

@@ -7,6 +7,7 @@ use crate::bridge::convert;
 use crate::bridge::login::LoginSession;
 use crate::bridge::portal::{PortalError, PortalKey};
 use crate::matrix::MatrixError;
+use crate::metrics::Direction;
 use crate::store::{MessageRow, PortalMark};
 use maxproto::types::{Chat, ChatHistoryRequest, ChatId, Message};
 use ruma::{RoomId, UserId};
@@ -396,6 +397,7 @@ impl Bridge {
                     .await?
             }
         };
+        let taken = std::time::Instant::now();
         let mark = PortalMark {
             message_id: message.id.0,
             time: message.time,
@@ -504,6 +506,13 @@ impl Bridge {
             let event_id = self
                 .send_once(&author, &room, event_type, &mut content, &txn, ts)
                 .await?;
+            let kind = content["msgtype"].as_str().unwrap_or(event_type);
+            self.metrics.bridged(
+                Direction::MaxToMatrix,
+                kind,
+                taken.elapsed(),
+                crate::metrics::age_of(message.time),
+            );
             self.record_behind(
                 key,
                 MessageRow {
@@ -629,6 +638,12 @@ impl Bridge {
                 .redact(&self.bot, &room, &event, Some("Deleted on MAX"), &txn)
                 .await?;
         }
+        self.metrics.bridged(
+            Direction::MaxToMatrix,
+            "m.room.redaction",
+            std::time::Duration::ZERO,
+            None,
+        );
         self.store
             .messages()
             .set_deleted(key.chat_id, key.receiver, first.max_message_id)
@@ -746,8 +761,15 @@ impl Bridge {
             key.receiver, key.chat_id, message.id.0
         );
         let ts = u64::try_from(edit_time).ok().filter(|t| *t > 0);
+        let taken = std::time::Instant::now();
         self.send_once(&author, &room, "m.room.message", &mut content, &txn, ts)
             .await?;
+        self.metrics.bridged(
+            Direction::MaxToMatrix,
+            "edit",
+            taken.elapsed(),
+            crate::metrics::age_of(edit_time),
+        );
         self.store
             .messages()
             .set_edited_ms(key.chat_id, key.receiver, message.id.0, edit_time)

@@ -6,6 +6,7 @@ use crate::bridge::convert;
 use crate::bridge::login::LoginSession;
 use crate::bridge::portal::{PortalError, PortalKey};
 use crate::matrix::{Handled, RoomEvent};
+use crate::metrics::Direction;
 use crate::store::MessageRow;
 use maxproto::types::{
     Attach, MessageLink, MsgDeleteRequest, MsgEditRequest, MsgSendCallbackRequest, MsgSendRequest,
@@ -26,6 +27,7 @@ impl Bridge {
         handled: &Arc<Handled>,
     ) -> Result<(), PortalError> {
         tracing::debug!(chat = key.chat_id, receiver = key.receiver, event = %event.event_id, kind = %event.event_type, "Matrix event");
+        let taken = std::time::Instant::now();
         let Some(session) = self.wait_for_login(&event.sender).await? else {
             tracing::debug!(event = %event.event_id, "no MAX login to send with");
             if let Some(login) = self.store.logins().get(event.sender.as_str()).await?
@@ -199,6 +201,17 @@ impl Bridge {
             match self.send_to_max(&session, &request).await {
                 Ok(answer) => {
                     tracing::debug!(event = %event.event_id, part = index, message = answer.message.id.0, "sent to MAX");
+                    let kind = if event.event_type == "m.sticker" {
+                        "m.sticker"
+                    } else {
+                        msgtype
+                    };
+                    self.metrics.bridged(
+                        Direction::MatrixToMax,
+                        kind,
+                        taken.elapsed(),
+                        crate::metrics::age_of(event.origin_server_ts as i64),
+                    );
                     let row = MessageRow {
                         chat_id: key.chat_id,
                         receiver: key.receiver,
@@ -336,6 +349,7 @@ impl Bridge {
     }
 
     async fn send_failed(&self, event: &RoomEvent, reason: &str, index: usize, last: usize) {
+        self.metrics.failed(Direction::MatrixToMax, "refused");
         tracing::warn!(room = %event.room_id, event = %event.event_id, reason, "message not delivered to MAX");
         let what = if last > 0 {
             format!("Part {} of {} of your message", index + 1, last + 1)
@@ -420,6 +434,12 @@ impl Bridge {
         };
         match edited.await {
             Ok(answer) => {
+                self.metrics.bridged(
+                    Direction::MatrixToMax,
+                    "edit",
+                    std::time::Duration::ZERO,
+                    crate::metrics::age_of(event.origin_server_ts as i64),
+                );
                 let edit_time = answer.message.update_time.unwrap_or(answer.message.time);
                 session.remember_own_edit(original.max_message_id, edit_time);
                 // Recorded as bridged, so a catch-up does not send it back.
@@ -500,6 +520,12 @@ impl Bridge {
         // its way (a quick delete overtakes it), and must be recognised.
         match session.client.call(&request).await {
             Ok(_) => {
+                self.metrics.bridged(
+                    Direction::MatrixToMax,
+                    "m.room.redaction",
+                    std::time::Duration::ZERO,
+                    crate::metrics::age_of(event.origin_server_ts as i64),
+                );
                 for row in &rows {
                     self.store
                         .messages()
