@@ -24,5 +24,7 @@ WORKDIR /data
 VOLUME /data
 # The appservice port of config.yaml.example (set appservice.hostname to 0.0.0.0 in a container).
 EXPOSE 29340
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s \
+  CMD ["/usr/local/bin/maxbridge", "-c", "/data/config.yaml", "health"]
 ENTRYPOINT ["/usr/local/bin/maxbridge"]
 CMD ["-c", "/data/config.yaml"]

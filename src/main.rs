@@ -26,6 +26,35 @@ struct Cli {
 enum Command {
     /// Write the appservice registration (tokens are kept when it exists) and exit.
     GenerateRegistration,
+    /// Ask the running bridge of this configuration whether it serves
+    /// (exit status 0) or not (1): a container's health check.
+    Health,
+}
+
+/// GET `/_maxbridge/health` on the configured listener (a wildcard address
+/// is asked on loopback).
+async fn health(config: &Config) -> anyhow::Result<()> {
+    let host = match config.appservice.hostname.as_str() {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "::" => "[::1]",
+        host if host.contains(':') => &format!("[{host}]"),
+        host => host,
+    };
+    let url = format!("http://{host}:{}/_maxbridge/health", config.appservice.port);
+    let response = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("asking {url}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "{url} answered {}",
+        response.status()
+    );
+    println!("ok");
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +87,10 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             registration_path.display()
         );
         return Ok(());
+    }
+
+    if matches!(cli.command, Some(Command::Health)) {
+        return health(&config).await;
     }
 
     init_logging(&config)?;

@@ -401,7 +401,12 @@ async fn bridge_killed_repeatedly_while_messages_flow_both_ways() {
 async fn messages_sent_while_the_bridge_is_dead_arrive_after_restart() {
     let mut rng = StdRng::seed_from_u64(seed("down"));
     let mut stage = Stage::new(EnvOptions::default()).await;
+    assert!(
+        stage.env.health_check().await,
+        "a running bridge is healthy"
+    );
     stage.env.kill_bridge().await;
+    assert!(!stage.env.health_check().await, "a dead one is not");
     // More than any LOGIN answer or first history page holds, both ways.
     let sent = stage.flow(&mut rng, 150, 8).finish().await;
     let started = Instant::now();

@@ -288,6 +288,23 @@ logging:
         }
     }
 
+    /// `maxbridge health` against this deployment's config: whether it
+    /// says a bridge serves.
+    pub async fn health_check(&self) -> bool {
+        let binary = std::env::var_os("MAXBRIDGE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_maxbridge")));
+        tokio::process::Command::new(binary)
+            .arg("-c")
+            .arg(&self.config_path)
+            .arg("health")
+            .output()
+            .await
+            .expect("maxbridge health runs")
+            .status
+            .success()
+    }
+
     /// Where a bridge process logs (JSON lines, all its runs).
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("bridge.log")
