@@ -333,6 +333,20 @@ async fn restart_mid_conversation_reuses_portals_and_loses_nothing() {
         .command(&human, &management, "list", "Bridged chats")
         .await;
     assert!(listing.contains(dm.as_str()), "{listing}");
+    // Rendered: each room a link a client opens.
+    let rendered = human
+        .messages(&management)
+        .into_iter()
+        .rev()
+        .find(|m| m.sender == env.bot() && m.body.starts_with("Bridged chats"))
+        .expect("the listing");
+    let html = rendered.json["content"]["formatted_body"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        html.contains(&format!("href=\"https://matrix.to/#/{dm}\"")),
+        "{html}"
+    );
     // `sync` reads the chat list (53) again; portals stay the same rooms.
     let synced = env
         .command(&human, &management, "sync", "Synchronising")

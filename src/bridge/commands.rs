@@ -13,16 +13,16 @@ use serde_json::Value;
 use std::sync::Arc;
 
 const HELP: &str = "\
-Commands (in this room no prefix is needed):
-• login — log in to MAX with your phone number and an SMS code
-• login-token <token> — log in with an existing MAX token (advanced)
-• logout — log out of MAX and stop bridging
-• ping — show the MAX connection state and account
-• sync — read your MAX chats again and create missing portals
-• list — list your bridged chats
-• start-chat <+phone or MAX user id> — open a direct chat with a MAX user
-• cancel — cancel a login in progress
-• help — this text";
+**Commands** (in this room no prefix is needed):
+• `login` — log in to MAX with your phone number and an SMS code
+• `login-token <token>` — log in with an existing MAX token (advanced)
+• `logout` — log out of MAX and stop bridging
+• `ping` — show the MAX connection state and account
+• `sync` — read your MAX chats again and create missing portals
+• `list` — list your bridged chats
+• `start-chat <+phone or MAX user id>` — open a direct chat with a MAX user
+• `cancel` — cancel a login in progress
+• `help` — this text";
 
 /// A login in progress and the number that tells it from a later one of
 /// the same user (for its expiry).
@@ -788,8 +788,11 @@ async fn list(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
     let mut text = format!("Bridged chats ({}):", portals.len());
     for portal in portals {
         let name = portal.name.unwrap_or_else(|| portal.chat_id.to_string());
-        let room = portal.room_id.unwrap_or_else(|| "(no room yet)".to_owned());
-        text.push_str(&format!("\n• {name} [{}] — {room}", portal.kind.as_str()));
+        let room = match portal.room_id {
+            Some(room) => format!("[{room}](https://matrix.to/#/{room})"),
+            None => "(no room yet)".to_owned(),
+        };
+        text.push_str(&format!("\n• {name} ({}) — {room}", portal.kind.as_str()));
     }
     bridge.bot_notice(room, &text).await;
 }

@@ -369,7 +369,11 @@ impl Bridge {
 
     /// Posts a notice from the bot, logging (not failing) when that fails.
     pub(crate) async fn bot_notice(&self, room: &RoomId, text: &str) {
-        let content = serde_json::json!({"msgtype": "m.notice", "body": text});
+        let mut content = serde_json::json!({"msgtype": "m.notice", "body": text});
+        if let Some(html) = render_markdown(text) {
+            content["format"] = "org.matrix.custom.html".into();
+            content["formatted_body"] = html.into();
+        }
         let txn = format!("notice-{}", uuid::Uuid::new_v4());
         if let Err(error) = self
             .matrix
@@ -392,6 +396,46 @@ impl Bridge {
             Err(error) => tracing::warn!(user = %mxid, %error, "could not look up management room"),
         }
     }
+}
+
+/// The bot's words (Markdown: `commands`, **emphasis**, [links](…)) as
+/// HTML, or `None` when they have no formatting. The words may quote MAX
+/// (names, errors, message previews), so HTML in them is shown as text,
+/// never passed through; each line stays a line.
+pub(crate) fn render_markdown(text: &str) -> Option<String> {
+    use pulldown_cmark::{Event, Options, Parser};
+    let mut formatted = false;
+    // Per open link, whether it is dropped: only web and matrix.to links
+    // are made (a quoted name could hold `[x](javascript:…)`).
+    let mut links: Vec<bool> = Vec::new();
+    let events = Parser::new_ext(text, Options::ENABLE_STRIKETHROUGH).map(|event| match event {
+        Event::Html(html) | Event::InlineHtml(html) => Event::Text(html),
+        Event::Start(pulldown_cmark::Tag::Link { ref dest_url, .. }) => {
+            let safe = dest_url.starts_with("https://") || dest_url.starts_with("http://");
+            links.push(!safe);
+            if safe {
+                formatted = true;
+                event
+            } else {
+                Event::Text("".into())
+            }
+        }
+        Event::End(pulldown_cmark::TagEnd::Link) => match links.pop() {
+            Some(true) => Event::Text("".into()),
+            _ => event,
+        },
+        Event::SoftBreak => Event::HardBreak,
+        Event::Start(pulldown_cmark::Tag::Paragraph)
+        | Event::End(pulldown_cmark::TagEnd::Paragraph) => event,
+        Event::Text(_) | Event::HardBreak => event,
+        other => {
+            formatted = true;
+            other
+        }
+    });
+    let mut html = String::new();
+    pulldown_cmark::html::push_html(&mut html, events);
+    formatted.then(|| html.trim_end().to_owned())
 }
 
 pub(crate) fn room_id(text: &str) -> Option<OwnedRoomId> {
@@ -585,5 +629,37 @@ impl Bridge {
             return;
         }
         commands::on_room_message(self, &event).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_markdown;
+
+    #[test]
+    fn the_bots_markdown_is_rendered_and_quoted_html_stays_text() {
+        assert_eq!(
+            render_markdown("Send `login` to connect.").as_deref(),
+            Some("<p>Send <code>login</code> to connect.</p>")
+        );
+        assert_eq!(
+            render_markdown("Room: [Boris](https://matrix.to/#/!r:hs)\nnext line").as_deref(),
+            Some("<p>Room: <a href=\"https://matrix.to/#/!r:hs\">Boris</a><br />\nnext line</p>")
+        );
+        // A MAX name with HTML in a message that has formatting: shown, not run.
+        assert_eq!(
+            render_markdown("`ping` «<img src=x onerror=alert(1)>»").as_deref(),
+            Some("<p><code>ping</code> «&lt;img src=x onerror=alert(1)&gt;»</p>")
+        );
+        assert_eq!(
+            render_markdown("`x` [click](javascript:alert(1))").as_deref(),
+            Some("<p><code>x</code> click</p>")
+        );
+        assert_eq!(render_markdown("Logged out of MAX."), None);
+        assert_eq!(
+            render_markdown("a <b>bold</b> claim"),
+            None,
+            "HTML alone is no formatting"
+        );
     }
 }
