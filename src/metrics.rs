@@ -66,6 +66,8 @@ const KINDS: &[&str] = &[
     "m.sticker",
     "m.reaction",
     "m.room.redaction",
+    "poll",
+    "vote",
     "edit",
 ];
 

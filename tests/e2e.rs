@@ -1643,6 +1643,58 @@ async fn metrics_count_what_was_bridged() {
     );
 }
 
+/// A MAX poll is a Matrix poll (MSC3381), and a vote in it from Matrix is
+/// the account's vote on MAX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_arrive_as_polls_and_votes_reach_max() {
+    let env = Env::start().await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+    let poll = control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            maxsim::Outgoing {
+                attaches: vec![
+                    serde_json::json!({"_type": "POLL", "pollId": 77, "title": "Walk at 6?",
+                    "answers": [{"id": 1, "text": "Yes"}, {"id": 2, "text": "No"}], "settings": 0}),
+                ],
+                ..Default::default()
+            },
+        )
+        .expect("Boris asks");
+    let start = human
+        .wait_for_event(&dm, |e| {
+            e["type"] == "org.matrix.msc3381.poll.start" && e["sender"] == boris.as_str()
+        })
+        .await;
+    let inner = &start["content"]["org.matrix.msc3381.poll.start"];
+    assert_eq!(inner["question"]["org.matrix.msc1767.text"], "Walk at 6?");
+    assert_eq!(inner["answers"][1]["id"], "2");
+    assert_eq!(inner["answers"][1]["org.matrix.msc1767.text"], "No");
+
+    let start_id = start["event_id"].as_str().expect("event id").to_owned();
+    human
+        .send_event(
+            &dm,
+            "org.matrix.msc3381.poll.response",
+            serde_json::json!({"org.matrix.msc3381.poll.response": {"answers": ["2"]},
+                "m.relates_to": {"rel_type": "m.reference", "event_id": start_id}}),
+        )
+        .await;
+    let voted = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.id == poll.id && !m.attaches[0]["state"].is_null()
+        })
+        .await
+        .expect("the vote reaches MAX");
+    assert_eq!(
+        voted.attaches[0]["state"]["result"],
+        serde_json::json!([{"answerId": 2, "voteCount": 1}])
+    );
+}
+
 /// A shared location is a map pin on both sides; one without coordinates
 /// is refused with a notice, not sent as something else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1710,7 +1762,7 @@ async fn locations_cross_both_ways() {
 }
 
 /// A forward names whom it comes from and brings its media; a shared
-/// contact, a call and a poll arrive as words a person can read.
+/// contact, a call and a poll arrive in forms a person can read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_contacts_calls_and_polls_arrive_readable() {
     let env = Env::start().await;
@@ -1809,8 +1861,12 @@ async fn forwards_contacts_calls_and_polls_arrive_readable() {
         serde_json::json!({"_type": "POLL", "pollId": 1, "title": "Walk at 6?",
         "answers": [{"id": 1, "text": "Yes"}, {"id": 2, "text": "No"}]}),
     );
+    // A poll is a poll event; its text is for clients that show no polls.
     human
-        .wait_for_text(&dm, "📊 Poll: Walk at 6?\n• Yes\n• No")
+        .wait_for_event(&dm, |e| {
+            e["type"] == "org.matrix.msc3381.poll.start"
+                && e["content"]["body"] == "📊 Poll: Walk at 6?\n• Yes\n• No"
+        })
         .await;
     let unbridged = human
         .messages(&dm)

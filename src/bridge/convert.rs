@@ -37,7 +37,69 @@ pub fn is_media(attach: &Attach) -> bool {
             | Attach::Sticker(_)
             | Attach::Location(_)
             | Attach::Contact(_)
+            | Attach::Poll(_)
     )
+}
+
+/// Event type of a poll (MSC3381, as clients send and show it today).
+pub const POLL_START: &str = "org.matrix.msc3381.poll.start";
+/// Event type of a vote in a poll (MSC3381).
+pub const POLL_RESPONSE: &str = "org.matrix.msc3381.poll.response";
+
+/// A MAX poll as an MSC3381 poll start: the question, the answers under
+/// their MAX ids (votes name them), and the text with the counts MAX sent
+/// for clients that show no polls.
+pub fn poll_to_matrix(poll: &PollAttach) -> Value {
+    let question = poll
+        .title
+        .clone()
+        .unwrap_or_else(|| "(untitled)".to_owned());
+    let answers: Vec<Value> = poll
+        .answers
+        .as_ref()
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .take(MAX_LISTED)
+        .enumerate()
+        .filter_map(|(n, answer)| {
+            let id = answer
+                .get("id")
+                .or_else(|| answer.get("answerId"))
+                .and_then(|id| {
+                    id.as_i64()
+                        .map(|i| i.to_string())
+                        .or(id.as_str().map(str::to_owned))
+                })
+                .unwrap_or_else(|| n.to_string());
+            Some(json!({"id": id, "org.matrix.msc1767.text": label(answer)?}))
+        })
+        .collect();
+    let text = describe_poll(poll);
+    json!({
+        "org.matrix.msc3381.poll.start": {
+            "question": {"org.matrix.msc1767.text": question},
+            "kind": "org.matrix.msc3381.poll.disclosed",
+            "max_selections": 1,
+            "answers": answers,
+        },
+        "org.matrix.msc1767.text": text,
+        "body": text,
+    })
+}
+
+/// The MAX answer ids a Matrix poll response chose (MSC3381), or `None`
+/// when it names none that are numbers.
+pub fn poll_response_to_max(content: &Value) -> Option<Vec<i64>> {
+    let answers = content
+        .pointer("/org.matrix.msc3381.poll.response/answers")
+        .or_else(|| content.pointer("/m.poll.response/answers"))?
+        .as_array()?;
+    answers
+        .iter()
+        .take(MAX_LISTED)
+        .map(|a| a.as_str()?.parse().ok())
+        .collect()
 }
 
 /// A MAX location as Matrix `m.location` content (with its MSC3488 form),
@@ -1187,6 +1249,33 @@ mod tests {
     }
 
     #[test]
+    fn polls_are_msc3381_polls_and_votes_name_max_answers() {
+        let Attach::Poll(poll) =
+            &with_attach(json!({"_type": "POLL", "pollId": 9, "title": "Lunch?",
+            "answers": [{"id": 11, "text": "Pizza"}, {"answerId": 12, "text": "Soup"}]}))
+            .attaches[0]
+        else {
+            panic!("a poll");
+        };
+        let start = poll_to_matrix(poll);
+        let inner = &start["org.matrix.msc3381.poll.start"];
+        assert_eq!(inner["question"]["org.matrix.msc1767.text"], "Lunch?");
+        assert_eq!(
+            inner["answers"][1],
+            json!({"id": "12", "org.matrix.msc1767.text": "Soup"})
+        );
+        assert_eq!(start["body"], "📊 Poll: Lunch?\n• Pizza\n• Soup");
+        let vote = json!({"org.matrix.msc3381.poll.response": {"answers": ["12"]},
+            "m.relates_to": {"rel_type": "m.reference", "event_id": "$p"}});
+        assert_eq!(poll_response_to_max(&vote), Some(vec![12]));
+        assert_eq!(
+            poll_response_to_max(&json!({"org.matrix.msc3381.poll.response": {"answers": ["x"]}})),
+            None
+        );
+        assert_eq!(poll_response_to_max(&json!({})), None);
+    }
+
+    #[test]
     fn calls_polls_buttons_and_contacts_are_readable() {
         let call = |raw| max_to_matrix(&with_attach(raw));
         let done = call(
@@ -1199,16 +1288,17 @@ mod tests {
         let long = call(json!({"_type": "CALL", "duration": 3_725_000}));
         assert_eq!(long["body"], "📞 Call, 1:02:05");
 
-        let poll = max_to_matrix(&with_attach(
-            json!({"_type": "POLL", "pollId": 9, "title": "Lunch?",
+        let Attach::Poll(poll) = &with_attach(json!({"_type": "POLL", "pollId": 9, "title": "Lunch?",
             "answers": [{"id": 1, "text": "Pizza"}, {"id": 2, "text": "Soup"}, "Nothing"],
-            "state": {"total": 3, "result": [{"answerId": 1, "voteCount": 2}, {"answerId": 2, "voteCount": 1}]}}),
-        ));
+            "state": {"total": 3, "result": [{"answerId": 1, "voteCount": 2}, {"answerId": 2, "voteCount": 1}]}}))
+            .attaches[0]
+        else {
+            panic!("a poll");
+        };
         assert_eq!(
-            poll["body"],
+            describe_poll(poll),
             "📊 Poll: Lunch?\n• Pizza — 2\n• Soup — 1\n• Nothing\n(3 votes)"
         );
-        assert_eq!(poll["msgtype"], "m.text");
 
         let keyboard = max_to_matrix(&with_attach(
             json!({"_type": "INLINE_KEYBOARD", "callbackId": "c",
@@ -1250,12 +1340,13 @@ mod tests {
         );
 
         // Beside formatted text, each line of a description is its own HTML line.
-        let mut m = with_attach(json!({"_type": "POLL", "title": "Q", "answers": ["a", "b"]}));
+        let mut m = with_attach(json!({"_type": "INLINE_KEYBOARD",
+            "keyboard": {"buttons": [[{"text": "a"}, {"text": "b"}]]}}));
         m.text = "vote".to_owned();
         m.elements = vec![Element::new(ElementType::Strong, 0, 4)];
         assert_eq!(
             max_to_matrix(&m)["formatted_body"],
-            "<strong>vote</strong><br>📊 Poll: Q<br>• a<br>• b"
+            "<strong>vote</strong><br>Buttons (answer with a number to press one):<br>[1] a<br>[2] b"
         );
     }
 

@@ -71,6 +71,7 @@ impl Bridge {
     ) -> Result<(&'static str, Value), String> {
         let chat = ChatId(chat_id);
         match attach {
+            Attach::Poll(poll) => Ok((convert::POLL_START, convert::poll_to_matrix(poll))),
             Attach::Contact(contact) => {
                 let (file, card) = convert::contact_vcard(contact);
                 let size = card.len();

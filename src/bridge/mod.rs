@@ -479,6 +479,7 @@ impl AppserviceHandler for MatrixHandler {
                     | "m.room.redaction"
                     | "m.reaction"
                     | "m.sticker"
+                    | convert::POLL_RESPONSE
             )
     }
 
@@ -544,9 +545,11 @@ impl Bridge {
         }
         match event.event_type.as_str() {
             "m.room.member" => self.handle_membership(event).await,
-            "m.room.message" | "m.room.redaction" | "m.reaction" | "m.sticker" => {
-                self.handle_room_message(event, delivery, handled).await
-            }
+            "m.room.message"
+            | "m.room.redaction"
+            | "m.reaction"
+            | "m.sticker"
+            | convert::POLL_RESPONSE => self.handle_room_message(event, delivery, handled).await,
             _ => {}
         }
     }

@@ -136,6 +136,7 @@ pub(crate) fn handle(sim: &Arc<Sim>, conn: &Arc<Conn>, frame: &Frame) -> HResult
         }
         71 => msg_get(sim, user, p),
         118 => press_button(sim, user, p),
+        304 => vote(sim, user, p),
         73 => msg_search(sim, user, p),
         75 => {
             req_i64(p, "chatId")?;
@@ -988,6 +989,68 @@ fn press_button(sim: &Sim, user: i64, p: &Value) -> HResult {
         payload,
     });
     ok(json!({}))
+}
+
+/// 304 SEND_VOTE: the user's answers to a poll of a message they can see
+/// (an empty list takes the vote back); the poll's state is counted anew
+/// and answered. An unknown poll or answer is refused.
+fn vote(sim: &Sim, user: i64, p: &Value) -> HResult {
+    let chat_id = req_i64(p, "chatId")?;
+    let message_id = req_i64(p, "messageId")?;
+    let poll_id = req_i64(p, "pollId")?;
+    let answers = req_ids(p, "answersIds")?;
+    let mut st = sim.state();
+    let key = st.require_member_chat(user, chat_id)?;
+    let known: Vec<i64> = st.chats[&key]
+        .find(message_id)
+        .filter(|m| m.visible_to(user))
+        .and_then(|m| {
+            m.attaches.iter().find(|a| {
+                a.get("_type").and_then(Value::as_str) == Some("POLL")
+                    && a.get("pollId").and_then(as_i64) == Some(poll_id)
+            })
+        })
+        .and_then(|poll| poll.get("answers")?.as_array().cloned())
+        .ok_or_else(|| ProtoError::new("not.found", "No such poll"))?
+        .iter()
+        .filter_map(|a| a.get("id").and_then(as_i64))
+        .collect();
+    if let Some(unknown) = answers.iter().find(|a| !known.contains(a)) {
+        return Err(ProtoError::payload(format!("Unknown answer {unknown}")));
+    }
+    if answers.is_empty() {
+        st.votes.remove(&(message_id, user));
+    } else {
+        st.votes.insert((message_id, user), answers);
+    }
+    let mut counts: std::collections::BTreeMap<i64, i64> = Default::default();
+    let mut total = 0;
+    for ((_, _), chosen) in st
+        .votes
+        .range((message_id, i64::MIN)..=(message_id, i64::MAX))
+    {
+        total += 1;
+        for answer in chosen {
+            *counts.entry(*answer).or_default() += 1;
+        }
+    }
+    let state = json!({
+        "total": total,
+        "result": counts.iter().map(|(a, n)| json!({"answerId": a, "voteCount": n})).collect::<Vec<_>>(),
+        "voterPreviewIds": [],
+    });
+    let chat = st
+        .chats
+        .get_mut(&key)
+        .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+    if let Some(poll) = chat.find_mut(message_id).and_then(|m| {
+        m.attaches
+            .iter_mut()
+            .find(|a| a.get("_type").and_then(Value::as_str) == Some("POLL"))
+    }) {
+        poll["state"] = state.clone();
+    }
+    ok(json!({"state": state}))
 }
 
 fn msg_get(sim: &Sim, user: i64, p: &Value) -> HResult {

@@ -523,6 +523,9 @@ pub(crate) struct State {
     /// would be told.
     #[serde(skip)]
     pub callbacks: Vec<Callback>,
+    /// Votes (304) by (message, voter): the answers chosen.
+    #[serde(skip)]
+    pub votes: BTreeMap<(i64, i64), Vec<i64>>,
     last_message_id: i64,
     next_group: i64,
     next_user: i64,

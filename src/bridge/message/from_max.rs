@@ -506,7 +506,11 @@ impl Bridge {
             let event_id = self
                 .send_once(&author, &room, event_type, &mut content, &txn, ts)
                 .await?;
-            let kind = content["msgtype"].as_str().unwrap_or(event_type);
+            let kind = match content["msgtype"].as_str() {
+                Some(msgtype) => msgtype,
+                None if event_type == convert::POLL_START => "poll",
+                None => event_type,
+            };
             self.metrics.bridged(
                 Direction::MaxToMatrix,
                 kind,

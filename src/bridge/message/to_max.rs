@@ -75,6 +75,7 @@ impl Bridge {
         match event.event_type.as_str() {
             "m.room.redaction" => return self.delete_on_max(&session, key, event).await,
             "m.reaction" => return self.react_on_max(&session, key, event).await,
+            convert::POLL_RESPONSE => return self.vote_on_max(&session, key, event).await,
             _ => {}
         }
         if event
@@ -298,6 +299,75 @@ impl Bridge {
         };
         self.bot_notice(&event.room_id, &notice).await;
         true
+    }
+
+    /// A vote in a bridged MAX poll becomes SEND_VOTE (304) with the MAX
+    /// answer ids the poll start carried.
+    async fn vote_on_max(
+        &self,
+        session: &LoginSession,
+        key: PortalKey,
+        event: &RoomEvent,
+    ) -> Result<(), PortalError> {
+        let target = event
+            .content
+            .pointer("/m.relates_to/event_id")
+            .and_then(Value::as_str);
+        let (Some(target), Some(answers)) = (target, convert::poll_response_to_max(&event.content))
+        else {
+            return Ok(());
+        };
+        let Some(row) = self.store.messages().by_event_id(target).await? else {
+            return Ok(());
+        };
+        let chat = maxproto::types::ChatId(key.chat_id);
+        let message_id = maxproto::types::MessageId(row.max_message_id);
+        let voted = async {
+            let message = session.client.get_message(chat, message_id).await?;
+            let poll_id = message.and_then(|m| {
+                m.attaches.into_iter().find_map(|a| match a {
+                    Attach::Poll(poll) => poll.poll_id,
+                    _ => None,
+                })
+            });
+            let Some(poll_id) = poll_id else {
+                return Ok(false);
+            };
+            let request = maxproto::types::SendVoteRequest {
+                chat_id: chat,
+                message_id,
+                poll_id,
+                answers_ids: answers,
+                extra: Default::default(),
+            };
+            session.client.call(&request).await.map(|_| true)
+        };
+        match voted.await {
+            Ok(true) => self.metrics.bridged(
+                Direction::MatrixToMax,
+                "vote",
+                std::time::Duration::ZERO,
+                crate::metrics::age_of(event.origin_server_ts as i64),
+            ),
+            Ok(false) => {
+                self.bot_notice(
+                    &event.room_id,
+                    "⚠️ Your vote was not delivered to MAX: the poll is no longer there.",
+                )
+                .await;
+            }
+            Err(error) => {
+                self.bot_notice(
+                    &event.room_id,
+                    &format!(
+                        "⚠️ Your vote was not delivered to MAX: {}",
+                        crate::bridge::commands::describe(&error)
+                    ),
+                )
+                .await;
+            }
+        }
+        Ok(())
     }
 
     /// The MAX name of a mentioned ghost's MAX user, as the login knows

@@ -158,6 +158,25 @@ impl Request for MsgSendCallbackRequest {
     type Response = EmptyResponse;
 }
 
+/// 304 SEND_VOTE: the account's answers to a poll (an empty list takes
+/// the vote back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendVoteRequest {
+    pub chat_id: ChatId,
+    pub message_id: MessageId,
+    pub poll_id: i64,
+    pub answers_ids: Vec<i64>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Request for SendVoteRequest {
+    const OPCODE: Opcode = Opcode::SEND_VOTE;
+    /// `{state: {total, result, voterPreviewIds}}`, kept raw.
+    type Response = EmptyResponse;
+}
+
 /// 71 MSG_GET: messages of one chat by id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
