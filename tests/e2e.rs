@@ -1411,9 +1411,10 @@ async fn a_matrix_sticker_reaches_max_as_a_picture() {
 }
 
 /// A reaction a client puts on the edit it shows reaches the MAX message;
-/// one on something MAX never had is refused aloud.
+/// one on something MAX never had is refused aloud. MAX answers to Alice's
+/// messages and MAX mentions of her notify her Matrix user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reaction_on_an_edit_reaches_the_edited_message() {
+async fn reactions_on_edits_answers_and_mentions_reach_the_right_people() {
     let env = Env::start().await;
     let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control();
@@ -1461,6 +1462,32 @@ async fn a_reaction_on_an_edit_reaches_the_edited_message() {
         serde_json::json!({"user_ids": [human.user_id().as_str()]})
     );
     assert!(answers[1].json["content"].get("m.mentions").is_none());
+
+    // A MAX mention of Alice is a pill of her Matrix user, which notifies her.
+    control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            maxsim::Outgoing {
+                text: "thanks Alice".to_owned(),
+                elements: vec![
+                    serde_json::json!({"type": "USER_MENTION", "from": 7, "length": 5,
+                    "attributes": {"userId": fixture_ids::ALICE}}),
+                ],
+                ..Default::default()
+            },
+        )
+        .expect("Boris mentions Alice");
+    let thanks = human.wait_for_text(&dm, "thanks Alice").await;
+    let alice = human.user_id().as_str();
+    assert_eq!(
+        thanks.json["content"]["formatted_body"],
+        format!("thanks <a href=\"https://matrix.to/#/{alice}\">Alice</a>")
+    );
+    assert_eq!(
+        thanks.json["content"]["m.mentions"],
+        serde_json::json!({"user_ids": [alice]})
+    );
 
     let unbridged = human
         .send_event(

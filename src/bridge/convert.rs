@@ -642,7 +642,7 @@ pub fn elements_to_html(text: &str, elements: &[Element]) -> String {
         }
         html.push_str(&escape_html(&piece).replace('\n', "<br>"));
         for element in active.iter().rev() {
-            html.push_str(close_tag(&element.kind));
+            html.push_str(close_tag(element));
         }
     }
     html
@@ -672,12 +672,72 @@ fn open_tag(element: &Element) -> String {
             Some(url) if is_safe_url(url) => format!("<a href=\"{}\">", escape_html(url)),
             _ => "<span>".to_owned(),
         },
-        ElementType::Other(_) => "<span>".to_owned(),
+        ElementType::Other(kind) => match mentioned_max_user(kind, element) {
+            // Made a pill by the caller, which knows the ghosts' ids.
+            Some(user) => format!("<a href=\"{MENTION_HREF}{user}\">"),
+            None => "<span>".to_owned(),
+        },
     }
 }
 
-fn close_tag(kind: &ElementType) -> &'static str {
-    match kind {
+/// Placeholder link of a MAX mention in HTML this module made; the bridge
+/// puts the ghost's matrix.to link in its place ([`pills_for_mentions`]).
+const MENTION_HREF: &str = "maxbridge-mention:";
+
+/// The MAX user a mention element names. No public client shows MAX's
+/// mention element, so the likely shapes are taken: a `USER_MENTION` or
+/// `MENTION` element with the user's id in `userId` or `entityId`.
+fn mentioned_max_user(kind: &str, element: &Element) -> Option<i64> {
+    if !matches!(kind, "USER_MENTION" | "MENTION") {
+        return None;
+    }
+    let extra = &element.attributes.as_ref()?.extra;
+    let id = extra.get("userId").or_else(|| extra.get("entityId"))?;
+    id.as_i64()
+        .or_else(|| id.as_str()?.parse().ok())
+        .filter(|id| *id > 0)
+}
+
+/// Turns the MAX mentions in `content`'s HTML into pills of the users'
+/// ghosts (`ghost_of` gives a MAX user's Matrix id) and lists them in
+/// `m.mentions`, so their Matrix users are notified as Matrix mentions do.
+pub fn pills_for_mentions(content: &mut Value, ghost_of: impl Fn(i64) -> String) {
+    let Some(html) = content["formatted_body"].as_str() else {
+        return;
+    };
+    // As an attribute: text in the HTML has its quotes escaped, so only
+    // this module's own tags match.
+    let placeholder = format!("href=\"{MENTION_HREF}");
+    if !html.contains(&placeholder) {
+        return;
+    }
+    let mut out = String::with_capacity(html.len());
+    let mut users = Vec::new();
+    let mut rest = html;
+    while let Some(at) = rest.find(&placeholder) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + placeholder.len()..];
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let user = ghost_of(rest[..digits].parse().unwrap_or_default());
+        out.push_str("href=\"https://matrix.to/#/");
+        out.push_str(&escape_html(&user));
+        if !users.contains(&user) {
+            users.push(user);
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    content["formatted_body"] = json!(out);
+    content["m.mentions"] = json!({"user_ids": users});
+}
+
+/// The tag that ends what [`open_tag`] opened for `element`.
+fn close_tag(element: &Element) -> &'static str {
+    match &element.kind {
+        ElementType::Link if !element.url().is_some_and(is_safe_url) => "</span>",
+        ElementType::Other(kind) if mentioned_max_user(kind, element).is_some() => "</a>",
         ElementType::Strong => "</strong>",
         ElementType::Emphasized => "</em>",
         ElementType::Underline => "</u>",
@@ -1224,6 +1284,33 @@ mod tests {
         out.rename_mentions(|_| Some("Boris Petrov".to_owned()));
         assert_eq!(out.text, "to Boris Petrov ok");
         assert_eq!((out.elements[0].offset(), out.elements[0].length), (0, 15));
+    }
+
+    #[test]
+    fn max_mentions_become_pills_of_ghosts() {
+        let mention: Element = serde_json::from_value(
+            json!({"type": "USER_MENTION", "from": 3, "length": 5, "attributes": {"userId": 42}}),
+        )
+        .unwrap();
+        let mut content = max_to_matrix(&message("hi Boris!", vec![mention]));
+        pills_for_mentions(&mut content, |id| format!("@max_{id}:hs"));
+        assert_eq!(
+            content["formatted_body"],
+            "hi <a href=\"https://matrix.to/#/@max_42:hs\">Boris</a>!"
+        );
+        assert_eq!(content["m.mentions"], json!({"user_ids": ["@max_42:hs"]}));
+        // Other unknown elements stay spans; text cannot forge a mention.
+        let other: Element = serde_json::from_value(
+            json!({"type": "ANIMOJI", "length": 2, "attributes": {"userId": 1}}),
+        )
+        .unwrap();
+        let mut content = max_to_matrix(&message("ok maxbridge-mention:5", vec![other]));
+        pills_for_mentions(&mut content, |id| format!("@max_{id}:hs"));
+        assert_eq!(
+            content["formatted_body"],
+            "<span>ok</span> maxbridge-mention:5"
+        );
+        assert!(content.get("m.mentions").is_none());
     }
 
     #[test]

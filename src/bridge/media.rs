@@ -470,6 +470,9 @@ impl Bridge {
             info["w"] = json!(w);
             info["h"] = json!(h);
         }
+        if let Some(duration) = sniffed.duration_ms {
+            info["duration"] = json!(duration);
+        }
         Ok((mxc, info, name))
     }
 }
@@ -479,6 +482,9 @@ struct Sniffed {
     mimetype: Option<&'static str>,
     /// An image's width and height, when its header is among the bytes.
     dimensions: Option<(usize, usize)>,
+    /// An MP4's length in milliseconds, when its `moov` box comes first
+    /// (a "fast start" file) and is among the bytes.
+    duration_ms: Option<u64>,
 }
 
 impl Sniffed {
@@ -489,10 +495,96 @@ impl Sniffed {
             .and_then(|_| imagesize::blob_size(head).ok())
             .map(|size| (size.width, size.height))
             .filter(|(w, h)| *w > 0 && *h > 0);
+        let duration_ms = mimetype
+            .filter(|m| *m == "video/mp4" || *m == "audio/mp4" || *m == "video/quicktime")
+            .and_then(|_| mp4_duration_ms(head));
         Sniffed {
             mimetype,
             dimensions,
+            duration_ms,
         }
+    }
+}
+
+/// The boxes of an ISO media file's `data` (size, type, body); a box whose
+/// size runs past the data ends the walk.
+fn boxes(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        let size = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let kind = rest.get(4..8)?;
+        let (header, size) = match size {
+            // A 64-bit size follows the type.
+            1 => (
+                16,
+                u64::from_be_bytes(rest.get(8..16)?.try_into().ok()?) as usize,
+            ),
+            // To the end of the file: only what is here.
+            0 => (8, rest.len()),
+            size => (8, size),
+        };
+        let body = rest.get(header..size)?;
+        rest = &rest[size..];
+        Some((kind, body))
+    })
+}
+
+/// The duration in `moov/mvhd` (ISO/IEC 14496-12), in milliseconds.
+fn mp4_duration_ms(head: &[u8]) -> Option<u64> {
+    let (_, moov) = boxes(head).find(|(kind, _)| *kind == b"moov")?;
+    let (_, mvhd) = boxes(moov).find(|(kind, _)| *kind == b"mvhd")?;
+    let (timescale, duration) = match mvhd.first()? {
+        0 => (
+            u32::from_be_bytes(mvhd.get(12..16)?.try_into().ok()?) as u64,
+            u32::from_be_bytes(mvhd.get(16..20)?.try_into().ok()?) as u64,
+        ),
+        1 => (
+            u32::from_be_bytes(mvhd.get(20..24)?.try_into().ok()?) as u64,
+            u64::from_be_bytes(mvhd.get(24..32)?.try_into().ok()?),
+        ),
+        _ => return None,
+    };
+    if timescale == 0 || duration == u64::MAX || duration == u32::MAX as u64 {
+        return None;
+    }
+    duration.checked_mul(1000).map(|ms| ms / timescale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An MP4 head: `ftyp`, then `moov` holding `mvhd` (version 0).
+    fn faststart(timescale: u32, duration: u32) -> Vec<u8> {
+        let mut mvhd = vec![0u8; 100];
+        mvhd[12..16].copy_from_slice(&timescale.to_be_bytes());
+        mvhd[16..20].copy_from_slice(&duration.to_be_bytes());
+        let boxed = |kind: &[u8], body: &[u8]| {
+            let mut b = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+            b.extend_from_slice(kind);
+            b.extend_from_slice(body);
+            b
+        };
+        let mut file = boxed(b"ftyp", b"isom\0\0\x02\0isomiso2");
+        file.extend(boxed(b"moov", &boxed(b"mvhd", &mvhd)));
+        file.extend(boxed(b"mdat", &[7; 64]));
+        file
+    }
+
+    #[test]
+    fn an_mp4s_length_is_read_from_its_movie_header() {
+        let sniffed = Sniffed::from(&faststart(600, 4500));
+        assert_eq!(sniffed.mimetype, Some("video/mp4"));
+        assert_eq!(sniffed.duration_ms, Some(7500));
+        // Cut inside the movie box, sizes past the data, a zero timescale.
+        let whole = faststart(1000, 2000);
+        assert_eq!(Sniffed::from(&whole[..40]).duration_ms, None);
+        assert_eq!(
+            mp4_duration_ms(&[0, 0, 0, 200, b'm', b'o', b'o', b'v', 1, 2]),
+            None
+        );
+        assert_eq!(Sniffed::from(&faststart(0, 2000)).duration_ms, None);
+        assert_eq!(mp4_duration_ms(&[0xff; 64]), None);
     }
 }
 

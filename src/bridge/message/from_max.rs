@@ -477,6 +477,7 @@ impl Bridge {
                     (event_type, content)
                 }
             };
+            convert::pills_for_mentions(&mut content, |user| self.mentioned(session, key, user));
             if part == 0
                 && let Some(reply_to) = message.reply_to()
             {
@@ -495,7 +496,12 @@ impl Bridge {
                     // An answer to the user's own message mentions them, as
                     // a reply made in Matrix would (intentional mentions).
                     if target.sender == key.receiver {
-                        content["m.mentions"] = json!({"user_ids": [session.mxid.as_str()]});
+                        let mut users: Vec<Value> = content["m.mentions"]["user_ids"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default();
+                        users.push(json!(session.mxid.as_str()));
+                        content["m.mentions"] = json!({"user_ids": users});
                     }
                 }
             }
@@ -655,6 +661,16 @@ impl Bridge {
         Ok(())
     }
 
+    /// The Matrix user a MAX mention of `user` stands for: the portal's
+    /// owner for their own account (so they are notified), else the ghost.
+    fn mentioned(&self, session: &LoginSession, key: PortalKey, user: i64) -> String {
+        if user == key.receiver {
+            session.mxid.to_string()
+        } else {
+            self.config.ghost_user_id(user)
+        }
+    }
+
     /// Whom a forward comes from, as people see it: the original author's
     /// name, or the channel's or chat's.
     async fn forward_origin(
@@ -747,6 +763,8 @@ impl Bridge {
             _ => None,
         }
         .unwrap_or_else(|| convert::max_to_matrix(message));
+        let mut new_content = new_content;
+        convert::pills_for_mentions(&mut new_content, |user| self.mentioned(session, key, user));
         let mut content = json!({
             "msgtype": new_content["msgtype"],
             "body": format!("* {}", new_content["body"].as_str().unwrap_or_default()),
