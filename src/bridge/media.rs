@@ -550,44 +550,6 @@ fn mp4_duration_ms(head: &[u8]) -> Option<u64> {
     duration.checked_mul(1000).map(|ms| ms / timescale)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An MP4 head: `ftyp`, then `moov` holding `mvhd` (version 0).
-    fn faststart(timescale: u32, duration: u32) -> Vec<u8> {
-        let mut mvhd = vec![0u8; 100];
-        mvhd[12..16].copy_from_slice(&timescale.to_be_bytes());
-        mvhd[16..20].copy_from_slice(&duration.to_be_bytes());
-        let boxed = |kind: &[u8], body: &[u8]| {
-            let mut b = ((body.len() + 8) as u32).to_be_bytes().to_vec();
-            b.extend_from_slice(kind);
-            b.extend_from_slice(body);
-            b
-        };
-        let mut file = boxed(b"ftyp", b"isom\0\0\x02\0isomiso2");
-        file.extend(boxed(b"moov", &boxed(b"mvhd", &mvhd)));
-        file.extend(boxed(b"mdat", &[7; 64]));
-        file
-    }
-
-    #[test]
-    fn an_mp4s_length_is_read_from_its_movie_header() {
-        let sniffed = Sniffed::from(&faststart(600, 4500));
-        assert_eq!(sniffed.mimetype, Some("video/mp4"));
-        assert_eq!(sniffed.duration_ms, Some(7500));
-        // Cut inside the movie box, sizes past the data, a zero timescale.
-        let whole = faststart(1000, 2000);
-        assert_eq!(Sniffed::from(&whole[..40]).duration_ms, None);
-        assert_eq!(
-            mp4_duration_ms(&[0, 0, 0, 200, b'm', b'o', b'o', b'v', 1, 2]),
-            None
-        );
-        assert_eq!(Sniffed::from(&faststart(0, 2000)).duration_ms, None);
-        assert_eq!(mp4_duration_ms(&[0xff; 64]), None);
-    }
-}
-
 /// MAX's own dimensions, where it gives them, over those read from the bytes.
 fn dimensions(info: &mut Value, width: Option<i64>, height: Option<i64>) {
     if let (Some(w), Some(h)) = (width.filter(|w| *w > 0), height.filter(|h| *h > 0)) {
@@ -625,4 +587,42 @@ const FILENAME: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERI
 
 fn percent_encode(name: &str) -> String {
     percent_encoding::utf8_percent_encode(name, FILENAME).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An MP4 head: `ftyp`, then `moov` holding `mvhd` (version 0).
+    fn faststart(timescale: u32, duration: u32) -> Vec<u8> {
+        let mut mvhd = vec![0u8; 100];
+        mvhd[12..16].copy_from_slice(&timescale.to_be_bytes());
+        mvhd[16..20].copy_from_slice(&duration.to_be_bytes());
+        let boxed = |kind: &[u8], body: &[u8]| {
+            let mut b = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+            b.extend_from_slice(kind);
+            b.extend_from_slice(body);
+            b
+        };
+        let mut file = boxed(b"ftyp", b"isom\0\0\x02\0isomiso2");
+        file.extend(boxed(b"moov", &boxed(b"mvhd", &mvhd)));
+        file.extend(boxed(b"mdat", &[7; 64]));
+        file
+    }
+
+    #[test]
+    fn an_mp4s_length_is_read_from_its_movie_header() {
+        let sniffed = Sniffed::from(&faststart(600, 4500));
+        assert_eq!(sniffed.mimetype, Some("video/mp4"));
+        assert_eq!(sniffed.duration_ms, Some(7500));
+        // Cut inside the movie box, sizes past the data, a zero timescale.
+        let whole = faststart(1000, 2000);
+        assert_eq!(Sniffed::from(&whole[..40]).duration_ms, None);
+        assert_eq!(
+            mp4_duration_ms(&[0, 0, 0, 200, b'm', b'o', b'o', b'v', 1, 2]),
+            None
+        );
+        assert_eq!(Sniffed::from(&faststart(0, 2000)).duration_ms, None);
+        assert_eq!(mp4_duration_ms(&[0xff; 64]), None);
+    }
 }
