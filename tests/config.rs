@@ -94,6 +94,53 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.permission_for("@bob:example.org"), Permission::None);
 }
 
+/// Keys come from the environment too (`MAXBRIDGE_<SECTION>__<KEY>`, or
+/// `…_FILE` for a secret in a file), typed as the key wants; variables
+/// without `__` are no keys, and a bad override names its key.
+#[test]
+fn environment_overrides_keys_and_secrets_come_from_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("db-url");
+    std::fs::write(&secret, "postgres://bridge:s3cret@db/max\n").expect("secret written");
+    let vars = [
+        (
+            "MAXBRIDGE_DATABASE__URL_FILE",
+            secret.to_str().expect("utf-8 path"),
+        ),
+        ("MAXBRIDGE_APPSERVICE__PORT", "8999"),
+        ("MAXBRIDGE_BACKFILL__MAX_INITIAL_MESSAGES", "7"),
+        ("MAXBRIDGE_METRICS__ENABLED", "true"),
+        ("MAXBRIDGE_HOMESERVER__DOMAIN", "12345.example"),
+        // No `__`: the test harness's own variables, not keys.
+        ("MAXBRIDGE_TEST_PG_URL", "postgres://elsewhere"),
+        ("PATH", "/bin"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let config = Config::parse_with_env(MINIMAL, "test.yaml", vars).expect("overridden config");
+    assert_eq!(
+        config.database.url.as_str(),
+        "postgres://bridge:s3cret@db/max"
+    );
+    assert_eq!(config.appservice.port, 8999);
+    assert_eq!(config.backfill.max_initial_messages, 7);
+    assert!(config.metrics.enabled);
+    assert_eq!(config.homeserver.domain, "12345.example");
+
+    let bad = [("MAXBRIDGE_APPSERVICE__PORT".to_owned(), "lots".to_owned())];
+    let (key, message) = invalid_key(Config::parse_with_env(MINIMAL, "test.yaml", bad));
+    assert_eq!(key, "appservice.port", "{message}");
+    let missing = [(
+        "MAXBRIDGE_DATABASE__URL_FILE".to_owned(),
+        "/nonexistent/x".to_owned(),
+    )];
+    let (key, message) = invalid_key(Config::parse_with_env(MINIMAL, "test.yaml", missing));
+    assert_eq!(key, "database.url");
+    assert!(
+        message.contains("MAXBRIDGE_DATABASE__URL_FILE"),
+        "{message}"
+    );
+}
+
 #[test]
 fn missing_required_key_is_named() {
     let (key, message) = invalid_key(parse(

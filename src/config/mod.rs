@@ -510,6 +510,74 @@ fn default_log_level() -> String {
     "info".to_owned()
 }
 /// Reads a configuration or registration file, naming it on failure.
+/// Prefix of the environment variables that override config keys.
+const ENV_PREFIX: &str = "MAXBRIDGE_";
+
+/// Sets each key that a `MAXBRIDGE_<SECTION>__<KEY>[_FILE]` variable names.
+/// A value replacing a string stays a string (a token of digits is still a
+/// token); elsewhere it is read as YAML (numbers, booleans, lists). An
+/// error names the key and the variable.
+fn apply_env(
+    config: &mut serde_json::Value,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), (String, String)> {
+    let mut vars: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
+        .collect();
+    // The same order whatever the environment's: a variable set twice (as
+    // `X` and `X_FILE`) is a mistake reported the same way each time.
+    vars.sort();
+    for (name, raw) in vars {
+        let spec = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let (spec, raw) = match spec.strip_suffix("_file") {
+            Some(spec) => {
+                let text = std::fs::read_to_string(&raw).map_err(|e| {
+                    (
+                        spec.replace("__", "."),
+                        format!("{name}: cannot read {raw}: {e}"),
+                    )
+                })?;
+                (
+                    spec.to_owned(),
+                    text.trim_end_matches(['\n', '\r']).to_owned(),
+                )
+            }
+            None => (spec, raw),
+        };
+        let path: Vec<&str> = spec.split("__").collect();
+        let key = path.join(".");
+        if path.iter().any(|p| p.is_empty()) {
+            return Err((key, format!("{name}: empty key level")));
+        }
+        let mut node = &mut *config;
+        for level in &path[..path.len() - 1] {
+            if node.is_null() {
+                *node = serde_json::Value::Object(Default::default());
+            }
+            let object = node
+                .as_object_mut()
+                .ok_or_else(|| (key.clone(), format!("{name}: {level} is not a section")))?;
+            node = object
+                .entry((*level).to_owned())
+                .or_insert(serde_json::Value::Null);
+        }
+        if node.is_null() {
+            *node = serde_json::Value::Object(Default::default());
+        }
+        let object = node
+            .as_object_mut()
+            .ok_or_else(|| (key.clone(), format!("{name}: not inside a section")))?;
+        let last = path[path.len() - 1].to_owned();
+        let value = match object.get(&last) {
+            Some(serde_json::Value::String(_)) => serde_json::Value::String(raw),
+            _ => serde_saphyr::from_str(&raw).unwrap_or(serde_json::Value::String(raw)),
+        };
+        object.insert(last, value);
+    }
+    Ok(())
+}
+
 fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -528,15 +596,35 @@ impl Config {
         Self::parse(&read_file(path)?, path)
     }
 
-    /// Parses and validates configuration text; `origin` only labels errors.
+    /// Parses and validates configuration text, with the overrides of this
+    /// process's environment ([`Config::parse_with_env`]); `origin` only
+    /// labels errors.
     pub fn parse(text: &str, origin: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        Self::parse_with_env(text, origin, std::env::vars())
+    }
+
+    /// Parses and validates configuration text, each key overridable by a
+    /// variable `MAXBRIDGE_<SECTION>__<KEY>` (`__` between the levels of the
+    /// key, e.g. `MAXBRIDGE_DATABASE__URL`), or by `…_FILE` naming a file
+    /// that holds the value (secrets as containers mount them). Variables
+    /// without `__` are not config keys and are left alone.
+    pub fn parse_with_env(
+        text: &str,
+        origin: impl AsRef<Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let origin = origin.as_ref();
         // Going through a JSON value lets serde_path_to_error name the failing key.
-        let value: serde_json::Value =
+        let mut value: serde_json::Value =
             serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
                 path: origin.to_owned(),
                 message: e.to_string(),
             })?;
+        apply_env(&mut value, vars).map_err(|(key, message)| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key,
+            message,
+        })?;
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Invalid {
