@@ -15,6 +15,9 @@ struct Cli {
     /// Write the appservice registration and exit (as mautrix bridges' -g).
     #[arg(short = 'g', long = "generate-registration")]
     generate: bool,
+    /// Print the example configuration (every key, documented) and exit.
+    #[arg(short = 'e', long = "example-config")]
+    example: bool,
     /// Where to write the registration (default: appservice.registration of the config).
     #[arg(short, long)]
     registration: Option<PathBuf>,
@@ -59,6 +62,10 @@ async fn health(config: &Config) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.example {
+        print!("{}", include_str!("../config.yaml.example"));
+        return Ok(());
+    }
     let config = Config::load(&cli.config)
         .with_context(|| format!("reading the configuration {}", cli.config.display()))?;
     tokio::runtime::Builder::new_multi_thread()

@@ -141,6 +141,20 @@ fn environment_overrides_keys_and_secrets_come_from_files() {
     );
 }
 
+/// `maxbridge -e` prints the documented example, which is a valid config.
+#[test]
+fn the_binary_prints_the_example_config() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_maxbridge"))
+        .arg("-e")
+        .output()
+        .expect("maxbridge runs");
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).expect("utf-8");
+    let example = std::fs::read_to_string(example_path()).expect("example readable");
+    assert_eq!(printed, example);
+    Config::parse_with_env(&printed, "printed", []).expect("the printed example parses");
+}
+
 #[test]
 fn missing_required_key_is_named() {
     let (key, message) = invalid_key(parse(
