@@ -88,17 +88,19 @@ enum Ctl {
         members: Vec<i64>,
     },
     /// Chats of an account.
-    Chats {
-        account: i64,
-    },
+    Chats { account: i64 },
     /// Messages of a chat as stored.
     Messages {
         account: i64,
+        /// A chat id; groups and channels have negative ones.
+        #[arg(allow_negative_numbers = true)]
         chat: i64,
     },
     /// Send a message as an account.
     Send {
         account: i64,
+        /// A chat id; groups and channels have negative ones.
+        #[arg(allow_negative_numbers = true)]
         chat: i64,
         text: String,
         #[arg(long)]
@@ -109,12 +111,16 @@ enum Ctl {
     },
     Edit {
         account: i64,
+        /// A chat id; groups and channels have negative ones.
+        #[arg(allow_negative_numbers = true)]
         chat: i64,
         message: i64,
         text: String,
     },
     Delete {
         account: i64,
+        /// A chat id; groups and channels have negative ones.
+        #[arg(allow_negative_numbers = true)]
         chat: i64,
         #[arg(value_delimiter = ',')]
         messages: Vec<i64>,
@@ -124,16 +130,22 @@ enum Ctl {
     /// React (or, without a reaction, remove the reaction).
     React {
         account: i64,
+        /// A chat id; groups and channels have negative ones.
+        #[arg(allow_negative_numbers = true)]
         chat: i64,
         message: i64,
         reaction: Option<String>,
     },
     Typing {
         account: i64,
+        /// A chat id; groups and channels have negative ones.
+        #[arg(allow_negative_numbers = true)]
         chat: i64,
     },
     MarkRead {
         account: i64,
+        /// A chat id; groups and channels have negative ones.
+        #[arg(allow_negative_numbers = true)]
         chat: i64,
         message: i64,
     },
@@ -153,9 +165,7 @@ enum Ctl {
         content_type: Option<String>,
     },
     /// Abruptly drop an account's connections (or all).
-    Drop {
-        account: Option<i64>,
-    },
+    Drop { account: Option<i64> },
     /// Delay answers (to one opcode or all) by N ms; 0 removes.
     Delay {
         ms: u64,
@@ -181,9 +191,7 @@ enum Ctl {
         account: Option<i64>,
     },
     /// Hand out a new token on the account's next LOGIN.
-    RotateToken {
-        account: i64,
-    },
+    RotateToken { account: i64 },
     /// Answer an opcode with an error key; `--off` to stop.
     FailOpcode {
         opcode: u16,
@@ -193,9 +201,7 @@ enum Ctl {
         off: bool,
     },
     /// Push RECONNECT (3) to an account's connections.
-    Reconnect {
-        account: i64,
-    },
+    Reconnect { account: i64 },
     /// Push an unknown opcode to an account's connections.
     UnknownPush {
         account: i64,
@@ -223,8 +229,29 @@ enum Ctl {
     },
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Errors end the program with one line (and status 1), never a
+/// backtrace, whatever `RUST_BACKTRACE` says.
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("maxsim: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("maxsim: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
