@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use maxbridge::config::{
-    Config, ConfigError, LogFormat, Permission, Registration, WireFormat, generate_registration,
+    Config, ConfigError, LogFormat, Permission, Registration, StatusNotices, WireFormat,
+    generate_registration,
 };
 
 const MINIMAL: &str = "
@@ -64,6 +65,8 @@ fn example_config_parses_with_its_documented_values() {
     assert_eq!(config.logging.format, LogFormat::Pretty);
     assert_eq!(config.runtime.worker_threads, 1);
     assert_eq!(config.backfill.max_initial_messages, 50);
+    assert_eq!(config.homeserver.status_endpoint, None);
+    assert_eq!(config.bridge.status_notices, StatusNotices::Errors);
     assert_eq!(
         config.permission_for("@admin:example.org"),
         Permission::Admin
@@ -192,6 +195,10 @@ fn unknown_enum_value_names_the_key_and_the_choices() {
 
     let (key, _) = invalid_key(minimal_with("max:\n  wire_format: xml\n"));
     assert_eq!(key, "max.wire_format");
+
+    let (key, message) = invalid_key(minimal_with("bridge:\n  status_notices: some\n"));
+    assert_eq!(key, "bridge.status_notices");
+    assert!(message.contains("errors"), "{message}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod support;
 
 use maxsim::{Outgoing, fixture_ids};
 use ruma::RoomId;
-use support::bridge::Env;
+use support::bridge::{Env, EnvOptions};
 use support::human::Human;
 
 use support::bridge::{ALICE_CODE, ALICE_PHONE};
@@ -414,11 +414,27 @@ async fn appservice_api_rejects_wrong_tokens_and_refuses_unpermitted_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
-    let env = Env::start().await;
+    let status = support::status::StatusSink::start().await;
+    let env = Env::start_with_options(EnvOptions {
+        status_endpoint: Some(status.url().to_owned()),
+        ..EnvOptions::default()
+    })
+    .await;
     let (human, management, dm) = env.alice_with_boris_dm("alice").await;
     let control = env.sim.control();
     let bot = env.bot();
 
+    // The login's state reaches the status endpoint, with the
+    // appservice's token and the MAX account it is about.
+    let connected = status.wait_for_state(0, "CONNECTED").await;
+    assert_eq!(
+        connected.authorization,
+        Some(format!("Bearer {}", env.as_token()))
+    );
+    assert_eq!(connected.body["user_id"], "@alice:localhost");
+    assert_eq!(connected.body["remote_id"], fixture_ids::ALICE.to_string());
+
+    let before_drop = status.reports().len();
     assert!(control.drop_connections(Some(fixture_ids::ALICE)) > 0);
     human
         .wait_for_message(&management, |m| {
@@ -430,6 +446,18 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
             m.sender == bot && m.body.contains("Reconnected")
         })
         .await;
+    let dropped = status
+        .wait_for_state(before_drop, "TRANSIENT_DISCONNECT")
+        .await;
+    assert_eq!(dropped.body["error"], "max-disconnected");
+    status.wait_for_state(before_drop, "CONNECTED").await;
+    // Reported in order: the last word on the login is that it works.
+    let reports = status.reports();
+    assert_eq!(
+        reports[before_drop..].last().map(|r| r.state()),
+        Some("CONNECTED"),
+        "{reports:#?}"
+    );
     let pong = env
         .command(&human, &management, "ping", "Logged in to MAX")
         .await;
@@ -451,12 +479,17 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
         .last_session(fixture_ids::ALICE)
         .and_then(|s| s.device_id)
         .expect("the bridge presented a device id");
+    let before_revoke = status.reports().len();
     control.revoke_tokens(fixture_ids::ALICE);
     human
         .wait_for_message(&management, |m| {
             m.sender == bot && m.body.contains("logged you out")
         })
         .await;
+    let revoked = status
+        .wait_for_state(before_revoke, "BAD_CREDENTIALS")
+        .await;
+    assert_eq!(revoked.body["error"], "max-logged-out");
     let pong = env.command(&human, &management, "ping", "login").await;
     assert!(
         pong.contains("Not connected") || pong.contains("not logged in"),
@@ -473,6 +506,12 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
     );
     boris_says(control, "welcome back");
     human.wait_for_text(&dm, "welcome back").await;
+
+    // Logging out is reported too.
+    let before_logout = status.reports().len();
+    env.command(&human, &management, "logout", "Logged out")
+        .await;
+    status.wait_for_state(before_logout, "LOGGED_OUT").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

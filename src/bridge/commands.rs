@@ -604,6 +604,11 @@ async fn logout(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
                 tracing::warn!(user = %user, %error, "MAX LOGOUT failed; the session is closed anyway");
             }
             session.stop().await;
+            bridge.report_state(
+                &session,
+                crate::matrix::bridge_state::StateEvent::LoggedOut,
+                None,
+            );
             bridge.bot_notice(room, "Logged out of MAX.").await;
         }
         None if had_login => bridge.bot_notice(room, "Logged out of MAX.").await,

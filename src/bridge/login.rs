@@ -510,28 +510,64 @@ impl Bridge {
         .await;
     }
 
-    /// Tells the user about connection changes: a drop (once, not per
-    /// attempt), the recovery, and a server-side logout.
+    /// Follows a login's connection: reports each change of state to the
+    /// status endpoint and tells the user (as `bridge.status_notices` says)
+    /// about a drop (once, not per attempt), the recovery, and a
+    /// server-side logout.
     async fn watch_state(self: Arc<Self>, session: Arc<LoginSession>) {
+        use crate::config::StatusNotices;
+        use crate::matrix::bridge_state::StateEvent;
+        let notices = self.config.bridge.status_notices;
         let mut state = session.client.state();
         let mut reported_drop = false;
+        let mut reported = None;
         loop {
             let current = state.borrow_and_update().clone();
+            let (event, error) = match &current {
+                ConnectionState::Connecting => (StateEvent::Connecting, None),
+                ConnectionState::Connected => (StateEvent::Connected, None),
+                ConnectionState::Reconnecting { last_error, .. } => (
+                    StateEvent::TransientDisconnect,
+                    Some(("max-disconnected", last_error.clone())),
+                ),
+                ConnectionState::LoggedOut { reason } => (
+                    StateEvent::BadCredentials,
+                    Some(("max-logged-out", reason.clone())),
+                ),
+                ConnectionState::Closed => (StateEvent::LoggedOut, None),
+            };
+            // Once per change of state, not per reconnection attempt.
+            if reported != Some(event) {
+                reported = Some(event);
+                self.report_state(&session, event, error);
+            }
+            let tell = notices != StatusNotices::None;
             match current {
                 ConnectionState::Reconnecting { last_error, .. } if !reported_drop => {
                     reported_drop = true;
                     tracing::warn!(user = %session.mxid, error = %last_error, "MAX connection lost");
-                    self.tell_user(
-                        &session.mxid,
-                        &format!("⚠️ Lost the connection to MAX ({last_error}). Reconnecting…"),
-                    )
-                    .await;
+                    if tell {
+                        self.tell_user(
+                            &session.mxid,
+                            &format!("⚠️ Lost the connection to MAX ({last_error}). Reconnecting…"),
+                        )
+                        .await;
+                    }
                 }
                 ConnectionState::Connected if reported_drop => {
                     reported_drop = false;
                     tracing::info!(user = %session.mxid, "MAX connection restored");
-                    self.tell_user(&session.mxid, "✅ Reconnected to MAX.")
-                        .await;
+                    if tell {
+                        self.tell_user(&session.mxid, "✅ Reconnected to MAX.")
+                            .await;
+                    }
+                }
+                ConnectionState::Connected if notices == StatusNotices::All => {
+                    self.tell_user(
+                        &session.mxid,
+                        &format!("✅ Connected to MAX as {}.", session.name),
+                    )
+                    .await;
                 }
                 ConnectionState::LoggedOut { reason } => {
                     tracing::warn!(user = %session.mxid, %reason, "MAX logged the account out");
@@ -544,11 +580,15 @@ impl Bridge {
                     {
                         tracing::error!(user = %session.mxid, %error, "could not record the logout");
                     }
-                    self.tell_user(
-                        &session.mxid,
-                        &format!("❌ MAX logged you out: {reason}. Send `login` to log in again."),
-                    )
-                    .await;
+                    if tell {
+                        self.tell_user(
+                            &session.mxid,
+                            &format!(
+                                "❌ MAX logged you out: {reason}. Send `login` to log in again."
+                            ),
+                        )
+                        .await;
+                    }
                     return;
                 }
                 ConnectionState::Closed => return,

@@ -84,6 +84,8 @@ pub struct Bridge {
     records: message::InFlightRecords,
     /// What `/metrics` shows.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Where logins' states are reported, when configured.
+    state_reporter: Option<crate::matrix::bridge_state::StateReporter>,
 }
 
 /// Counts one held message while alive.
@@ -111,6 +113,9 @@ impl Bridge {
         http: crate::fetch::GuardedClient,
     ) -> Arc<Bridge> {
         let bot = matrix.bot_user_id().to_owned();
+        let state_reporter = config.homeserver.status_endpoint.clone().map(|endpoint| {
+            crate::matrix::bridge_state::StateReporter::start(endpoint, matrix.as_token())
+        });
         Arc::new_cyclic(|weak: &Weak<Bridge>| {
             let weak = weak.clone();
             let portals = KeyedQueue::with_options(
@@ -145,8 +150,28 @@ impl Bridge {
                 portal_creations: tokio::sync::Semaphore::new(PORTAL_CREATIONS_AT_ONCE),
                 records: message::InFlightRecords::default(),
                 metrics: crate::metrics::Metrics::new(),
+                state_reporter,
             }
         })
+    }
+
+    /// Reports a login's state to the status endpoint, when one is
+    /// configured; queued, so a slow endpoint never holds the login back.
+    pub(crate) fn report_state(
+        &self,
+        session: &LoginSession,
+        state: crate::matrix::bridge_state::StateEvent,
+        error: Option<(&'static str, String)>,
+    ) {
+        if let Some(reporter) = &self.state_reporter {
+            reporter.report(
+                &session.mxid,
+                session.max_user_id.to_string(),
+                Some(session.name.clone()),
+                state,
+                error,
+            );
+        }
     }
 
     /// The metrics in Prometheus's text format, the gauges read now.

@@ -156,6 +156,11 @@ pub struct HomeserverConfig {
     /// answer yet, or cannot reach the bridge yet, before it gives up.
     #[serde(default = "default_start_patience")]
     pub start_patience: u64,
+    /// Where each login's state (connected, reconnecting, logged out…) is
+    /// posted, as the mautrix bridges do (Beeper's bridge state API), with
+    /// the appservice's token. None: not reported.
+    #[serde(default, deserialize_with = "de_opt_url")]
+    pub status_endpoint: Option<Url>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -391,6 +396,21 @@ pub struct BridgeConfig {
     /// step (phone number, code, password) before it is dropped.
     #[serde(default = "default_login_step_timeout")]
     pub login_step_timeout: u64,
+    /// Which changes of a login's connection the bot tells its user about
+    /// in the management room: `none`, `errors` (drops, logouts, and the
+    /// recovery from a drop) or `all` (also every connect).
+    #[serde(default)]
+    pub status_notices: StatusNotices,
+}
+
+/// See [`BridgeConfig::status_notices`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusNotices {
+    None,
+    #[default]
+    Errors,
+    All,
 }
 
 impl Default for BridgeConfig {
@@ -405,6 +425,7 @@ impl Default for BridgeConfig {
             login_patience: default_login_patience(),
             outage_patience: default_outage_patience(),
             login_step_timeout: default_login_step_timeout(),
+            status_notices: StatusNotices::default(),
         }
     }
 }
@@ -438,6 +459,16 @@ impl Default for LoggingConfig {
 fn de_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
     let raw = String::deserialize(deserializer)?;
     Url::parse(&raw).map_err(|e| serde::de::Error::custom(format!("invalid URL {raw:?}: {e}")))
+}
+
+fn de_opt_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Url>, D::Error> {
+    match Option::<String>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(raw) if raw.trim().is_empty() => Ok(None),
+        Some(raw) => Url::parse(&raw)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("invalid URL {raw:?}: {e}"))),
+    }
 }
 
 fn default_hostname() -> String {

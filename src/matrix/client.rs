@@ -262,6 +262,12 @@ impl MatrixClient {
         self
     }
 
+    /// The token the appservice presents (for the bridge state API, which
+    /// takes the same).
+    pub fn as_token(&self) -> Secret {
+        self.as_token.clone()
+    }
+
     /// The appservice bot (`sender_localpart`).
     pub fn bot_user_id(&self) -> &UserId {
         &self.bot

@@ -3,6 +3,7 @@
 //! ghosts ([`client`]), and the lenient event types handed to the bridge
 //! ([`event`]). This layer knows nothing of the remote network being bridged.
 
+pub mod bridge_state;
 pub mod client;
 pub mod event;
 pub mod server;

@@ -58,6 +58,8 @@ pub struct EnvOptions {
     /// `backfill.max_initial_messages` (0 here: most tests read a portal's
     /// timeline and expect only what they sent into it).
     pub backfill: u32,
+    /// `homeserver.status_endpoint` of the bridge.
+    pub status_endpoint: Option<String>,
 }
 
 impl Default for EnvOptions {
@@ -72,6 +74,7 @@ impl Default for EnvOptions {
             media_max_bytes: None,
             synapse_yaml: String::new(),
             backfill: 0,
+            status_endpoint: None,
         }
     }
 }
@@ -127,6 +130,7 @@ impl Env {
             media_max_bytes,
             synapse_yaml,
             backfill,
+            status_endpoint,
         } = options;
         let db = match &pg_admin_url {
             Some(url) => TestDb::create_on(url).await,
@@ -148,12 +152,15 @@ impl Env {
             .map(|(key, value)| format!("    {key}: {value}\n"))
             .collect();
         let log_format = if process { "json" } else { "pretty" };
+        let status_endpoint = status_endpoint
+            .map(|url| format!("    status_endpoint: {url}\n"))
+            .unwrap_or_default();
         let write_config = |homeserver: &str| {
             let yaml = format!(
                 r#"homeserver:
     address: {homeserver}
     domain: localhost
-appservice:
+{status_endpoint}appservice:
     address: http://127.0.0.1:{port}
     hostname: 127.0.0.1
     port: {port}
@@ -407,6 +414,15 @@ logging:
         Registration::load(&config.appservice.registration)
             .expect("registration loads")
             .hs_token
+            .expose()
+            .to_owned()
+    }
+
+    pub fn as_token(&self) -> String {
+        let config = self.config();
+        Registration::load(&config.appservice.registration)
+            .expect("registration loads")
+            .as_token
             .expose()
             .to_owned()
     }

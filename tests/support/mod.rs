@@ -5,4 +5,5 @@
 pub mod bridge;
 pub mod human;
 pub mod pg;
+pub mod status;
 pub mod synapse;
