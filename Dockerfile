@@ -17,14 +17,17 @@ RUN touch src/main.rs src/lib.rs crates/maxproto/src/lib.rs \
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --home /data maxbridge && mkdir -p /data && chown maxbridge /data
+ && groupadd --system --gid 1337 maxbridge \
+ && useradd --system --uid 1337 --gid 1337 --home /data maxbridge && mkdir -p /data && chown maxbridge:maxbridge /data
 COPY --from=build /src/target/release/maxbridge /usr/local/bin/maxbridge
 USER maxbridge
 WORKDIR /data
 VOLUME /data
-# The appservice port of config.yaml.example (set appservice.hostname to 0.0.0.0 in a container).
+# The appservice port of config.yaml.example; the config written on first run listens on 0.0.0.0.
 EXPOSE 29340
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s \
   CMD ["/usr/local/bin/maxbridge", "-c", "/data/config.yaml", "health"]
 ENTRYPOINT ["/usr/local/bin/maxbridge"]
-CMD ["-c", "/data/config.yaml"]
+# First run: writes /data/config.yaml (edit it) and exits; second run: writes
+# /data/registration.yaml (give it to the homeserver) and exits; then it runs.
+CMD ["-c", "/data/config.yaml", "--generate-missing"]

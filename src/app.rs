@@ -225,12 +225,16 @@ pub async fn start_on(
 }
 
 /// Routes for whoever runs the bridge, beside the appservice API: a health
-/// check (the process serves), and `/metrics` when enabled.
+/// check (the process serves), the provisioning API and `/metrics` when
+/// enabled.
 fn operations_routes(bridge: &Arc<Bridge>) -> axum::Router {
     let mut routes = axum::Router::new().route(
         "/_maxbridge/health",
         axum::routing::get(|| async { "ok\n" }),
     );
+    if let Some(provisioning) = crate::bridge::provision::routes(bridge) {
+        routes = routes.merge(provisioning);
+    }
     if bridge.config().metrics.enabled {
         let bridge = Arc::clone(bridge);
         routes = routes.route(

@@ -1,9 +1,11 @@
-//! The `maxbridge` binary: runs the bridge, or writes its appservice
-//! registration (`-g` / `generate-registration`).
+//! The `maxbridge` binary: runs the bridge (telling systemd when it is
+//! ready, when asked to), writes its appservice registration (`-g`), prints
+//! the example config (`-e`), or sets up a container's `/data` on first run
+//! (`--generate-missing`).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use maxbridge::config::{Config, LogFormat, Registration, generate_registration};
+use maxbridge::config::{Config, EXAMPLE, LogFormat, Registration, generate_registration};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -21,6 +23,12 @@ struct Cli {
     /// Where to write the registration (default: appservice.registration of the config).
     #[arg(short, long)]
     registration: Option<PathBuf>,
+    /// First run in a container: a missing config file is written from the
+    /// example (listening on all interfaces), a missing registration is
+    /// generated; each time the bridge says what to do next and exits. With
+    /// both in place it runs.
+    #[arg(long)]
+    generate_missing: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -63,11 +71,17 @@ async fn health(config: &Config) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.example {
-        print!("{}", include_str!("../config.yaml.example"));
+        print!("{EXAMPLE}");
         return Ok(());
+    }
+    if cli.generate_missing && !cli.config.exists() {
+        return write_first_config(&cli.config);
     }
     let config = Config::load(&cli.config)
         .with_context(|| format!("reading the configuration {}", cli.config.display()))?;
+    if let Some((key, problem)) = config.placeholder() {
+        anyhow::bail!("{}: {key} {problem}", cli.config.display());
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.runtime.worker_threads)
         .enable_all()
@@ -82,7 +96,11 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.appservice.registration.clone());
 
-    if cli.generate || matches!(cli.command, Some(Command::GenerateRegistration)) {
+    let missing_registration = cli.generate_missing && !registration_path.exists();
+    if cli.generate
+        || missing_registration
+        || matches!(cli.command, Some(Command::GenerateRegistration))
+    {
         let mut config = config;
         config.appservice.registration = registration_path.clone();
         let registration = generate_registration(&config)?;
@@ -90,8 +108,13 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             .save(&registration_path)
             .with_context(|| format!("writing {}", registration_path.display()))?;
         println!(
-            "Wrote {}. Add it to the homeserver (Synapse: app_service_config_files) and restart it.",
-            registration_path.display()
+            "Wrote {}. Add it to the homeserver (Synapse: app_service_config_files) and restart it{}.",
+            registration_path.display(),
+            if missing_registration {
+                ", then start the bridge again"
+            } else {
+                ""
+            }
         );
         return Ok(());
     }
@@ -111,6 +134,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let running = maxbridge::app::start(config, registration)
         .await
         .context("the bridge could not start")?;
+    let _watchdog = tell_service_manager_ready();
     tokio::select! {
         result = tokio::signal::ctrl_c() => {
             result.context("waiting for Ctrl-C")?;
@@ -118,8 +142,66 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         _ = terminate() => tracing::info!("terminated; stopping"),
     }
+    notify_service_manager(sd_notify::NotifyState::Stopping);
     running.shutdown().await;
     Ok(())
+}
+
+/// Writes the example config to `path` for a container (listening on all
+/// interfaces, since the homeserver reaches the bridge from outside it) and
+/// says what to edit.
+fn write_first_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let text = EXAMPLE.replacen("hostname: 127.0.0.1", "hostname: 0.0.0.0", 1);
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "Wrote the example configuration to {}. Edit it (at least homeserver.address, \
+         homeserver.domain, appservice.address, database.url and bridge.permissions), then start \
+         the bridge again: it will write the registration next.",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Tells systemd (`Type=notify`) that the bridge serves, and keeps its
+/// watchdog fed (`WatchdogSec=`) from the runtime, so a hung runtime gets
+/// the process restarted. Nothing happens outside systemd.
+fn tell_service_manager_ready() -> Option<tokio::task::JoinHandle<()>> {
+    notify_service_manager(sd_notify::NotifyState::Ready);
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    // Twice per period, as sd_watchdog_enabled(3) advises.
+    let every = std::time::Duration::from_micros(usec / 2);
+    tracing::info!(period = ?std::time::Duration::from_micros(usec), "feeding the systemd watchdog");
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            notify_service_manager(sd_notify::NotifyState::Watchdog);
+        }
+    }))
+}
+
+/// Sends one notification from a blocking thread: the datagram send blocks
+/// while the service manager's queue is full, which must never stall the
+/// runtime. While an earlier one is still stuck, nothing more is sent.
+fn notify_service_manager(state: sd_notify::NotifyState<'static>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SENDING: AtomicBool = AtomicBool::new(false);
+    if SENDING.swap(true, Ordering::AcqRel) {
+        tracing::debug!(
+            ?state,
+            "the service manager has not taken the last notification; skipped"
+        );
+        return;
+    }
+    tokio::task::spawn_blocking(move || {
+        if let Err(error) = sd_notify::notify(false, &[state]) {
+            tracing::warn!(%error, "could not notify the service manager");
+        }
+        SENDING.store(false, Ordering::Release);
+    });
 }
 
 async fn terminate() {

@@ -71,6 +71,11 @@ const KINDS: &[&str] = &[
     "edit",
 ];
 
+/// Why something was not bridged (the `reason` of failures): a portal
+/// gave up after its patience, the other side refused, media could not be
+/// carried.
+pub const FAILURE_REASONS: &[&str] = &["gave_up", "refused", "media"];
+
 pub struct Metrics {
     registry: Registry,
     messages: Family<MessageLabels, Counter>,
@@ -142,6 +147,17 @@ impl Metrics {
             "Portals with work queued or in progress",
             portal_queues.clone(),
         );
+        // Every series that a dashboard divides or rates exists from the
+        // start at zero, so that "no failures yet" reads as 0, not as no data.
+        for direction in [Direction::MaxToMatrix, Direction::MatrixToMax] {
+            for reason in FAILURE_REASONS {
+                let _ = failures.get_or_create(&FailureLabels { direction, reason });
+            }
+            let labels = DirectionLabels { direction };
+            let _ = media_bytes.get_or_create(&labels);
+            let _ = handling.get_or_create(&labels);
+            let _ = event_age.get_or_create(&labels);
+        }
         Metrics {
             registry,
             messages,
@@ -188,6 +204,7 @@ impl Metrics {
     }
 
     pub fn failed(&self, direction: Direction, reason: &'static str) {
+        debug_assert!(FAILURE_REASONS.contains(&reason), "{reason} is not listed");
         self.failures
             .get_or_create(&FailureLabels { direction, reason })
             .inc();

@@ -158,6 +158,68 @@ fn the_binary_prints_the_example_config() {
     Config::parse_with_env(&printed, "printed", []).expect("the printed example parses");
 }
 
+/// A container's first runs (`--generate-missing`): the config is written
+/// (listening on all interfaces) and the bridge exits; unedited, it is
+/// refused by the key to edit; edited, the registration is written and the
+/// bridge exits again.
+#[test]
+fn first_runs_write_the_config_then_the_registration_and_refuse_the_placeholder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("config.yaml");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_maxbridge"))
+            .arg("-c")
+            .arg(&config_path)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .expect("maxbridge runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+
+    let (ok, said) = run(&["--generate-missing"]);
+    assert!(ok, "{said}");
+    assert!(said.contains("Edit it"), "{said}");
+    let written = Config::parse_with_env(
+        &std::fs::read_to_string(&config_path).expect("config written"),
+        &config_path,
+        [],
+    )
+    .expect("the written config parses");
+    assert_eq!(written.appservice.hostname, "0.0.0.0");
+    let registration_path = dir.path().join("registration.yaml");
+    assert!(!registration_path.exists());
+
+    for args in [&["--generate-missing"][..], &["-g"], &[]] {
+        let (ok, said) = run(args);
+        assert!(!ok, "{args:?} ran on the placeholder domain: {said}");
+        assert!(said.contains("homeserver.domain"), "{said}");
+        assert!(!registration_path.exists());
+    }
+
+    let edited = std::fs::read_to_string(&config_path)
+        .expect("config readable")
+        .replace("domain: example.org", "domain: matrix.test");
+    std::fs::write(&config_path, edited).expect("config edited");
+    let (ok, said) = run(&["--generate-missing"]);
+    assert!(ok, "{said}");
+    assert!(said.contains("start the bridge again"), "{said}");
+    let registration = Registration::load(&registration_path).expect("registration written");
+    assert!(
+        registration.namespaces.users[0]
+            .regex
+            .contains("matrix\\.test"),
+        "{:?}",
+        registration.namespaces.users
+    );
+}
+
 #[test]
 fn missing_required_key_is_named() {
     let (key, message) = invalid_key(parse(

@@ -1707,6 +1707,43 @@ async fn metrics_count_what_was_bridged() {
         text.trim_end().ends_with("# EOF"),
         "OpenMetrics text ends with # EOF"
     );
+
+    // The Grafana dashboard in the repository graphs only what is exposed.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../contrib/grafana/maxbridge.json"))
+            .expect("the dashboard is JSON");
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (at, _) in expr.match_indices("maxbridge_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let family = ["_total", "_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    families.contains(&family),
+                    "panel {:?} uses {name}, which /metrics does not have:\n{text}",
+                    panel["title"]
+                );
+                used.insert(family.to_owned());
+            }
+        }
+    }
+    for family in &families {
+        assert!(
+            used.contains(*family),
+            "the dashboard does not show {family}"
+        );
+    }
 }
 
 /// A MAX poll is a Matrix poll (MSC3381), and a vote in it from Matrix is
@@ -2062,7 +2099,8 @@ async fn management_room_keeps_logins_and_commands_apart() {
     // not a phone number is not sent to MAX; `cancel` ends the login.
     env.command(&human, &management, "login", "phone number")
         .await;
-    env.command(&human, &management, "help", "Commands").await;
+    let help = env.command(&human, &management, "help", "Account").await;
+    assert!(help.contains("`!max ping`"), "{help}");
     env.command(
         &human,
         &management,
@@ -2528,4 +2566,244 @@ async fn start_chat_opens_a_direct_chat_with_someone_new() {
         .await;
     env.command(&human, &management, "start-chat bob", "neither a phone")
         .await;
+}
+
+/// The provisioning API logs a user in (a refused code retried), says who
+/// they are, finds a MAX user and opens a direct chat, and logs out; each
+/// answer fits `docs/provisioning.yaml`, which describes nothing unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_api_logs_in_finds_people_and_opens_chats() {
+    use support::openapi::OpenApi;
+    const SECRET: &str = "provisioning-secret-for-tests";
+    let env = Env::start_with_options(EnvOptions {
+        bridge_yaml: format!("provisioning:\n    shared_secret: {SECRET}\n"),
+        ..EnvOptions::default()
+    })
+    .await;
+    let control = env.sim.control();
+    let vera = control
+        .create_account(maxsim::NewAccount {
+            first_name: "Vera".to_owned(),
+            last_name: "Nova".to_owned(),
+            phone: Some(79_000_000_077),
+            ..maxsim::NewAccount::default()
+        })
+        .expect("Vera's account");
+    let (human, management) = env.user_with_management_room("alice").await;
+    let api = OpenApi::parse(include_str!("../docs/provisioning.yaml"));
+    let http = reqwest::Client::new();
+    let base = format!("{}/_matrix/provision/v3", env.appservice_url());
+    // One call: (status, body), checked against the description.
+    let call = |method: &'static str,
+                described: &'static str,
+                path: String,
+                body: Option<serde_json::Value>| {
+        let (http, api, base) = (&http, &api, &base);
+        async move {
+            let url = format!("{base}{path}");
+            let request = match method {
+                "GET" => http.get(&url),
+                _ => http
+                    .post(&url)
+                    .json(&body.unwrap_or_else(|| serde_json::json!({}))),
+            };
+            let response = request
+                .query(&[("user_id", "@alice:localhost")])
+                .bearer_auth(SECRET)
+                .send()
+                .await
+                .expect("the provisioning API answers");
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.expect("a JSON answer");
+            api.check(method, described, status, &body);
+            (status, body)
+        }
+    };
+
+    // Who may call: the secret, and a user the permissions allow.
+    let anonymous = http
+        .get(format!("{base}/whoami?user_id=@alice:localhost"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(anonymous.status(), 401);
+    let body: serde_json::Value = anonymous.json().await.expect("JSON");
+    api.check("GET", "/whoami", 401, &body);
+    assert_eq!(body["errcode"], "M_MISSING_TOKEN");
+    let wrong = http
+        .get(format!("{base}/whoami?user_id=@alice:localhost"))
+        .bearer_auth("not-the-secret")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(wrong.status(), 401);
+    let mallory = http
+        .get(format!("{base}/whoami?user_id=@mallory:localhost"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(mallory.status(), 403);
+    api.check("GET", "/whoami", 403, &mallory.json().await.expect("JSON"));
+    let preflight = http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/login/start/phone"),
+        )
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+
+    let (status, whoami) = call("GET", "/whoami", "/whoami".to_owned(), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(whoami["logins"], serde_json::json!([]));
+    assert_eq!(whoami["management_room"], management.as_str());
+    assert_eq!(whoami["bridge_bot"], env.bot().as_str());
+    let (_, flows) = call("GET", "/login/flows", "/login/flows".to_owned(), None).await;
+    assert_eq!(flows["flows"][0]["id"], "phone");
+
+    // Phone, a wrong code (the same step again), the right code.
+    let step = "/login/step/{loginID}/{stepID}/{stepType}";
+    let (status, first) = call(
+        "POST",
+        "/login/start/{flowID}",
+        "/login/start/phone".to_owned(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let login_id = first["login_id"].as_str().expect("login id").to_owned();
+    let (status, code_step) = call(
+        "POST",
+        step,
+        format!(
+            "/login/step/{login_id}/{}/user_input",
+            first["step_id"].as_str().unwrap_or_default()
+        ),
+        Some(serde_json::json!({"phone": ALICE_PHONE})),
+    )
+    .await;
+    assert_eq!(status, 200, "{code_step}");
+    assert_eq!(code_step["user_input"]["fields"][0]["type"], "2fa_code");
+    let code_path = format!(
+        "/login/step/{login_id}/{}/user_input",
+        code_step["step_id"].as_str().unwrap_or_default()
+    );
+    let (status, refused) = call(
+        "POST",
+        step,
+        code_path.clone(),
+        Some(serde_json::json!({"code": "999999"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["errcode"], "NET.MAXBRIDGE.MAX_REFUSED");
+    let (status, done) = call(
+        "POST",
+        step,
+        code_path.clone(),
+        Some(serde_json::json!({"code": ALICE_CODE})),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["type"], "complete");
+    assert_eq!(
+        done["complete"]["user_login_id"],
+        fixture_ids::ALICE.to_string()
+    );
+    // The finished login is gone; the bot says so in the management room.
+    let (status, _) = call(
+        "POST",
+        step,
+        code_path,
+        Some(serde_json::json!({"code": ALICE_CODE})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    human
+        .wait_for_message(&management, |m| {
+            m.sender == env.bot() && m.body.contains("Logged in to MAX as")
+        })
+        .await;
+    let (status, again) = call(
+        "POST",
+        "/login/start/{flowID}",
+        "/login/start/phone".to_owned(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{again}");
+
+    let (_, whoami) = call("GET", "/whoami", "/whoami".to_owned(), None).await;
+    assert_eq!(whoami["logins"][0]["id"], fixture_ids::ALICE.to_string());
+    let (_, logins) = call("GET", "/logins", "/logins".to_owned(), None).await;
+    assert_eq!(
+        logins["login_ids"],
+        serde_json::json!([fixture_ids::ALICE.to_string()])
+    );
+
+    // Finding someone, by phone and by id; opening the chat invites the user.
+    let (status, found) = call(
+        "GET",
+        "/resolve_identifier/{identifier}",
+        "/resolve_identifier/+79000000077".to_owned(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["id"], vera.id.to_string());
+    assert_eq!(found["name"], "Vera Nova");
+    assert_eq!(found["mxid"], env.ghost(vera.id).as_str());
+    assert_eq!(found["dm_room_mxid"], serde_json::Value::Null);
+    let (status, unknown) = call(
+        "GET",
+        "/resolve_identifier/{identifier}",
+        "/resolve_identifier/987654321".to_owned(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{unknown}");
+    let (status, dm) = call(
+        "POST",
+        "/create_dm/{identifier}",
+        format!("/create_dm/{}", vera.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{dm}");
+    let room = dm["dm_room_mxid"].as_str().expect("a room").to_owned();
+    let invite = human.wait_for_invite_from(&env.ghost(vera.id)).await;
+    assert_eq!(invite.room_id.as_str(), room);
+    let (_, found) = call(
+        "GET",
+        "/resolve_identifier/{identifier}",
+        format!("/resolve_identifier/{}", vera.id),
+        None,
+    )
+    .await;
+    assert_eq!(found["dm_room_mxid"], room.as_str());
+
+    // Logging out ends bridging; a second logout finds nothing.
+    let (status, _) = call("POST", "/logout/{loginID}", "/logout/all".to_owned(), None).await;
+    assert_eq!(status, 200);
+    let (_, logins) = call("GET", "/logins", "/logins".to_owned(), None).await;
+    assert_eq!(logins["login_ids"], serde_json::json!([]));
+    let (status, _) = call("POST", "/logout/{loginID}", "/logout/all".to_owned(), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        "POST",
+        "/create_dm/{identifier}",
+        format!("/create_dm/{}", vera.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    assert_eq!(
+        api.unchecked(),
+        Vec::<String>::new(),
+        "described but never tried"
+    );
 }

@@ -405,6 +405,10 @@ async fn messages_sent_while_the_bridge_is_dead_arrive_after_restart() {
         stage.env.health_check().await,
         "a running bridge is healthy"
     );
+    // Under systemd (Type=notify, WatchdogSec=) it says it is ready, then
+    // keeps feeding the watchdog.
+    stage.env.wait_for_notification("READY=1", 1).await;
+    stage.env.wait_for_notification("WATCHDOG=1", 2).await;
     stage.env.kill_bridge().await;
     assert!(!stage.env.health_check().await, "a dead one is not");
     // More than any LOGIN answer or first history page holds, both ways.

@@ -13,15 +13,21 @@ use serde_json::Value;
 use std::sync::Arc;
 
 const HELP: &str = "\
-**Commands** (in this room no prefix is needed):
+In this room no prefix is needed; in portal rooms, start commands with the prefix (`{prefix} ping`).
+
+**Account**
 • `login` — log in to MAX with your phone number and an SMS code
 • `login-token <token>` — log in with an existing MAX token (advanced)
+• `cancel` — cancel a login in progress
 • `logout` — log out of MAX and stop bridging
 • `ping` — show the MAX connection state and account
-• `sync` — read your MAX chats again and create missing portals
+
+**Chats**
 • `list` — list your bridged chats
+• `sync` — read your MAX chats again and create missing portals
 • `start-chat <+phone or MAX user id>` — open a direct chat with a MAX user
-• `cancel` — cancel a login in progress
+
+**General**
 • `help` — this text";
 
 /// A login in progress and the number that tells it from a later one of
@@ -188,7 +194,7 @@ async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
     }
     let reply = |text: String| async move { bridge.bot_notice(room, &text).await };
     match name.as_str() {
-        "" | "help" => reply(HELP.to_owned()).await,
+        "" | "help" => reply(HELP.replace("{prefix}", &bridge.config.bridge.command_prefix)).await,
         "login" => {
             if bridge.login_of(user).is_some() {
                 reply(
@@ -246,7 +252,7 @@ async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
 /// The device id this user's bridge logins present to MAX: the one of an
 /// earlier login when there is one, since MAX flags accounts that keep
 /// appearing on new devices.
-async fn device_id_for(bridge: &Bridge, user: &OwnedUserId) -> String {
+pub(crate) async fn device_id_for(bridge: &Bridge, user: &OwnedUserId) -> String {
     match bridge.store.logins().get(user.as_str()).await {
         Ok(Some(login)) => login.device_id,
         Ok(None) => uuid::Uuid::new_v4().to_string(),
@@ -351,7 +357,7 @@ const COMMANDS_DURING_LOGIN: [&str; 7] = [
 /// A phone number as people type it: digits with an optional leading `+`
 /// and spaces, dashes, dots or parentheses between them; 10 to 15 digits
 /// (E.164). Anything else is not sent to MAX.
-fn looks_like_phone(text: &str) -> bool {
+pub(crate) fn looks_like_phone(text: &str) -> bool {
     let text = text.trim();
     let rest = text.strip_prefix('+').unwrap_or(text);
     let digits = rest.chars().filter(char::is_ascii_digit).count();
@@ -360,7 +366,7 @@ fn looks_like_phone(text: &str) -> bool {
         && (10..=15).contains(&digits)
 }
 
-fn normalize_phone(phone: &str) -> String {
+pub(crate) fn normalize_phone(phone: &str) -> String {
     let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
     format!("+{digits}")
 }
@@ -587,33 +593,41 @@ async fn finish_login(
 }
 
 async fn logout(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
-    let session = bridge.remove_login(user);
-    let had_login = match bridge.store.logins().delete(user.as_str()).await {
-        Ok(deleted) => deleted,
-        Err(error) => {
-            tracing::error!(%error, "could not delete the login");
+    match log_out(bridge, user).await {
+        Ok(true) => bridge.bot_notice(room, "Logged out of MAX.").await,
+        Ok(false) => bridge.bot_notice(room, "You are not logged in.").await,
+        Err(()) => {
             bridge
                 .bot_notice(room, "❌ Logout failed: database error.")
-                .await;
-            return;
+                .await
         }
-    };
-    match session {
-        Some(session) => {
-            if let Err(error) = session.client.logout().await {
-                tracing::warn!(user = %user, %error, "MAX LOGOUT failed; the session is closed anyway");
-            }
-            session.stop().await;
-            bridge.report_state(
-                &session,
-                crate::matrix::bridge_state::StateEvent::LoggedOut,
-                None,
-            );
-            bridge.bot_notice(room, "Logged out of MAX.").await;
-        }
-        None if had_login => bridge.bot_notice(room, "Logged out of MAX.").await,
-        None => bridge.bot_notice(room, "You are not logged in.").await,
     }
+}
+
+/// Ends the user's MAX login: forgets it, tells MAX (the token is
+/// invalidated) and closes the session. Whether there was one; `Err` when
+/// the database could not forget it (logged).
+pub(crate) async fn log_out(bridge: &Arc<Bridge>, user: &OwnedUserId) -> Result<bool, ()> {
+    let session = bridge.remove_login(user);
+    let had_login = bridge
+        .store
+        .logins()
+        .delete(user.as_str())
+        .await
+        .map_err(|error| tracing::error!(user = %user, %error, "could not delete the login"))?;
+    let Some(session) = session else {
+        return Ok(had_login);
+    };
+    if let Err(error) = session.client.logout().await {
+        tracing::warn!(user = %user, %error, "MAX LOGOUT failed; the session is closed anyway");
+    }
+    session.stop().await;
+    bridge.report_state(
+        &session,
+        crate::matrix::bridge_state::StateEvent::LoggedOut,
+        None,
+    );
+    Ok(true)
 }
 
 async fn ping(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
@@ -678,15 +692,37 @@ async fn sync(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
     }
 }
 
-/// Opens the direct chat with a MAX user found by phone number (`+…`,
-/// CONTACT_INFO_BY_PHONE) or id (CONTACT_INFO).
-async fn start_chat(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, who: &str) {
-    let Some(session) = bridge.login_of(user) else {
-        bridge
-            .bot_notice(room, "You are not logged in to MAX.")
-            .await;
-        return;
-    };
+/// Why a MAX user could not be found.
+pub(crate) enum NotFound {
+    /// Neither a phone number nor a user id.
+    NotAnIdentifier,
+    /// The account's own.
+    Own,
+    /// MAX knows no such user.
+    Unknown,
+    /// MAX answered with an error.
+    Max(ClientError),
+}
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotFound::NotAnIdentifier => {
+                f.write_str("neither a phone number (+…) nor a MAX user id")
+            }
+            NotFound::Own => f.write_str("your own account"),
+            NotFound::Unknown => f.write_str("no such MAX user"),
+            NotFound::Max(error) => write!(f, "MAX could not find it: {}", describe(error)),
+        }
+    }
+}
+
+/// Finds a MAX user by phone number (`+…`, CONTACT_INFO_BY_PHONE) or id
+/// (CONTACT_INFO).
+pub(crate) async fn find_contact(
+    session: &super::login::LoginSession,
+    who: &str,
+) -> Result<maxproto::types::User, NotFound> {
     let found = if who.starts_with('+') {
         let request = maxproto::types::ContactByPhoneRequest {
             phone: who.to_owned(),
@@ -707,30 +743,47 @@ async fn start_chat(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, who
                     .await
                     .map(|r| r.contacts.into_iter().find(|c| c.id.0 == id))
             }
-            _ => {
-                bridge
-                    .bot_notice(
-                        room,
-                        &format!("`{who}` is neither a phone number (+…) nor a MAX user id."),
-                    )
-                    .await;
-                return;
-            }
+            _ => return Err(NotFound::NotAnIdentifier),
         }
     };
-    let contact = match found {
-        Ok(Some(contact)) if contact.id.0 == session.max_user_id => {
+    match found {
+        Ok(Some(contact)) if contact.id.0 == session.max_user_id => Err(NotFound::Own),
+        Ok(Some(contact)) => Ok(contact),
+        Ok(None) => Err(NotFound::Unknown),
+        Err(error) => Err(NotFound::Max(error)),
+    }
+}
+
+/// Opens the direct chat with a MAX user found by phone number or id.
+async fn start_chat(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, who: &str) {
+    let Some(session) = bridge.login_of(user) else {
+        bridge
+            .bot_notice(room, "You are not logged in to MAX.")
+            .await;
+        return;
+    };
+    let contact = match find_contact(&session, who).await {
+        Ok(contact) => contact,
+        Err(NotFound::NotAnIdentifier) => {
+            bridge
+                .bot_notice(
+                    room,
+                    &format!("`{who}` is neither a phone number (+…) nor a MAX user id."),
+                )
+                .await;
+            return;
+        }
+        Err(NotFound::Own) => {
             bridge.bot_notice(room, "That is your own account.").await;
             return;
         }
-        Ok(Some(contact)) => contact,
-        Ok(None) => {
+        Err(NotFound::Unknown) => {
             bridge
                 .bot_notice(room, &format!("No MAX user {who}."))
                 .await;
             return;
         }
-        Err(error) => {
+        Err(NotFound::Max(error)) => {
             bridge
                 .bot_notice(
                     room,

@@ -516,26 +516,13 @@ impl Bridge {
     /// server-side logout.
     async fn watch_state(self: Arc<Self>, session: Arc<LoginSession>) {
         use crate::config::StatusNotices;
-        use crate::matrix::bridge_state::StateEvent;
         let notices = self.config.bridge.status_notices;
         let mut state = session.client.state();
         let mut reported_drop = false;
         let mut reported = None;
         loop {
             let current = state.borrow_and_update().clone();
-            let (event, error) = match &current {
-                ConnectionState::Connecting => (StateEvent::Connecting, None),
-                ConnectionState::Connected => (StateEvent::Connected, None),
-                ConnectionState::Reconnecting { last_error, .. } => (
-                    StateEvent::TransientDisconnect,
-                    Some(("max-disconnected", last_error.clone())),
-                ),
-                ConnectionState::LoggedOut { reason } => (
-                    StateEvent::BadCredentials,
-                    Some(("max-logged-out", reason.clone())),
-                ),
-                ConnectionState::Closed => (StateEvent::LoggedOut, None),
-            };
+            let (event, error) = bridge_state_of(&current);
             // Once per change of state, not per reconnection attempt.
             if reported != Some(event) {
                 reported = Some(event);
@@ -690,6 +677,30 @@ impl Bridge {
             "❌ Could not reconnect to MAX after several attempts. Send `ping` to check, or `login` to log in again.",
         )
         .await;
+    }
+}
+
+/// A connection's state as the bridge state API names it, with an error
+/// code and MAX's words for the error states.
+pub(crate) fn bridge_state_of(
+    state: &ConnectionState,
+) -> (
+    crate::matrix::bridge_state::StateEvent,
+    Option<(&'static str, String)>,
+) {
+    use crate::matrix::bridge_state::StateEvent;
+    match state {
+        ConnectionState::Connecting => (StateEvent::Connecting, None),
+        ConnectionState::Connected => (StateEvent::Connected, None),
+        ConnectionState::Reconnecting { last_error, .. } => (
+            StateEvent::TransientDisconnect,
+            Some(("max-disconnected", last_error.clone())),
+        ),
+        ConnectionState::LoggedOut { reason } => (
+            StateEvent::BadCredentials,
+            Some(("max-logged-out", reason.clone())),
+        ),
+        ConnectionState::Closed => (StateEvent::LoggedOut, None),
     }
 }
 

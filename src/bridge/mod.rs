@@ -20,6 +20,7 @@ pub mod login;
 pub mod media;
 pub mod message;
 pub mod portal;
+pub mod provision;
 pub mod reaction;
 
 use crate::config::Config;

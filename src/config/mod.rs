@@ -76,6 +76,28 @@ pub struct Config {
     pub backfill: BackfillConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub provisioning: ProvisioningConfig,
+}
+
+/// The provisioning API (`/_matrix/provision/v3/`), for integration
+/// managers and apps that log users in without the bot.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    /// The bearer token callers present (with `?user_id=` naming the user
+    /// they act for). Empty or absent: the API is off.
+    #[serde(default)]
+    pub shared_secret: Option<Secret>,
+}
+
+impl ProvisioningConfig {
+    /// The secret, when the API is on.
+    pub fn secret(&self) -> Option<&Secret> {
+        self.shared_secret
+            .as_ref()
+            .filter(|secret| !secret.expose().is_empty())
+    }
 }
 
 /// Prometheus metrics.
@@ -620,6 +642,12 @@ fn default_log_format() -> LogFormat {
     LogFormat::Pretty
 }
 
+/// The server name of `config.yaml.example`, which no real config keeps.
+pub const EXAMPLE_DOMAIN: &str = "example.org";
+
+/// The documented example configuration (`maxbridge -e`).
+pub const EXAMPLE: &str = include_str!("../../config.yaml.example");
+
 impl Config {
     /// Reads, parses and validates the configuration file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
@@ -672,6 +700,21 @@ impl Config {
                 message,
             })?;
         Ok(config)
+    }
+
+    /// The key still holding the example's placeholder, and what to do, if
+    /// any: a bridge on the example's domain would claim ghosts that no
+    /// homeserver of the admin owns. Checked before running or writing a
+    /// registration, not at parse (the example itself must parse).
+    pub fn placeholder(&self) -> Option<(&'static str, String)> {
+        (self.homeserver.domain == EXAMPLE_DOMAIN).then(|| {
+            (
+                "homeserver.domain",
+                format!(
+                    "is still the example's {EXAMPLE_DOMAIN}: set it to your homeserver's server name (the part after \":\" in its user ids)"
+                ),
+            )
+        })
     }
 
     /// Checks what serde cannot: returns the offending key and why.

@@ -34,6 +34,12 @@ pub struct Env {
     port: u16,
     process_mode: bool,
     log_filter: Option<String>,
+    /// Where a bridge process sends its systemd notifications
+    /// (`NOTIFY_SOCKET`), and what it sent so far. Read only when a test
+    /// waits for one: the rest of the time its queue stays full, as with a
+    /// service manager that does not keep up, which must not stall the bridge.
+    notify_socket: std::os::unix::net::UnixDatagram,
+    notifications: std::sync::Mutex<Vec<String>>,
 }
 
 /// How [`Env::start_with_options`] sets up the deployment.
@@ -60,6 +66,8 @@ pub struct EnvOptions {
     pub backfill: u32,
     /// `homeserver.status_endpoint` of the bridge.
     pub status_endpoint: Option<String>,
+    /// Extra top-level YAML of the bridge's config (whole sections).
+    pub bridge_yaml: String,
 }
 
 impl Default for EnvOptions {
@@ -75,6 +83,7 @@ impl Default for EnvOptions {
             synapse_yaml: String::new(),
             backfill: 0,
             status_endpoint: None,
+            bridge_yaml: String::new(),
         }
     }
 }
@@ -131,6 +140,7 @@ impl Env {
             synapse_yaml,
             backfill,
             status_endpoint,
+            bridge_yaml,
         } = options;
         let db = match &pg_admin_url {
             Some(url) => TestDb::create_on(url).await,
@@ -190,7 +200,7 @@ metrics:
 logging:
     level: info
     format: {log_format}
-"#,
+{bridge_yaml}"#,
                 registration = registration_path.display(),
                 media_max_bytes = media_max_bytes.unwrap_or(100 * 1024 * 1024),
                 db = db.url(),
@@ -210,6 +220,11 @@ logging:
         })
         .await;
         write_config(&synapse.base_url());
+        let notify_socket = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify.sock"))
+            .expect("notify socket");
+        notify_socket
+            .set_nonblocking(true)
+            .expect("non-blocking notify socket");
         let mut env = Env {
             db,
             sim,
@@ -222,6 +237,8 @@ logging:
             port,
             process_mode: process,
             log_filter,
+            notify_socket,
+            notifications: std::sync::Mutex::new(Vec::new()),
         };
         env.start_bridge().await;
         env
@@ -312,6 +329,37 @@ logging:
             .success()
     }
 
+    /// Waits (up to a deadline) until a bridge process has sent the systemd
+    /// notification `what` (e.g. `READY=1`) `times` times in all.
+    pub async fn wait_for_notification(&self, what: &str, times: usize) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (count, seen) = {
+                let mut buf = [0u8; 4096];
+                let mut seen = self.notifications.lock().unwrap_or_else(|e| e.into_inner());
+                while let Ok(n) = self.notify_socket.recv(&mut buf) {
+                    seen.extend(
+                        String::from_utf8_lossy(&buf[..n])
+                            .lines()
+                            .map(str::to_owned),
+                    );
+                }
+                (
+                    seen.iter().filter(|line| *line == what).count(),
+                    seen.clone(),
+                )
+            };
+            if count >= times {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {times}× {what} from the bridge; it sent {seen:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Where a bridge process logs (JSON lines, all its runs).
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("bridge.log")
@@ -363,10 +411,17 @@ logging:
         let binary = std::env::var_os("MAXBRIDGE_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_maxbridge")));
-        let child = tokio::process::Command::new(binary)
+        // As systemd starts a Type=notify service with WatchdogSec=1s: the
+        // watchdog's variables name the process itself, which `exec` keeps.
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"export WATCHDOG_PID=$$; exec "$0" "$@""#)
+            .arg(binary)
             .arg("-c")
             .arg(&self.config_path)
             .env("RUST_LOG", filter)
+            .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
+            .env("WATCHDOG_USEC", "1000000")
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

@@ -4,6 +4,7 @@
 
 pub mod bridge;
 pub mod human;
+pub mod openapi;
 pub mod pg;
 pub mod status;
 pub mod synapse;
