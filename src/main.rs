@@ -68,7 +68,32 @@ async fn health(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {}", said_once(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, each said once: many errors repeat
+/// their source in their own words, and no backtrace is wanted here (even
+/// with RUST_BACKTRACE set) — the words say what to fix.
+fn said_once(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|last| last.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
+fn run_cli() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.example {
         print!("{EXAMPLE}");
@@ -77,8 +102,8 @@ fn main() -> anyhow::Result<()> {
     if cli.generate_missing && !cli.config.exists() {
         return write_first_config(&cli.config);
     }
-    let config = Config::load(&cli.config)
-        .with_context(|| format!("reading the configuration {}", cli.config.display()))?;
+    // Its errors name the file (and the key).
+    let config = Config::load(&cli.config)?;
     if let Some((key, problem)) = config.placeholder() {
         anyhow::bail!("{}: {key} {problem}", cli.config.display());
     }

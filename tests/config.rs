@@ -158,6 +158,33 @@ fn the_binary_prints_the_example_config() {
     Config::parse_with_env(&printed, "printed", []).expect("the printed example parses");
 }
 
+/// A startup error is one clean message, each cause said once, without a
+/// backtrace even when RUST_BACKTRACE asks for one.
+#[test]
+fn startup_errors_are_said_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("config.yaml");
+    let text = std::fs::read_to_string(example_path())
+        .expect("example readable")
+        .replace("domain: example.org", "domain: matrix.test");
+    std::fs::write(&config_path, text).expect("config written");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_maxbridge"))
+        .arg("-c")
+        .arg(&config_path)
+        .current_dir(dir.path())
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("maxbridge runs");
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.starts_with("Error: "), "{said}");
+    assert!(said.contains("registration.yaml"), "{said}");
+    assert!(said.contains("maxbridge -g"), "how to fix it: {said}");
+    assert_eq!(said.matches("No such file").count(), 1, "{said}");
+    assert!(!said.contains("backtrace"), "{said}");
+    assert_eq!(said.trim_end().lines().count(), 1, "{said}");
+}
+
 /// A container's first runs (`--generate-missing`): the config is written
 /// (listening on all interfaces) and the bridge exits; unedited, it is
 /// refused by the key to edit; edited, the registration is written and the
@@ -257,6 +284,12 @@ fn unknown_enum_value_names_the_key_and_the_choices() {
 
     let (key, _) = invalid_key(minimal_with("max:\n  wire_format: xml\n"));
     assert_eq!(key, "max.wire_format");
+
+    let (key, message) = invalid_key(minimal_with("logging:\n  level: verbose\n"));
+    assert_eq!(key, "logging.level");
+    assert!(message.contains("verbose"), "{message}");
+    minimal_with("logging:\n  level: info,maxbridge=debug,sqlx=OFF\n")
+        .expect("levels per target are levels");
 
     let (key, message) = invalid_key(minimal_with("bridge:\n  status_notices: some\n"));
     assert_eq!(key, "bridge.status_notices");

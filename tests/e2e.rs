@@ -417,6 +417,7 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
     let status = support::status::StatusSink::start().await;
     let env = Env::start_with_options(EnvOptions {
         status_endpoint: Some(status.url().to_owned()),
+        bridge_options: vec![("message_status_events".to_owned(), "true".to_owned())],
         ..EnvOptions::default()
     })
     .await;
@@ -467,12 +468,33 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
 
     // MAX refuses a send: the user sees why, in the room.
     control.fail_opcode(64, Some("chat.not.access"));
-    human.send_text(&dm, "this one fails").await;
+    let failed = human.send_text(&dm, "this one fails").await;
     let notice = human
         .wait_for_message(&dm, |m| m.sender == bot && m.body.contains("not delivered"))
         .await;
     assert!(notice.body.contains("chat.not.access"), "{}", notice.body);
+    // And clients that read message statuses can mark it failed.
+    let status_of = |event: &ruma::EventId| {
+        let event = event.to_string();
+        move |e: &serde_json::Value| {
+            e["type"] == "com.beeper.message_send_status"
+                && e["content"]["m.relates_to"]["event_id"] == event.as_str()
+        }
+    };
+    let refused = human.wait_for_event(&dm, status_of(&failed)).await;
+    assert_eq!(refused["content"]["status"], "FAIL_PERMANENT", "{refused}");
+    assert_eq!(refused["content"]["reason"], "m_foreign_network_error");
+    assert!(
+        refused["content"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("chat.not.access")),
+        "{refused}"
+    );
     control.fail_opcode(64, None);
+    let delivered = human.send_text(&dm, "this one arrives").await;
+    let success = human.wait_for_event(&dm, status_of(&delivered)).await;
+    assert_eq!(success["content"]["status"], "SUCCESS", "{success}");
+    assert_eq!(success["sender"], bot.as_str());
 
     // The server revokes the token: the user is told to log in again.
     let device = control

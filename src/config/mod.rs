@@ -423,6 +423,12 @@ pub struct BridgeConfig {
     /// recovery from a drop) or `all` (also every connect).
     #[serde(default)]
     pub status_notices: StatusNotices,
+    /// After each Matrix message, post a `com.beeper.message_send_status`
+    /// event relating to it (SUCCESS, or FAIL_* with the reason), as the
+    /// mautrix bridges do, so clients that know it can mark failed sends.
+    /// One more homeserver request per message; off by default.
+    #[serde(default)]
+    pub message_status_events: bool,
 }
 
 /// See [`BridgeConfig::status_notices`].
@@ -448,6 +454,7 @@ impl Default for BridgeConfig {
             outage_patience: default_outage_patience(),
             login_step_timeout: default_login_step_timeout(),
             status_notices: StatusNotices::default(),
+            message_status_events: false,
         }
     }
 }
@@ -481,6 +488,16 @@ impl Default for LoggingConfig {
 fn de_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
     let raw = String::deserialize(deserializer)?;
     Url::parse(&raw).map_err(|e| serde::de::Error::custom(format!("invalid URL {raw:?}: {e}")))
+}
+
+/// A directive of `logging.level`: a level, or `target=level`. (The
+/// filter itself would take a bare word as a target to log at every level,
+/// which is never what `verbose` meant.)
+fn is_log_directive(directive: &str) -> bool {
+    let level = directive
+        .rsplit_once('=')
+        .map_or(directive, |(_, level)| level);
+    level.eq_ignore_ascii_case("off") || level.parse::<tracing::Level>().is_ok()
 }
 
 fn de_opt_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Url>, D::Error> {
@@ -727,6 +744,20 @@ impl Config {
             return Err((
                 "homeserver.domain",
                 format!("{domain:?} is not a valid server name"),
+            ));
+        }
+        if let Some(directive) = self
+            .logging
+            .level
+            .split(',')
+            .map(str::trim)
+            .find(|d| !is_log_directive(d))
+        {
+            return Err((
+                "logging.level",
+                format!(
+                    "{directive:?} is not a level (trace, debug, info, warn, error, off) nor target=level"
+                ),
             ));
         }
         if !(1..=MAX_WORKER_THREADS).contains(&self.runtime.worker_threads) {

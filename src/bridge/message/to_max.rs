@@ -15,6 +15,15 @@ use maxproto::types::{
 use serde_json::Value;
 use std::sync::Arc;
 
+/// What became of a Matrix message, for its status event.
+pub(crate) enum MessageStatus {
+    Success,
+    /// MAX refused it, or it could not be sent; why.
+    Failed(String),
+    /// This kind is not bridged.
+    Unsupported(String),
+}
+
 /// Longest answer taken for a button press: a number or a button's text.
 const BUTTON_ANSWER_CHARS: usize = 64;
 
@@ -190,6 +199,8 @@ impl Bridge {
                 &format!("⚠️ Your {msgtype} message was not sent: this kind of message is not bridged to MAX yet."),
             )
             .await;
+            let status = MessageStatus::Unsupported(format!("{msgtype} is not bridged to MAX"));
+            self.message_status(event, status).await;
             return Ok(());
         }
         let last = outgoing.len().saturating_sub(1);
@@ -235,6 +246,7 @@ impl Bridge {
                 }
             }
         }
+        self.message_status(event, MessageStatus::Success).await;
         Ok(())
     }
 
@@ -431,6 +443,51 @@ impl Bridge {
             &format!("⚠️ {what} was not delivered to MAX: {reason}"),
         )
         .await;
+        self.message_status(event, MessageStatus::Failed(reason.to_owned()))
+            .await;
+    }
+
+    /// Posts the `com.beeper.message_send_status` of a Matrix message, when
+    /// `bridge.message_status_events` asks for it. Its transaction id comes
+    /// from the event, so a retry after a crash posts it once.
+    pub(crate) async fn message_status(&self, event: &RoomEvent, status: MessageStatus) {
+        if !self.config.bridge.message_status_events {
+            return;
+        }
+        let mut content = serde_json::json!({
+            "network": "max",
+            "m.relates_to": {"rel_type": "m.reference", "event_id": event.event_id.as_str()},
+        });
+        let (code, reason, why) = match status {
+            MessageStatus::Success => ("SUCCESS", None, None),
+            MessageStatus::Failed(why) => {
+                ("FAIL_PERMANENT", Some("m_foreign_network_error"), Some(why))
+            }
+            MessageStatus::Unsupported(why) => ("FAIL_PERMANENT", Some("m_unsupported"), Some(why)),
+        };
+        content["status"] = code.into();
+        if let Some(reason) = reason {
+            content["reason"] = reason.into();
+        }
+        if let Some(why) = why {
+            content["message"] = why.clone().into();
+            content["error"] = why.into();
+        }
+        let txn = format!("status-{}", event.event_id);
+        if let Err(error) = self
+            .matrix
+            .send_message(
+                &self.bot,
+                &event.room_id,
+                "com.beeper.message_send_status",
+                &content,
+                &txn,
+                None,
+            )
+            .await
+        {
+            tracing::warn!(event = %event.event_id, %error, "could not post the message status");
+        }
     }
 
     /// A Matrix edit of one of the user's bridged messages becomes MSG_EDIT.
