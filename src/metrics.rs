@@ -48,6 +48,14 @@ pub struct DirectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The request's name, from the homeserver client's fixed set.
+    pub request: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: &'static str,
 }
@@ -86,6 +94,7 @@ pub struct Metrics {
     reconnects: Counter,
     logins: Family<StateLabels, Gauge>,
     portal_queues: Gauge,
+    homeserver_requests: Family<RequestLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -147,6 +156,12 @@ impl Metrics {
             "Portals with work queued or in progress",
             portal_queues.clone(),
         );
+        let homeserver_requests = Family::<RequestLabels, Histogram>::new_with_constructor(buckets);
+        registry.register(
+            "homeserver_request_seconds",
+            "Time a homeserver request took, all its attempts included, by request and outcome",
+            homeserver_requests.clone(),
+        );
         // Every series that a dashboard divides or rates exists from the
         // start at zero, so that "no failures yet" reads as 0, not as no data.
         for direction in [Direction::MaxToMatrix, Direction::MatrixToMax] {
@@ -168,6 +183,20 @@ impl Metrics {
             reconnects,
             logins,
             portal_queues,
+            homeserver_requests,
+        }
+    }
+
+    /// What the homeserver client calls after each request.
+    pub fn homeserver_observer(
+        &self,
+    ) -> impl Fn(&'static str, Duration, bool) + Send + Sync + 'static {
+        let family = self.homeserver_requests.clone();
+        move |request, took, ok| {
+            let outcome = if ok { "ok" } else { "error" };
+            family
+                .get_or_create(&RequestLabels { request, outcome })
+                .observe(took.as_secs_f64());
         }
     }
 

@@ -1725,6 +1725,14 @@ async fn metrics_count_what_was_bridged() {
         1.0,
         "{text}"
     );
+    // Both MAX messages were sent to the homeserver, and timed.
+    assert!(
+        sample(
+            &text,
+            r#"maxbridge_homeserver_request_seconds_count{request="send message",outcome="ok"}"#
+        ) >= 2.0,
+        "{text}"
+    );
     assert!(
         text.trim_end().ends_with("# EOF"),
         "OpenMetrics text ends with # EOF"

@@ -114,6 +114,8 @@ impl Bridge {
         http: crate::fetch::GuardedClient,
     ) -> Arc<Bridge> {
         let bot = matrix.bot_user_id().to_owned();
+        let metrics = crate::metrics::Metrics::new();
+        let matrix = matrix.with_observer(Arc::new(metrics.homeserver_observer()));
         let state_reporter = config.homeserver.status_endpoint.clone().map(|endpoint| {
             crate::matrix::bridge_state::StateReporter::start(endpoint, matrix.as_token())
         });
@@ -150,7 +152,7 @@ impl Bridge {
                 failed_pictures: ghost::FailedPictures::default(),
                 portal_creations: tokio::sync::Semaphore::new(PORTAL_CREATIONS_AT_ONCE),
                 records: message::InFlightRecords::default(),
-                metrics: crate::metrics::Metrics::new(),
+                metrics,
                 state_reporter,
             }
         })

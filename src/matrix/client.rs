@@ -213,6 +213,20 @@ enum Retry {
 }
 
 /// The appservice's homeserver client. Cloning is cheap.
+/// Told of each homeserver request as it ends: its name (from a fixed set),
+/// how long it took with all its attempts, and whether it succeeded.
+pub type RequestObserver = std::sync::Arc<dyn Fn(&'static str, Duration, bool) + Send + Sync>;
+
+/// The observer, for `Debug`.
+#[derive(Clone)]
+struct Observer(RequestObserver);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestObserver")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct MatrixClient {
     http: reqwest::Client,
@@ -223,6 +237,7 @@ pub struct MatrixClient {
     appservice_id: String,
     versions: SupportedVersions,
     retry: RetryPolicy,
+    observer: Option<Observer>,
 }
 
 impl MatrixClient {
@@ -254,7 +269,14 @@ impl MatrixClient {
                 features: Default::default(),
             },
             retry: RetryPolicy::default(),
+            observer: None,
         })
+    }
+
+    /// Tells `observer` of every request (for metrics).
+    pub fn with_observer(mut self, observer: RequestObserver) -> Self {
+        self.observer = Some(Observer(observer));
+        self
     }
 
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
@@ -779,6 +801,20 @@ impl MatrixClient {
         request: http::Request<Vec<u8>>,
         retry: Retry,
     ) -> Result<http::Response<Bytes>, MatrixError> {
+        let started = Instant::now();
+        let result = self.execute_with_retries(name, request, retry).await;
+        if let Some(Observer(observer)) = &self.observer {
+            observer(name, started.elapsed(), result.is_ok());
+        }
+        result
+    }
+
+    async fn execute_with_retries(
+        &self,
+        name: &'static str,
+        request: http::Request<Vec<u8>>,
+        retry: Retry,
+    ) -> Result<http::Response<Bytes>, MatrixError> {
         let (parts, body) = request.into_parts();
         let url = parts.uri.to_string();
         let started = Instant::now();
@@ -901,7 +937,8 @@ impl MatrixClient {
         name: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, MatrixError> {
-        request
+        let started = Instant::now();
+        let result = request
             .bearer_auth(self.as_token.expose())
             .timeout(STREAMED_TIMEOUT)
             .send()
@@ -909,7 +946,12 @@ impl MatrixClient {
             .map_err(|source| MatrixError::Transport {
                 request: name,
                 source,
-            })
+            });
+        if let Some(Observer(observer)) = &self.observer {
+            let ok = result.as_ref().is_ok_and(|r| r.status().is_success());
+            observer(name, started.elapsed(), ok);
+        }
+        result
     }
 }
 
