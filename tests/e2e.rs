@@ -2542,7 +2542,7 @@ async fn every_chat_of_a_long_chat_list_gets_its_portal() {
 /// dialog on MAX, and the answer comes back into the same room. Unknown
 /// users are named as such.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_chat_opens_a_direct_chat_with_someone_new() {
+async fn start_chat_opens_a_direct_chat_with_someone_new_in_the_personal_space() {
     let env = Env::start().await;
     let control = env.sim.control();
     let vera = control
@@ -2553,7 +2553,29 @@ async fn start_chat_opens_a_direct_chat_with_someone_new() {
             ..maxsim::NewAccount::default()
         })
         .expect("Vera's account");
-    let (human, management, _dm) = env.alice_with_boris_dm("alice").await;
+    let (human, management, dm) = env.alice_with_boris_dm("alice").await;
+
+    // The login's portals are gathered in a space of the user's own.
+    let space = human
+        .wait_for_invite(|i| i.room_name.as_deref() == Some("MAX"))
+        .await;
+    assert_eq!(space.inviter.as_ref(), Some(&env.bot()));
+    assert!(
+        space
+            .state
+            .iter()
+            .any(|e| e["type"] == "m.room.create" && e["content"]["type"] == "m.space"),
+        "a space: {:?}",
+        space.state
+    );
+    human.join(&space.room_id).await;
+    let child = human
+        .wait_for_state(&space.room_id, "m.space.child", dm.as_str(), |c| {
+            c["via"].is_array()
+        })
+        .await;
+    assert_eq!(child["via"][0], "localhost");
+
     let answer = env
         .command(
             &human,
@@ -2581,6 +2603,15 @@ async fn start_chat_opens_a_direct_chat_with_someone_new() {
         .expect("Vera answers");
     let reply = human.wait_for_text(&invite.room_id, "hi Alice").await;
     assert_eq!(reply.sender, ghost);
+    // A portal made later joins the space too.
+    human
+        .wait_for_state(
+            &space.room_id,
+            "m.space.child",
+            invite.room_id.as_str(),
+            |c| c["via"].is_array(),
+        )
+        .await;
 
     // By phone: the same room again, not a second one.
     let again = env

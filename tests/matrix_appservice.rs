@@ -254,6 +254,93 @@ async fn an_event_handled_before_a_restart_is_not_reprocessed() {
     assert_eq!(second.next_event().await.event_id.as_str(), "$after");
 }
 
+/// An inbox whose first `record` stores, then holds its answer until the
+/// test lets it go, and tells when it was dropped unfinished.
+struct HeldInbox {
+    inner: InMemoryInbox,
+    hold: std::sync::atomic::AtomicBool,
+    stored: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    dropped: tokio::sync::Notify,
+}
+
+/// Notifies when dropped before it was disarmed.
+struct DropAlarm<'a>(Option<&'a tokio::sync::Notify>);
+
+impl Drop for DropAlarm<'_> {
+    fn drop(&mut self) {
+        if let Some(alarm) = self.0 {
+            alarm.notify_one();
+        }
+    }
+}
+
+impl EventInbox for HeldInbox {
+    async fn record(
+        &self,
+        events: &[DeliveredEvent],
+    ) -> Result<Vec<String>, maxbridge::matrix::InboxError> {
+        let fresh = self.inner.record(events).await?;
+        if !self.hold.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(fresh);
+        }
+        let mut alarm = DropAlarm(Some(&self.dropped));
+        self.stored.notify_one();
+        self.release.notified().await;
+        alarm.0 = None;
+        Ok(fresh)
+    }
+
+    async fn done(&self, event_ids: &[String]) -> Result<(), maxbridge::matrix::InboxError> {
+        self.inner.done(event_ids).await
+    }
+
+    async fn pending(&self) -> Result<Vec<DeliveredEvent>, maxbridge::matrix::InboxError> {
+        self.inner.pending().await
+    }
+}
+
+/// The homeserver drops its request (it restarts) after the events were
+/// stored but before the answer: they must still be handled, once, and
+/// not be taken for redeliveries when the transaction comes again.
+#[tokio::test]
+async fn events_stored_when_the_homeserver_hangs_up_are_still_handled_once() {
+    let inbox = Arc::new(HeldInbox {
+        inner: InMemoryInbox::default(),
+        hold: std::sync::atomic::AtomicBool::new(true),
+        stored: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+        dropped: tokio::sync::Notify::new(),
+    });
+    let mut server = start_server_with(Arc::clone(&inbox), ServerOptions::default()).await;
+    let txn = json!({"events": [event("!r", "$cut", "1")]});
+    let request = server
+        .http
+        .put(format!("{}/_matrix/app/v1/transactions/5", server.base))
+        .bearer_auth(HS_TOKEN)
+        .json(&txn)
+        .send();
+    let hung_up = tokio::spawn(request);
+    tokio::time::timeout(DEADLINE, inbox.stored.notified())
+        .await
+        .expect("the events are stored");
+    hung_up.abort();
+    // A server that drops its work with the request drops the held record
+    // now; one that does not keeps holding it.
+    let _ = tokio::time::timeout(Duration::from_secs(2), inbox.dropped.notified()).await;
+    inbox.release.notify_one();
+    assert_eq!(server.next_event().await.event_id.as_str(), "$cut");
+
+    // Delivered again under a new id (Synapse after its restart): known,
+    // acknowledged, not handled twice.
+    let (status, _) = server.put_txn("6", &txn).await;
+    assert_eq!(status, StatusCode::OK);
+    // Same room: had the repeat been handled, it would come first.
+    let next = json!({"events": [event("!r", "$next", "2")]});
+    assert_eq!(server.put_txn("7", &next).await.0, StatusCode::OK);
+    assert_eq!(server.next_event().await.event_id.as_str(), "$next");
+}
+
 /// Synapse on SQLite counts transaction ids from 1 again after a restart:
 /// a known id with new events is new work.
 #[tokio::test]

@@ -106,6 +106,24 @@ async fn users_and_management_rooms() {
     );
     assert!(users.get("@nobody:example.org").await.unwrap().is_none());
 
+    // The personal space is kept beside the management room, and made for
+    // unknown users too.
+    users
+        .set_space_room("@alice:example.org", "!space_a")
+        .await
+        .unwrap();
+    let alice = users.get("@alice:example.org").await.unwrap().unwrap();
+    assert_eq!(alice.space_room.as_deref(), Some("!space_a"));
+    users
+        .set_space_room("@carol:example.org", "!space_c")
+        .await
+        .unwrap();
+    let carol = users.get("@carol:example.org").await.unwrap().unwrap();
+    assert_eq!(
+        (carol.management_room, carol.space_room.as_deref()),
+        (None, Some("!space_c"))
+    );
+
     store.close().await;
     db.drop_db().await;
 }

@@ -245,6 +245,9 @@ impl Bridge {
             tasks.spawn(Arc::clone(self).pump(Arc::clone(&session), events));
             tasks.spawn(Arc::clone(self).watch_state(Arc::clone(&session)));
         }
+        // Before the portals, which go into it; made once, with the
+        // portals there are already.
+        self.personal_space(&mxid, me).await;
         self.sync_chats(&session, &login.chats).await;
         self.sync_more_chats(&session, &login.chats, login.chat_marker);
         tracing::info!(user = %mxid, max_user = me, "MAX login running");

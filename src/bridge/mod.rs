@@ -22,6 +22,7 @@ pub mod message;
 pub mod portal;
 pub mod provision;
 pub mod reaction;
+pub mod space;
 
 use crate::config::Config;
 use crate::matrix::{
@@ -81,6 +82,8 @@ pub struct Bridge {
     /// sides in flight, and a login naming hundreds of chats must not open
     /// hundreds of room creations on the homeserver at the same time.
     portal_creations: tokio::sync::Semaphore,
+    /// Held while a personal space is looked up or made.
+    space_creation: tokio::sync::Mutex<()>,
     /// Mappings of bridged MAX messages being written behind their portal.
     records: message::InFlightRecords,
     /// What `/metrics` shows.
@@ -151,6 +154,7 @@ impl Bridge {
                 held_for_homeserver: Arc::new(AtomicUsize::new(0)),
                 failed_pictures: ghost::FailedPictures::default(),
                 portal_creations: tokio::sync::Semaphore::new(PORTAL_CREATIONS_AT_ONCE),
+                space_creation: tokio::sync::Mutex::new(()),
                 records: message::InFlightRecords::default(),
                 metrics,
                 state_reporter,

@@ -542,6 +542,7 @@ impl Bridge {
         if let Err(error) = session.client.subscribe(chat.id, true).await {
             tracing::warn!(chat = chat.id.0, %error, "CHAT_SUBSCRIBE failed");
         }
+        self.add_to_space(&user, me, &room).await;
         tracing::info!(chat = chat.id.0, room = %room, kind = kind.as_str(), "portal created");
         Ok((portal, room))
     }

@@ -429,6 +429,10 @@ pub struct BridgeConfig {
     /// One more homeserver request per message; off by default.
     #[serde(default)]
     pub message_status_events: bool,
+    /// Gather each user's portals in a space of their own ("MAX"), as the
+    /// mautrix bridges' personal filtering spaces do.
+    #[serde(default = "default_true")]
+    pub personal_space: bool,
 }
 
 /// See [`BridgeConfig::status_notices`].
@@ -455,6 +459,7 @@ impl Default for BridgeConfig {
             login_step_timeout: default_login_step_timeout(),
             status_notices: StatusNotices::default(),
             message_status_events: false,
+            personal_space: true,
         }
     }
 }
@@ -508,6 +513,10 @@ fn de_opt_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Optio
             .map(Some)
             .map_err(|e| serde::de::Error::custom(format!("invalid URL {raw:?}: {e}"))),
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_hostname() -> String {

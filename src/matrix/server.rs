@@ -576,44 +576,32 @@ async fn put_transaction<H: AppserviceHandler, L: EventInbox>(
             }
         }
     }
-    let delivered: Vec<DeliveredEvent> = wanted.iter().map(|(_, d)| d.clone()).collect();
-    let fresh =
-        match with_patience("record", RECORD_PATIENCE, || state.inbox.record(&delivered)).await {
-            Ok(fresh) => fresh.into_iter().collect::<HashSet<String>>(),
-            Err(error) => {
-                // Not acknowledged: the homeserver delivers it again later.
-                tracing::error!(txn_id, %error, "could not store the transaction's events");
-                return matrix_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "M_UNKNOWN",
-                    "Event store unavailable",
-                );
-            }
-        };
-    let fresh: Vec<RoomEvent> = wanted
-        .into_iter()
-        .map(|(event, _)| event)
-        .filter(|event| {
-            let new = fresh.contains(event.event_id.as_str());
-            if new {
-                tracing::debug!(txn_id, event_id = %event.event_id, "event stored");
-            } else {
-                tracing::debug!(txn_id, event_id = %event.event_id, "event delivered before; skipped");
-            }
-            new
-        })
-        .collect();
-    // Queued by a task of its own: if the homeserver gives up waiting (a
-    // full queue) and drops the request, the stored events are still queued.
-    let queue = state.queue.clone();
-    let queued = tokio::spawn(async move {
-        for event in fresh {
-            let room = Some(event.room_id.clone());
-            queue.push(room, Queued::Room(event, Delivery::New)).await;
+    // Stored and queued by a task of its own, which runs to its end even
+    // when the homeserver drops the request meanwhile (it does when it
+    // restarts, or gives up waiting on a full queue): events stored but
+    // never queued would be taken for redeliveries when they come again,
+    // and wait for the bridge's next start.
+    let inner = Arc::clone(&state);
+    let txn = txn_id.clone();
+    match tokio::spawn(async move { store_and_queue(&inner, &txn, wanted).await }).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            // Not acknowledged: the homeserver delivers it again later.
+            tracing::error!(txn_id, %error, "could not store the transaction's events");
+            return matrix_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "Event store unavailable",
+            );
         }
-    });
-    if queued.await.is_err() {
-        tracing::error!(txn_id, "queueing the transaction's events failed");
+        Err(error) => {
+            tracing::error!(txn_id, %error, "storing the transaction's events failed");
+            return matrix_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "Event store failed",
+            );
+        }
     }
     for raw in ephemeral {
         let event = serde_json::from_str::<Value>(raw.get())
@@ -630,6 +618,33 @@ async fn put_transaction<H: AppserviceHandler, L: EventInbox>(
         }
     }
     empty_ok()
+}
+
+/// Stores a transaction's events and queues those never stored before
+/// (the rest are redeliveries).
+async fn store_and_queue<H: AppserviceHandler, L: EventInbox>(
+    state: &Inner<H, L>,
+    txn_id: &str,
+    wanted: Vec<(RoomEvent, DeliveredEvent)>,
+) -> Result<(), InboxError> {
+    let delivered: Vec<DeliveredEvent> = wanted.iter().map(|(_, d)| d.clone()).collect();
+    let fresh = with_patience("record", RECORD_PATIENCE, || state.inbox.record(&delivered))
+        .await?
+        .into_iter()
+        .collect::<HashSet<String>>();
+    for (event, _) in wanted {
+        if fresh.contains(event.event_id.as_str()) {
+            tracing::debug!(txn_id, event_id = %event.event_id, "event stored");
+            let room = Some(event.room_id.clone());
+            state
+                .queue
+                .push(room, Queued::Room(event, Delivery::New))
+                .await;
+        } else {
+            tracing::debug!(txn_id, event_id = %event.event_id, "event delivered before; skipped");
+        }
+    }
+    Ok(())
 }
 
 /// Queues the events a previous process stored but did not finish, in

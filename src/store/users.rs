@@ -1,4 +1,5 @@
-//! The `users` table: Matrix users known to the bridge and their management room.
+//! The `users` table: Matrix users known to the bridge, their management
+//! room and their personal space.
 
 use sqlx::PgPool;
 
@@ -9,6 +10,8 @@ pub struct UserRow {
     pub mxid: String,
     /// The room where this user talks to the bridge bot.
     pub management_room: Option<String>,
+    /// The space holding this user's portals, once made.
+    pub space_room: Option<String>,
 }
 
 pub struct Users<'a> {
@@ -30,10 +33,11 @@ impl<'a> Users<'a> {
     }
 
     pub async fn get(&self, mxid: &str) -> Result<Option<UserRow>, StoreError> {
-        let row = sqlx::query_as("SELECT mxid, management_room FROM users WHERE mxid = $1")
-            .bind(mxid)
-            .fetch_optional(self.pool)
-            .await?;
+        let row =
+            sqlx::query_as("SELECT mxid, management_room, space_room FROM users WHERE mxid = $1")
+                .bind(mxid)
+                .fetch_optional(self.pool)
+                .await?;
         Ok(row)
     }
 
@@ -42,11 +46,12 @@ impl<'a> Users<'a> {
         &self,
         room_id: &str,
     ) -> Result<Option<UserRow>, StoreError> {
-        let row =
-            sqlx::query_as("SELECT mxid, management_room FROM users WHERE management_room = $1")
-                .bind(room_id)
-                .fetch_optional(self.pool)
-                .await?;
+        let row = sqlx::query_as(
+            "SELECT mxid, management_room, space_room FROM users WHERE management_room = $1",
+        )
+        .bind(room_id)
+        .fetch_optional(self.pool)
+        .await?;
         Ok(row)
     }
 
@@ -68,10 +73,24 @@ impl<'a> Users<'a> {
         Ok(())
     }
 
+    /// Records the user's personal space, creating the user if needed.
+    pub async fn set_space_room(&self, mxid: &str, room_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (mxid, space_room) VALUES ($1, $2) \
+             ON CONFLICT (mxid) DO UPDATE SET space_room = EXCLUDED.space_room",
+        )
+        .bind(mxid)
+        .bind(room_id)
+        .execute(self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn all(&self) -> Result<Vec<UserRow>, StoreError> {
-        let rows = sqlx::query_as("SELECT mxid, management_room FROM users ORDER BY mxid")
-            .fetch_all(self.pool)
-            .await?;
+        let rows =
+            sqlx::query_as("SELECT mxid, management_room, space_room FROM users ORDER BY mxid")
+                .fetch_all(self.pool)
+                .await?;
         Ok(rows)
     }
 
