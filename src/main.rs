@@ -215,7 +215,7 @@ fn notify_service_manager(state: sd_notify::NotifyState<'static>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static SENDING: AtomicBool = AtomicBool::new(false);
     if SENDING.swap(true, Ordering::AcqRel) {
-        tracing::debug!(
+        tracing::trace!(
             ?state,
             "the service manager has not taken the last notification; skipped"
         );

@@ -341,6 +341,55 @@ async fn events_stored_when_the_homeserver_hangs_up_are_still_handled_once() {
     assert_eq!(server.next_event().await.event_id.as_str(), "$next");
 }
 
+/// An inbox whose first `record` stores the events and then fails, as a
+/// database connection lost after the commit does.
+struct StoredThenFailedInbox {
+    inner: InMemoryInbox,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl EventInbox for StoredThenFailedInbox {
+    async fn record(
+        &self,
+        events: &[DeliveredEvent],
+    ) -> Result<Vec<String>, maxbridge::matrix::InboxError> {
+        let fresh = self.inner.record(events).await?;
+        if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err("connection lost after commit".into());
+        }
+        Ok(fresh)
+    }
+
+    async fn done(&self, event_ids: &[String]) -> Result<(), maxbridge::matrix::InboxError> {
+        self.inner.done(event_ids).await
+    }
+
+    async fn pending(&self) -> Result<Vec<DeliveredEvent>, maxbridge::matrix::InboxError> {
+        self.inner.pending().await
+    }
+}
+
+/// Events an attempt stored before failing are handled when the
+/// transaction comes again, once, though the inbox knows them already.
+#[tokio::test]
+async fn events_stored_by_a_failed_attempt_are_handled_once_on_redelivery() {
+    let inbox = StoredThenFailedInbox {
+        inner: InMemoryInbox::default(),
+        failed: std::sync::atomic::AtomicBool::new(false),
+    };
+    let mut server = start_server_with(inbox, ServerOptions::default()).await;
+    let txn = json!({"events": [event("!r", "$stored", "1")]});
+    // The server retries the inbox within the request: the retry finds the
+    // event stored and not done, and queues it.
+    assert_eq!(server.put_txn("1", &txn).await.0, StatusCode::OK);
+    assert_eq!(server.next_event().await.event_id.as_str(), "$stored");
+    // Delivered again while in hand or after it is done: not again.
+    assert_eq!(server.put_txn("1", &txn).await.0, StatusCode::OK);
+    let next = json!({"events": [event("!r", "$next", "2")]});
+    assert_eq!(server.put_txn("2", &next).await.0, StatusCode::OK);
+    assert_eq!(server.next_event().await.event_id.as_str(), "$next");
+}
+
 /// Synapse on SQLite counts transaction ids from 1 again after a restart:
 /// a known id with new events is new work.
 #[tokio::test]

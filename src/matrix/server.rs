@@ -47,8 +47,10 @@ pub struct DeliveredEvent {
 /// Durable record of delivered events: what is stored here before the
 /// transaction is acknowledged survives a crash.
 pub trait EventInbox: Send + Sync + 'static {
-    /// Stores `events` (in order); returns the ids of those never stored
-    /// before. Only those are handled: the rest are redeliveries.
+    /// Stores `events` (in order); returns the ids of those not done: new
+    /// ones, and ones an earlier attempt stored but that were never marked
+    /// done (that attempt may have failed after storing). The rest are
+    /// redeliveries of finished events.
     fn record(
         &self,
         events: &[DeliveredEvent],
@@ -113,6 +115,8 @@ impl EventInbox for InMemoryInbox {
         for event in events {
             if stored.seen.insert(event.event_id.clone()) {
                 stored.pending.push(event.clone());
+                fresh.push(event.event_id.clone());
+            } else if stored.pending.iter().any(|e| e.event_id == event.event_id) {
                 fresh.push(event.event_id.clone());
             }
         }
@@ -211,14 +215,38 @@ pub trait AppserviceHandler: Send + Sync + 'static {
 pub struct Handled {
     event_id: String,
     writer: tokio::sync::mpsc::UnboundedSender<String>,
+    in_hand: InHand,
 }
 
 impl Handled {
-    /// Leaves the event pending: it is handed over again after a restart.
-    /// For an event the handler could not deal with (its database was out
-    /// for longer than it waits), so that it is not lost.
+    /// Leaves the event pending: it is handed over again after a restart
+    /// (or when the homeserver delivers it again). For an event the handler
+    /// could not deal with (its database was out for longer than it waits),
+    /// so that it is not lost.
     pub fn keep_pending(mut self) {
+        self.in_hand.release(std::slice::from_ref(&self.event_id));
         self.event_id.clear();
+    }
+}
+
+/// Events queued or being handled by this process and not yet marked done:
+/// a redelivery of one of them is not queued again, while one stored by a
+/// failed attempt and never queued is.
+#[derive(Clone, Debug, Default)]
+struct InHand(Arc<Mutex<HashSet<String>>>);
+
+impl InHand {
+    /// Takes the event in hand; false when it already is.
+    fn take(&self, event_id: &str) -> bool {
+        let mut ids = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        ids.insert(event_id.to_owned())
+    }
+
+    fn release(&self, event_ids: &[String]) {
+        let mut ids = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in event_ids {
+            ids.remove(id);
+        }
     }
 }
 
@@ -274,7 +302,10 @@ enum Queued {
 /// is handled again after the restart, which the handler's deduplication
 /// absorbs; so handling never waits for its mark, and a busy bridge pays one
 /// statement for many events.
-fn spawn_done_writer<L: EventInbox>(inbox: Arc<L>) -> tokio::sync::mpsc::UnboundedSender<String> {
+fn spawn_done_writer<L: EventInbox>(
+    inbox: Arc<L>,
+    in_hand: InHand,
+) -> tokio::sync::mpsc::UnboundedSender<String> {
     // Unbounded: a mark is sent from a drop, which cannot wait; the events
     // in flight (and so the marks) are bounded by the queues.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -292,6 +323,9 @@ fn spawn_done_writer<L: EventInbox>(inbox: Arc<L>) -> tokio::sync::mpsc::Unbound
             if let Err(error) = done {
                 tracing::error!(events = batch.len(), %error, "could not mark events done; they will be handled again after a restart");
             }
+            // Only now: until the mark is written, a redelivery finds the
+            // event pending and must still see it in hand.
+            in_hand.release(&batch);
             batch.clear();
         }
     });
@@ -307,6 +341,7 @@ struct Inner<H, L> {
     /// True once the events left pending by a previous process are queued;
     /// transactions wait for it so that nothing newer overtakes them.
     resumed: watch::Receiver<bool>,
+    in_hand: InHand,
 }
 
 /// The appservice HTTP server. Build it, then [`serve`](Self::serve) it or mount
@@ -323,19 +358,23 @@ impl<H: AppserviceHandler, L: EventInbox> AppserviceServer<H, L> {
     pub fn new(hs_token: Secret, handler: Arc<H>, inbox: L, options: ServerOptions) -> Self {
         let worker_handler = Arc::clone(&handler);
         let inbox = Arc::new(inbox);
-        let done_writer = spawn_done_writer(Arc::clone(&inbox));
+        let in_hand = InHand::default();
+        let done_writer = spawn_done_writer(Arc::clone(&inbox), in_hand.clone());
+        let worker_in_hand = in_hand.clone();
         let queue = KeyedQueue::with_options(
             options.queue_capacity,
             options.queue_idle_timeout,
             move |_room, item: Queued| {
                 let handler = Arc::clone(&worker_handler);
                 let done_writer = done_writer.clone();
+                let in_hand = worker_in_hand.clone();
                 async move {
                     match item {
                         Queued::Room(event, delivery) => {
                             let handled = Handled {
                                 event_id: event.event_id.to_string(),
                                 writer: done_writer,
+                                in_hand,
                             };
                             handler.handle_event(event, delivery, handled).await;
                         }
@@ -349,6 +388,7 @@ impl<H: AppserviceHandler, L: EventInbox> AppserviceServer<H, L> {
             Arc::clone(&inbox),
             queue.clone(),
             resumed_tx,
+            in_hand.clone(),
         ));
         Self {
             inner: Arc::new(Inner {
@@ -357,6 +397,7 @@ impl<H: AppserviceHandler, L: EventInbox> AppserviceServer<H, L> {
                 queue,
                 inbox,
                 resumed,
+                in_hand,
             }),
             max_body_bytes: options.max_body_bytes,
         }
@@ -620,8 +661,8 @@ async fn put_transaction<H: AppserviceHandler, L: EventInbox>(
     empty_ok()
 }
 
-/// Stores a transaction's events and queues those never stored before
-/// (the rest are redeliveries).
+/// Stores a transaction's events and queues those not done and not in
+/// hand already (the rest are redeliveries).
 async fn store_and_queue<H: AppserviceHandler, L: EventInbox>(
     state: &Inner<H, L>,
     txn_id: &str,
@@ -633,7 +674,7 @@ async fn store_and_queue<H: AppserviceHandler, L: EventInbox>(
         .into_iter()
         .collect::<HashSet<String>>();
     for (event, _) in wanted {
-        if fresh.contains(event.event_id.as_str()) {
+        if fresh.contains(event.event_id.as_str()) && state.in_hand.take(event.event_id.as_str()) {
             tracing::debug!(txn_id, event_id = %event.event_id, "event stored");
             let room = Some(event.room_id.clone());
             state
@@ -653,6 +694,7 @@ async fn resume_pending<L: EventInbox>(
     inbox: Arc<L>,
     queue: KeyedQueue<Option<OwnedRoomId>, Queued>,
     resumed: watch::Sender<bool>,
+    in_hand: InHand,
 ) {
     let pending = loop {
         match inbox.pending().await {
@@ -676,6 +718,7 @@ async fn resume_pending<L: EventInbox>(
         match event {
             Ok(event) => {
                 tracing::debug!(event_id = %event.event_id, "event resumed");
+                in_hand.take(event.event_id.as_str());
                 let room = Some(event.room_id.clone());
                 queue
                     .push(room, Queued::Room(event, Delivery::Resumed))

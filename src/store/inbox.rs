@@ -28,7 +28,9 @@ impl<'a> Inbox<'a> {
     }
 
     /// Stores the events in one statement, in the given order; returns the
-    /// ids of those not stored before (the others are redeliveries).
+    /// ids of those not done: stored now, or stored before and still
+    /// pending (an attempt that failed after storing them). The others are
+    /// redeliveries of finished events.
     pub async fn record(&self, events: &[InboxRow]) -> Result<Vec<String>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
@@ -37,13 +39,19 @@ impl<'a> Inbox<'a> {
         let rooms: Vec<&str> = events.iter().map(|e| e.room_id.as_str()).collect();
         let bodies: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
         // WITH ORDINALITY keeps the delivery order in `seq`.
+        // The second part reads the table as it was before the insert: the
+        // events stored earlier and never done.
         let fresh: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO matrix_inbox (event_id, room_id, event) \
-             SELECT e.id, e.room, e.body \
-             FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS e(id, room, body, n) \
-             ORDER BY e.n \
-             ON CONFLICT (event_id) DO NOTHING \
-             RETURNING event_id",
+            "WITH stored AS ( \
+                 INSERT INTO matrix_inbox (event_id, room_id, event) \
+                 SELECT e.id, e.room, e.body \
+                 FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS e(id, room, body, n) \
+                 ORDER BY e.n \
+                 ON CONFLICT (event_id) DO NOTHING \
+                 RETURNING event_id) \
+             SELECT event_id FROM stored \
+             UNION ALL \
+             SELECT event_id FROM matrix_inbox WHERE event_id = ANY($1) AND done_at IS NULL",
         )
         .bind(&ids)
         .bind(&rooms)
