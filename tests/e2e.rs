@@ -495,6 +495,15 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
     let success = human.wait_for_event(&dm, status_of(&delivered)).await;
     assert_eq!(success["content"]["status"], "SUCCESS", "{success}");
     assert_eq!(success["sender"], bot.as_str());
+    // Edits and reactions have their status too.
+    let edit = human
+        .send_edit(&dm, &delivered, "this one arrives, edited")
+        .await;
+    let edited = human.wait_for_event(&dm, status_of(&edit)).await;
+    assert_eq!(edited["content"]["status"], "SUCCESS", "{edited}");
+    let reaction = human.send_reaction(&dm, &delivered, "👍").await;
+    let reacted = human.wait_for_event(&dm, status_of(&reaction)).await;
+    assert_eq!(reacted["content"]["status"], "SUCCESS", "{reacted}");
 
     // The server revokes the token: the user is told to log in again.
     let device = control

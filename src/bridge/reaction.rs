@@ -7,6 +7,7 @@
 use super::Bridge;
 use super::login::LoginSession;
 use super::portal::{PortalError, PortalKey};
+use crate::bridge::message::MessageStatus;
 use crate::matrix::RoomEvent;
 use crate::store::ReactionRow;
 use maxproto::types::{
@@ -200,6 +201,9 @@ impl Bridge {
                 ),
             )
             .await;
+                let why = "the message it is on is not a bridged one".to_owned();
+                self.message_status(event, MessageStatus::Unsupported(why))
+                    .await;
                 return Ok(());
             }
         };
@@ -210,14 +214,13 @@ impl Bridge {
             extra: Default::default(),
         };
         if let Err(error) = session.client.call(&request).await {
+            let why = super::commands::describe(&error);
             self.bot_notice(
                 &event.room_id,
-                &format!(
-                    "⚠️ Your reaction {emoji} was not delivered to MAX: {}",
-                    super::commands::describe(&error)
-                ),
+                &format!("⚠️ Your reaction {emoji} was not delivered to MAX: {why}"),
             )
             .await;
+            self.message_status(event, MessageStatus::Failed(why)).await;
             // Left in place, it would show the user a reaction that the
             // other side never sees.
             let txn = format!("refused-{}", event.event_id);
@@ -236,6 +239,7 @@ impl Bridge {
             }
             return Ok(());
         }
+        self.message_status(event, MessageStatus::Success).await;
         self.metrics.bridged(
             crate::metrics::Direction::MatrixToMax,
             "m.reaction",

@@ -13,6 +13,7 @@ mod record;
 mod to_max;
 
 pub(crate) use record::InFlightRecords;
+pub(crate) use to_max::MessageStatus;
 
 /// Backoff of a send to the homeserver (or a write of mappings) that failed
 /// for a while.

@@ -525,6 +525,9 @@ impl Bridge {
                 "⚠️ Only your own messages can be edited on MAX.",
             )
             .await;
+            let why = "only your own messages can be edited on MAX".to_owned();
+            self.message_status(event, MessageStatus::Unsupported(why))
+                .await;
             return Ok(());
         }
         if content.text.chars().count() > convert::MAX_TEXT_CHARS {
@@ -536,6 +539,8 @@ impl Bridge {
                 ),
             )
             .await;
+            let why = format!("longer than {} characters", convert::MAX_TEXT_CHARS);
+            self.message_status(event, MessageStatus::Failed(why)).await;
             return Ok(());
         }
         let chat = maxproto::types::ChatId(key.chat_id);
@@ -579,16 +584,16 @@ impl Bridge {
                         edit_time,
                     )
                     .await?;
+                self.message_status(event, MessageStatus::Success).await;
             }
             Err(error) => {
+                let why = crate::bridge::commands::describe(&error);
                 self.bot_notice(
                     &event.room_id,
-                    &format!(
-                        "⚠️ Your edit was not delivered to MAX: {}",
-                        crate::bridge::commands::describe(&error)
-                    ),
+                    &format!("⚠️ Your edit was not delivered to MAX: {why}"),
                 )
                 .await;
+                self.message_status(event, MessageStatus::Failed(why)).await;
             }
         }
         Ok(())
@@ -659,16 +664,16 @@ impl Bridge {
                         .set_deleted(key.chat_id, key.receiver, row.max_message_id)
                         .await?;
                 }
+                self.message_status(event, MessageStatus::Success).await;
             }
             Err(error) => {
+                let why = crate::bridge::commands::describe(&error);
                 self.bot_notice(
                     &event.room_id,
-                    &format!(
-                        "⚠️ The message was not deleted on MAX: {}",
-                        crate::bridge::commands::describe(&error)
-                    ),
+                    &format!("⚠️ The message was not deleted on MAX: {why}"),
                 )
                 .await;
+                self.message_status(event, MessageStatus::Failed(why)).await;
             }
         }
         Ok(())
