@@ -2726,6 +2726,36 @@ async fn provisioning_api_logs_in_finds_people_and_opens_chats() {
     assert_eq!(preflight.status(), 204);
     assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
 
+    // Or a Matrix OpenID token of the user, from their homeserver (as
+    // bridgev2 takes it), instead of the secret.
+    let openid = human
+        .client()
+        .send(
+            ruma::api::client::account::request_openid_token::v3::Request::new(
+                human.user_id().to_owned(),
+            ),
+        )
+        .await
+        .expect("an OpenID token");
+    let with_openid = |user: &str, token: &str| {
+        http.get(format!("{base}/whoami?user_id={user}"))
+            .bearer_auth(format!("openid:{token}"))
+            .send()
+    };
+    let answer = with_openid("@alice:localhost", &openid.access_token)
+        .await
+        .expect("answers");
+    assert_eq!(answer.status(), 200);
+    let answer = with_openid("@bob:localhost", &openid.access_token)
+        .await
+        .expect("answers");
+    assert_eq!(answer.status(), 401, "someone else's token");
+    let answer = with_openid("@alice:localhost", "made-up")
+        .await
+        .expect("answers");
+    assert_eq!(answer.status(), 401);
+    api.check("GET", "/whoami", 401, &answer.json().await.expect("JSON"));
+
     let (status, whoami) = call("GET", "/whoami", "/whoami".to_owned(), None).await;
     assert_eq!(status, 200);
     assert_eq!(whoami["logins"], serde_json::json!([]));

@@ -187,9 +187,11 @@ struct Caller {
     user_id: Option<String>,
 }
 
-/// Who calls: the shared secret as bearer token, and the user it acts for
-/// (`?user_id=`), who must be allowed to use the bridge.
-fn caller(
+/// Who calls: the shared secret as bearer token and the user it acts for
+/// (`?user_id=`), or, as bridgev2 takes it, `openid:<token>` with a Matrix
+/// OpenID token of that user (from this homeserver, which vouches for it).
+/// The user must be allowed to use the bridge.
+async fn caller(
     state: &Provisioning,
     headers: &HeaderMap,
     query: &Caller,
@@ -202,17 +204,9 @@ fn caller(
         return Err(failure(
             StatusCode::UNAUTHORIZED,
             "M_MISSING_TOKEN",
-            "Missing the provisioning secret (Authorization: Bearer …)",
+            "Missing the provisioning secret or an OpenID token (Authorization: Bearer …)",
         ));
     };
-    if !state.secret.matches(token) {
-        tracing::warn!("provisioning call with a wrong secret");
-        return Err(failure(
-            StatusCode::UNAUTHORIZED,
-            "M_UNKNOWN_TOKEN",
-            "Wrong provisioning secret",
-        ));
-    }
     let Some(user) = query
         .user_id
         .as_deref()
@@ -224,6 +218,16 @@ fn caller(
             "?user_id= must name a Matrix user",
         ));
     };
+    if let Some(openid) = token.strip_prefix("openid:") {
+        vouch_for(state, &user, openid).await?;
+    } else if !state.secret.matches(token) {
+        tracing::warn!("provisioning call with a wrong secret");
+        return Err(failure(
+            StatusCode::UNAUTHORIZED,
+            "M_UNKNOWN_TOKEN",
+            "Wrong provisioning secret",
+        ));
+    }
     if state.bridge.config().permission_for(user.as_str()) < Permission::User {
         return Err(failure(
             StatusCode::FORBIDDEN,
@@ -232,6 +236,34 @@ fn caller(
         ));
     }
     Ok(user)
+}
+
+/// Checks that the homeserver issued the OpenID token `token` to `user`.
+/// Only users of the bridge's own homeserver: asking another server would
+/// mean fetching addresses that callers choose.
+async fn vouch_for(state: &Provisioning, user: &OwnedUserId, token: &str) -> Result<(), Refusal> {
+    let refused = |why: &str| failure(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", why);
+    if user.server_name().as_str() != state.bridge.config().homeserver.domain {
+        return Err(refused(
+            "OpenID tokens are taken from users of this bridge's homeserver only",
+        ));
+    }
+    match state.bridge.matrix.openid_user(token).await {
+        Ok(Some(owner)) if owner == *user => Ok(()),
+        Ok(Some(owner)) => {
+            tracing::warn!(%user, %owner, "provisioning call with another user's OpenID token");
+            Err(refused("The OpenID token is not that user's"))
+        }
+        Ok(None) => Err(refused("The homeserver does not know that OpenID token")),
+        Err(error) => {
+            tracing::warn!(%user, %error, "could not check an OpenID token");
+            Err(failure(
+                StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                "Could not check the OpenID token with the homeserver",
+            ))
+        }
+    }
 }
 
 /// A login's entry in `whoami`.
@@ -254,7 +286,7 @@ async fn whoami(
     headers: HeaderMap,
     Query(query): Query<Caller>,
 ) -> Response {
-    let user = match caller(&state, &headers, &query) {
+    let user = match caller(&state, &headers, &query).await {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
@@ -296,7 +328,7 @@ async fn login_flows(
     headers: HeaderMap,
     Query(query): Query<Caller>,
 ) -> Response {
-    if let Err(refusal) = caller(&state, &headers, &query) {
+    if let Err(refusal) = caller(&state, &headers, &query).await {
         return refusal.into_response();
     }
     axum::Json(json!({"flows": flows()})).into_response()
@@ -391,7 +423,7 @@ async fn login_start(
     Query(query): Query<Caller>,
     Path(flow): Path<String>,
 ) -> Response {
-    let user = match caller(&state, &headers, &query) {
+    let user = match caller(&state, &headers, &query).await {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
@@ -432,7 +464,7 @@ async fn login_step(
     Path((login_id, step_id, kind)): Path<(String, String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let user = match caller(&state, &headers, &query) {
+    let user = match caller(&state, &headers, &query).await {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
@@ -689,7 +721,7 @@ async fn logout(
     Query(query): Query<Caller>,
     Path(login): Path<String>,
 ) -> Response {
-    let user = match caller(&state, &headers, &query) {
+    let user = match caller(&state, &headers, &query).await {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
@@ -724,7 +756,7 @@ async fn logins(
     headers: HeaderMap,
     Query(query): Query<Caller>,
 ) -> Response {
-    let user = match caller(&state, &headers, &query) {
+    let user = match caller(&state, &headers, &query).await {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
@@ -817,7 +849,7 @@ async fn resolve_identifier(
     Query(query): Query<Caller>,
     Path(identifier): Path<String>,
 ) -> Response {
-    let user = match caller(&state, &headers, &query) {
+    let user = match caller(&state, &headers, &query).await {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
@@ -833,7 +865,7 @@ async fn create_dm(
     Query(query): Query<Caller>,
     Path(identifier): Path<String>,
 ) -> Response {
-    let user = match caller(&state, &headers, &query) {
+    let user = match caller(&state, &headers, &query).await {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };

@@ -301,6 +301,51 @@ impl MatrixClient {
             .map_err(|e| MatrixError::invalid_request("build user id", e))
     }
 
+    /// Whose OpenID token `token` is, asked of this homeserver
+    /// (`GET /_matrix/federation/v1/openid/userinfo`, which Synapse serves
+    /// with its `openid` or `federation` listener resource); `None` when the
+    /// homeserver does not know the token.
+    pub async fn openid_user(&self, token: &str) -> Result<Option<OwnedUserId>, MatrixError> {
+        const REQUEST: &str = "openid userinfo";
+        let mut url = url::Url::parse(&format!(
+            "{}/_matrix/federation/v1/openid/userinfo",
+            self.base_url.trim_end_matches('/')
+        ))
+        .map_err(|e| MatrixError::invalid_request(REQUEST, e))?;
+        url.query_pairs_mut().append_pair("access_token", token);
+        let started = Instant::now();
+        let response = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|source| MatrixError::Transport {
+                request: REQUEST,
+                source,
+            });
+        if let Some(Observer(observer)) = &self.observer {
+            let ok = response.as_ref().is_ok_and(|r| r.status().is_success());
+            observer(REQUEST, started.elapsed(), ok);
+        }
+        let response = response?;
+        // 401 (M_UNKNOWN_TOKEN) for a token it never issued or that expired.
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return Ok(None);
+        }
+        #[derive(serde::Deserialize)]
+        struct UserInfo {
+            sub: OwnedUserId,
+        }
+        let bytes = settle(REQUEST, response).await?;
+        let info: UserInfo =
+            serde_json::from_slice(&bytes).map_err(|e| MatrixError::InvalidResponse {
+                request: REQUEST,
+                message: e.to_string(),
+            })?;
+        Ok(Some(info.sub))
+    }
+
     /// `GET /_matrix/client/versions`.
     pub async fn versions(&self) -> Result<get_supported_versions::Response, MatrixError> {
         self.send(

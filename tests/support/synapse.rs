@@ -332,7 +332,7 @@ impl Synapse {
             "server_name: {server_name}\n\
              public_baseurl: http://127.0.0.1:{port}/\n\
              pid_file: {pid}\n\
-             listeners:\n  - port: {port}\n    bind_addresses: ['127.0.0.1']\n    type: http\n    tls: false\n    x_forwarded: false\n    resources:\n      - names: [client]\n        compress: false\n\
+             listeners:\n  - port: {port}\n    bind_addresses: ['127.0.0.1']\n    type: http\n    tls: false\n    x_forwarded: false\n    resources:\n      - names: [client, openid]\n        compress: false\n\
              database:\n  name: sqlite3\n  args:\n    database: {db}\n\
              log_config: {log_config}\n\
              media_store_path: {media}\n\
