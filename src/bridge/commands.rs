@@ -3,11 +3,11 @@
 //! `cancel`) and the step-by-step SMS login they drive.
 
 use super::Bridge;
-use super::login::client_config;
+use super::sms_login::{Refusal, SmsLogin, Taken};
 use crate::config::Permission;
 use crate::matrix::RoomEvent;
 use maxproto::Token;
-use maxproto::client::{AuthSession, ClientError, ConnectionState, SmsChallenge, SmsLoginOutcome};
+use maxproto::client::{ClientError, ConnectionState};
 use ruma::{OwnedUserId, RoomId};
 use serde_json::Value;
 use std::sync::Arc;
@@ -34,25 +34,10 @@ In this room no prefix is needed; in portal rooms, start commands with the prefi
 /// the same user (for its expiry).
 pub struct Pending {
     id: u64,
-    login: PendingLogin,
+    login: SmsLogin,
 }
 
 static NEXT_PENDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// A login in progress, waiting for the user's next message.
-pub enum PendingLogin {
-    Phone,
-    Code {
-        session: AuthSession,
-        challenge: SmsChallenge,
-        device_id: String,
-    },
-    Password {
-        session: AuthSession,
-        track_id: String,
-        device_id: String,
-    },
-}
 
 /// The bot was invited somewhere: join and greet permitted users, or
 /// refuse politely.
@@ -171,23 +156,12 @@ async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
     };
     if let Some(pending) = pending {
         if name == "cancel" {
-            if let PendingLogin::Code { session, .. } | PendingLogin::Password { session, .. } =
-                pending
-            {
-                session.close().await;
-            }
+            pending.close().await;
             bridge.bot_notice(room, "Login cancelled.").await;
             return;
         }
-        if matches!(
-            pending,
-            PendingLogin::Code { .. } | PendingLogin::Password { .. }
-        ) {
-            let what = match pending {
-                PendingLogin::Password { .. } => "password",
-                _ => "code",
-            };
-            forget_secret(bridge, event, what).await;
+        if pending.wants_secret() {
+            forget_secret(bridge, event, pending.wants().words()).await;
         }
         continue_login(bridge, room, user, pending, text).await;
         return;
@@ -203,10 +177,11 @@ async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
                 .await;
                 return;
             }
+            let login = SmsLogin::start(device_id_for(bridge, user).await);
             match args.first() {
-                Some(phone) => start_sms(bridge, room, user, phone).await,
+                Some(phone) => continue_login(bridge, room, user, login, phone).await,
                 None => {
-                    set_pending(bridge, room, user, PendingLogin::Phone).await;
+                    set_pending(bridge, room, user, login).await;
                     reply("Send your phone number in international format, e.g. +79001234567 (or `cancel`).".to_owned()).await;
                 }
             }
@@ -281,67 +256,6 @@ pub(crate) fn describe(error: &ClientError) -> String {
     }
 }
 
-async fn start_sms(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, phone: &str) {
-    if !looks_like_phone(phone) {
-        set_pending(bridge, room, user, PendingLogin::Phone).await;
-        bridge
-            .bot_notice(
-                room,
-                "That does not look like a phone number. Send it in international format, e.g. +79001234567 (or `cancel`).",
-            )
-            .await;
-        return;
-    }
-    let phone = normalize_phone(phone);
-    let device_id = device_id_for(bridge, user).await;
-    let session = match AuthSession::connect(client_config(&bridge.config, &device_id)).await {
-        Ok(session) => session,
-        Err(error) => {
-            bridge
-                .bot_notice(
-                    room,
-                    &format!("❌ Could not reach MAX: {}", describe(&error)),
-                )
-                .await;
-            return;
-        }
-    };
-    match session.start_sms_login(&phone).await {
-        Ok(challenge) => {
-            let digits = challenge
-                .code_length
-                .map(|n| format!("{n}-digit "))
-                .unwrap_or_default();
-            set_pending(
-                bridge,
-                room,
-                user,
-                PendingLogin::Code {
-                    session,
-                    challenge,
-                    device_id,
-                },
-            )
-            .await;
-            bridge
-                .bot_notice(
-                    room,
-                    &format!("MAX sent a {digits}code to {phone}. Send it here (or `cancel`)."),
-                )
-                .await;
-        }
-        Err(error) => {
-            session.close().await;
-            bridge
-                .bot_notice(
-                    room,
-                    &format!("❌ MAX refused the phone number: {}", describe(&error)),
-                )
-                .await;
-        }
-    }
-}
-
 /// Commands that run as themselves when typed during a login, which keeps
 /// waiting for its step (`cancel` instead ends it).
 const COMMANDS_DURING_LOGIN: [&str; 7] = [
@@ -354,71 +268,74 @@ const COMMANDS_DURING_LOGIN: [&str; 7] = [
     "list",
 ];
 
-/// A phone number as people type it: digits with an optional leading `+`
-/// and spaces, dashes, dots or parentheses between them; 10 to 15 digits
-/// (E.164). Anything else is not sent to MAX.
-pub(crate) fn looks_like_phone(text: &str) -> bool {
-    let text = text.trim();
-    let rest = text.strip_prefix('+').unwrap_or(text);
-    let digits = rest.chars().filter(char::is_ascii_digit).count();
-    rest.chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')'))
-        && (10..=15).contains(&digits)
-}
-
-pub(crate) fn normalize_phone(phone: &str) -> String {
-    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
-    format!("+{digits}")
-}
-
+/// Takes the user's answer to the login's step and says what comes next.
 async fn continue_login(
     bridge: &Arc<Bridge>,
     room: &RoomId,
     user: &OwnedUserId,
-    pending: PendingLogin,
+    pending: SmsLogin,
     text: &str,
 ) {
-    match pending {
-        PendingLogin::Phone => start_sms(bridge, room, user, text).await,
-        PendingLogin::Code {
-            session,
-            challenge,
-            device_id,
+    let wants = pending.wants().words();
+    match pending.take(&bridge.config, text).await {
+        Taken::CodeSent {
+            next,
+            phone,
+            digits,
         } => {
-            let code: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-            match session.check_sms_code(&challenge, &code).await {
-                Ok(outcome) => on_outcome(bridge, room, user, session, outcome, device_id).await,
-                Err(error) => {
-                    let retry = PendingLogin::Code {
-                        session,
-                        challenge,
-                        device_id,
-                    };
-                    ask_again(bridge, room, user, retry, "code", &error).await;
-                }
-            }
+            set_pending(bridge, room, user, next).await;
+            let digits = digits.map(|n| format!("{n}-digit ")).unwrap_or_default();
+            bridge
+                .bot_notice(
+                    room,
+                    &format!("MAX sent a {digits}code to {phone}. Send it here (or `cancel`)."),
+                )
+                .await;
         }
-        PendingLogin::Password {
-            session,
-            track_id,
-            device_id,
-        } => match session.check_password(&track_id, text.trim()).await {
-            Ok(outcome) => on_outcome(bridge, room, user, session, outcome, device_id).await,
-            Err(error) => {
-                let retry = PendingLogin::Password {
-                    session,
-                    track_id,
-                    device_id,
-                };
-                ask_again(bridge, room, user, retry, "password", &error).await;
-            }
-        },
+        Taken::PasswordAsked { next, hint } => {
+            set_pending(bridge, room, user, next).await;
+            let hint = hint.map(|h| format!(" (hint: {h})")).unwrap_or_default();
+            bridge
+                .bot_notice(
+                    room,
+                    &format!(
+                        "Your MAX account has a cloud password{hint}. Send it here (or `cancel`)."
+                    ),
+                )
+                .await;
+        }
+        Taken::Refused { again, why } => {
+            let text = match &why {
+                Refusal::NotAPhone => "That does not look like a phone number. Send it in international format, e.g. +79001234567 (or `cancel`).".to_owned(),
+                Refusal::Unreachable(error) => format!(
+                    "❌ Could not reach MAX: {}. Send the {wants} again to retry, or `cancel`.",
+                    describe(error)
+                ),
+                Refusal::Max(error) => format!(
+                    "❌ MAX did not accept the {wants}: {}. Send it again, or `cancel`.",
+                    describe(error)
+                ),
+            };
+            set_pending(bridge, room, user, again).await;
+            bridge.bot_notice(room, &text).await;
+        }
+        Taken::LoggedIn { token, device_id } => {
+            finish_login(bridge, room, user, token, device_id).await;
+        }
+        Taken::NoAccount => {
+            bridge
+                .bot_notice(
+                    room,
+                    "❌ This phone number has no MAX account. Create one in a MAX app first.",
+                )
+                .await;
+        }
     }
 }
 
 /// Waits for the user's next login step; a step not taken within
 /// `bridge.login_step_timeout` ends the login with a notice.
-async fn set_pending(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, login: PendingLogin) {
+async fn set_pending(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, login: SmsLogin) {
     let id = NEXT_PENDING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     bridge
         .pending_logins
@@ -443,11 +360,7 @@ async fn set_pending(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, lo
         let Some(expired) = expired else {
             return;
         };
-        if let PendingLogin::Code { session, .. } | PendingLogin::Password { session, .. } =
-            expired.login
-        {
-            session.close().await;
-        }
+        expired.login.close().await;
         bridge
             .bot_notice(
                 &room,
@@ -490,75 +403,6 @@ async fn forget_secret(bridge: &Arc<Bridge>, event: &RoomEvent, what: &str) {
                 .bot_notice(
                     &event.room_id,
                     &format!("⚠️ I could not remove your message with the {what} ({error}); please delete it yourself."),
-                )
-                .await;
-        }
-    }
-}
-
-/// A step was refused (wrong code or password): say why and wait for
-/// another try.
-async fn ask_again(
-    bridge: &Arc<Bridge>,
-    room: &RoomId,
-    user: &OwnedUserId,
-    pending: PendingLogin,
-    what: &str,
-    error: &ClientError,
-) {
-    bridge
-        .bot_notice(
-            room,
-            &format!(
-                "❌ MAX did not accept the {what}: {}. Send it again, or `cancel`.",
-                describe(error)
-            ),
-        )
-        .await;
-    set_pending(bridge, room, user, pending).await;
-}
-
-async fn on_outcome(
-    bridge: &Arc<Bridge>,
-    room: &RoomId,
-    user: &OwnedUserId,
-    session: AuthSession,
-    outcome: SmsLoginOutcome,
-    device_id: String,
-) {
-    match outcome {
-        SmsLoginOutcome::LoggedIn { token, .. } => {
-            session.close().await;
-            finish_login(bridge, room, user, token, device_id).await;
-        }
-        SmsLoginOutcome::PasswordRequired { track_id, hint } => {
-            let hint = hint.map(|h| format!(" (hint: {h})")).unwrap_or_default();
-            set_pending(
-                bridge,
-                room,
-                user,
-                PendingLogin::Password {
-                    session,
-                    track_id,
-                    device_id,
-                },
-            )
-            .await;
-            bridge
-                .bot_notice(
-                    room,
-                    &format!(
-                        "Your MAX account has a cloud password{hint}. Send it here (or `cancel`)."
-                    ),
-                )
-                .await;
-        }
-        SmsLoginOutcome::RegistrationRequired => {
-            session.close().await;
-            bridge
-                .bot_notice(
-                    room,
-                    "❌ This phone number has no MAX account. Create one in a MAX app first.",
                 )
                 .await;
         }
@@ -857,7 +701,7 @@ async fn list(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
 
 #[cfg(test)]
 mod tests {
-    use super::looks_like_phone;
+    use crate::bridge::sms_login::looks_like_phone;
 
     #[test]
     fn phone_numbers_as_people_type_them() {

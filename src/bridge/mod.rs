@@ -22,6 +22,7 @@ pub mod message;
 pub mod portal;
 pub mod provision;
 pub mod reaction;
+pub mod sms_login;
 pub mod space;
 
 use crate::config::Config;

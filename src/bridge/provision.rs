@@ -15,14 +15,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maxproto::Token;
-use maxproto::client::{AuthSession, ClientError, SmsChallenge, SmsLoginOutcome};
+use maxproto::client::ClientError;
 use ruma::OwnedUserId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Bridge;
 use super::commands::{NotFound, describe, find_contact, log_out};
-use super::login::{LoginSession, bridge_state_of, client_config};
+use super::login::{LoginSession, bridge_state_of};
+use super::sms_login::{self, SmsLogin, Taken, Wants};
 use crate::config::{Permission, Secret};
 
 const PREFIX: &str = "/_matrix/provision/v3";
@@ -61,38 +62,40 @@ struct InProgress {
     started: Instant,
 }
 
+/// Where a login started here stands: an SMS login's step, or waiting
+/// for a token.
 enum Step {
-    Phone {
-        device_id: String,
-    },
-    Code {
-        session: AuthSession,
-        challenge: SmsChallenge,
-        device_id: String,
-    },
-    Password {
-        session: AuthSession,
-        track_id: String,
-        device_id: String,
-    },
-    Token {
-        device_id: String,
-    },
+    Sms(SmsLogin),
+    Token { device_id: String },
 }
 
 impl Step {
     fn id(&self) -> &'static str {
         match self {
-            Step::Phone { .. } => "net.maxbridge.phone",
-            Step::Code { .. } => "net.maxbridge.code",
-            Step::Password { .. } => "net.maxbridge.password",
+            Step::Sms(login) => match login.wants() {
+                Wants::PhoneNumber => "net.maxbridge.phone",
+                Wants::Code => "net.maxbridge.code",
+                Wants::Password => "net.maxbridge.password",
+            },
             Step::Token { .. } => "net.maxbridge.token",
         }
     }
 
+    /// The field the step asks for: (type, id, name).
+    fn field(&self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Step::Sms(login) => match login.wants() {
+                Wants::PhoneNumber => ("phone_number", "phone", "Phone number"),
+                Wants::Code => ("2fa_code", "code", "Code from the SMS"),
+                Wants::Password => ("password", "password", "Cloud password"),
+            },
+            Step::Token { .. } => ("token", "token", "MAX token"),
+        }
+    }
+
     async fn close(self) {
-        if let Step::Code { session, .. } | Step::Password { session, .. } = self {
-            session.close().await;
+        if let Step::Sms(login) = self {
+            login.close().await;
         }
     }
 }
@@ -336,19 +339,13 @@ async fn login_flows(
 
 /// The answer for a step the caller takes next.
 fn next_step(login_id: &str, step: &Step, instructions: &str) -> Response {
-    let field = |kind: &str, id: &str, name: &str| json!({"type": kind, "id": id, "name": name});
-    let fields = match step {
-        Step::Phone { .. } => vec![field("phone_number", "phone", "Phone number")],
-        Step::Code { .. } => vec![field("2fa_code", "code", "Code from the SMS")],
-        Step::Password { .. } => vec![field("password", "password", "Cloud password")],
-        Step::Token { .. } => vec![field("token", "token", "MAX token")],
-    };
+    let (kind, id, name) = step.field();
     axum::Json(json!({
         "type": "user_input",
         "login_id": login_id,
         "step_id": step.id(),
         "instructions": instructions,
-        "user_input": {"fields": fields},
+        "user_input": {"fields": [{"type": kind, "id": id, "name": name}]},
     }))
     .into_response()
 }
@@ -439,7 +436,7 @@ async fn login_start(
     let device_id = super::commands::device_id_for(&state.bridge, &user).await;
     let (step, instructions) = match flow.as_str() {
         "phone" => (
-            Step::Phone { device_id },
+            Step::Sms(SmsLogin::start(device_id)),
             "Enter your phone number in international format (+79001234567).",
         ),
         "token" => (
@@ -527,148 +524,35 @@ async fn take_step(
     step: Step,
     field: impl Fn(&str) -> Option<String>,
 ) -> (Option<Step>, Response) {
-    let missing = |name: &str| {
-        failure(
+    let (_, name, _) = step.field();
+    let Some(input) = field(name).filter(|v| !v.is_empty()) else {
+        let missing = failure(
             StatusCode::BAD_REQUEST,
             "M_BAD_JSON",
             format!("Missing the field {name:?}"),
-        )
+        );
+        return (Some(step), missing.into_response());
     };
-    let bridge = &state.bridge;
-    match step {
-        Step::Phone { device_id } => {
-            let Some(phone) = field("phone") else {
-                return (
-                    Some(Step::Phone { device_id }),
-                    missing("phone").into_response(),
-                );
-            };
-            if !super::commands::looks_like_phone(&phone) {
-                let response = failure(
-                    StatusCode::BAD_REQUEST,
-                    "M_INVALID_PARAM",
-                    "Not a phone number in international format",
-                )
-                .into_response();
-                return (Some(Step::Phone { device_id }), response);
-            }
-            let phone = super::commands::normalize_phone(&phone);
-            let session =
-                match AuthSession::connect(client_config(bridge.config(), &device_id)).await {
-                    Ok(session) => session,
-                    Err(error) => {
-                        return (
-                            Some(Step::Phone { device_id }),
-                            max_refused(&error).into_response(),
-                        );
-                    }
-                };
-            match session.start_sms_login(&phone).await {
-                Ok(challenge) => {
-                    let next = Step::Code {
-                        session,
-                        challenge,
-                        device_id,
-                    };
-                    let response = next_step(
-                        login_id,
-                        &next,
-                        &format!("MAX sent a code to {phone}. Enter it."),
-                    );
-                    (Some(next), response)
-                }
-                Err(error) => {
-                    session.close().await;
-                    (
-                        Some(Step::Phone { device_id }),
-                        max_refused(&error).into_response(),
-                    )
-                }
-            }
-        }
-        Step::Code {
-            session,
-            challenge,
-            device_id,
-        } => {
-            let Some(code) = field("code") else {
-                let again = Step::Code {
-                    session,
-                    challenge,
-                    device_id,
-                };
-                return (Some(again), missing("code").into_response());
-            };
-            let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
-            match session.check_sms_code(&challenge, &code).await {
-                Ok(outcome) => on_outcome(state, login_id, user, session, outcome, device_id).await,
-                Err(error) => {
-                    let again = Step::Code {
-                        session,
-                        challenge,
-                        device_id,
-                    };
-                    (Some(again), max_refused(&error).into_response())
-                }
-            }
-        }
-        Step::Password {
-            session,
-            track_id,
-            device_id,
-        } => {
-            let Some(password) = field("password") else {
-                let again = Step::Password {
-                    session,
-                    track_id,
-                    device_id,
-                };
-                return (Some(again), missing("password").into_response());
-            };
-            match session.check_password(&track_id, &password).await {
-                Ok(outcome) => on_outcome(state, login_id, user, session, outcome, device_id).await,
-                Err(error) => {
-                    let again = Step::Password {
-                        session,
-                        track_id,
-                        device_id,
-                    };
-                    (Some(again), max_refused(&error).into_response())
-                }
-            }
-        }
+    let login = match step {
         Step::Token { device_id } => {
-            let Some(token) = field("token").filter(|t| !t.is_empty()) else {
-                return (
-                    Some(Step::Token { device_id }),
-                    missing("token").into_response(),
-                );
-            };
-            finish(state, login_id, user, Token::new(token), device_id).await
+            return finish(state, login_id, user, Token::new(input), device_id).await;
         }
-    }
-}
-
-async fn on_outcome(
-    state: &Provisioning,
-    login_id: &str,
-    user: &OwnedUserId,
-    session: AuthSession,
-    outcome: SmsLoginOutcome,
-    device_id: String,
-) -> (Option<Step>, Response) {
-    match outcome {
-        SmsLoginOutcome::LoggedIn { token, .. } => {
-            session.close().await;
-            finish(state, login_id, user, token, device_id).await
+        Step::Sms(login) => login,
+    };
+    let wants = login.wants();
+    match login.take(state.bridge.config(), &input).await {
+        Taken::CodeSent { next, phone, .. } => {
+            let next = Step::Sms(next);
+            let response = next_step(
+                login_id,
+                &next,
+                &format!("MAX sent a code to {phone}. Enter it."),
+            );
+            (Some(next), response)
         }
-        SmsLoginOutcome::PasswordRequired { track_id, hint } => {
+        Taken::PasswordAsked { next, hint } => {
             let hint = hint.map(|h| format!(" (hint: {h})")).unwrap_or_default();
-            let next = Step::Password {
-                session,
-                track_id,
-                device_id,
-            };
+            let next = Step::Sms(next);
             let response = next_step(
                 login_id,
                 &next,
@@ -676,15 +560,30 @@ async fn on_outcome(
             );
             (Some(next), response)
         }
-        SmsLoginOutcome::RegistrationRequired => {
-            session.close().await;
+        Taken::Refused { again, why } => {
+            let refusal = match &why {
+                sms_login::Refusal::NotAPhone => failure(
+                    StatusCode::BAD_REQUEST,
+                    "M_INVALID_PARAM",
+                    "Not a phone number in international format",
+                ),
+                sms_login::Refusal::Unreachable(error) | sms_login::Refusal::Max(error) => {
+                    max_refused(error)
+                }
+            };
+            tracing::debug!(%user, wants = wants.words(), "provisioning login step refused");
+            (Some(Step::Sms(again)), refusal.into_response())
+        }
+        Taken::LoggedIn { token, device_id } => {
+            finish(state, login_id, user, token, device_id).await
+        }
+        Taken::NoAccount => {
             let response = failure(
                 StatusCode::BAD_REQUEST,
                 "NET.MAXBRIDGE.NO_ACCOUNT",
                 "This phone number has no MAX account; create one in a MAX app first",
-            )
-            .into_response();
-            (None, response)
+            );
+            (None, response.into_response())
         }
     }
 }
