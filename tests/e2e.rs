@@ -2554,14 +2554,7 @@ async fn every_chat_of_a_long_chat_list_gets_its_portal() {
 async fn start_chat_opens_a_direct_chat_with_someone_new_in_the_personal_space() {
     let env = Env::start().await;
     let control = env.sim.control();
-    let vera = control
-        .create_account(maxsim::NewAccount {
-            first_name: "Vera".to_owned(),
-            last_name: "Nova".to_owned(),
-            phone: Some(79_000_000_077),
-            ..maxsim::NewAccount::default()
-        })
-        .expect("Vera's account");
+    let vera = new_contact_vera(control);
     let (human, management, dm) = env.alice_with_boris_dm("alice").await;
 
     // The login's portals are gathered in a space of the user's own.
@@ -2638,6 +2631,18 @@ async fn start_chat_opens_a_direct_chat_with_someone_new_in_the_personal_space()
         .await;
 }
 
+/// Vera Nova (+79000000077), a MAX user nobody has talked to yet.
+fn new_contact_vera(control: &maxsim::Control) -> maxsim::AccountInfo {
+    control
+        .create_account(maxsim::NewAccount {
+            first_name: "Vera".to_owned(),
+            last_name: "Nova".to_owned(),
+            phone: Some(79_000_000_077),
+            ..maxsim::NewAccount::default()
+        })
+        .expect("Vera's account")
+}
+
 /// The provisioning API logs a user in (a refused code retried), says who
 /// they are, finds a MAX user and opens a direct chat, and logs out; each
 /// answer fits `docs/provisioning.yaml`, which describes nothing unused.
@@ -2651,14 +2656,7 @@ async fn provisioning_api_logs_in_finds_people_and_opens_chats() {
     })
     .await;
     let control = env.sim.control();
-    let vera = control
-        .create_account(maxsim::NewAccount {
-            first_name: "Vera".to_owned(),
-            last_name: "Nova".to_owned(),
-            phone: Some(79_000_000_077),
-            ..maxsim::NewAccount::default()
-        })
-        .expect("Vera's account");
+    let vera = new_contact_vera(control);
     let (human, management) = env.user_with_management_room("alice").await;
     let api = OpenApi::parse(include_str!("../docs/provisioning.yaml"));
     let http = reqwest::Client::new();

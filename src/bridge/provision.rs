@@ -269,6 +269,27 @@ async fn vouch_for(state: &Provisioning, user: &OwnedUserId, token: &str) -> Res
     }
 }
 
+/// The user a call acts for, once its caller is admitted ([`caller`]).
+struct Admitted(OwnedUserId);
+
+impl axum::extract::FromRequestParts<Arc<Provisioning>> for Admitted {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<Provisioning>,
+    ) -> Result<Self, Refusal> {
+        let Query(query) = Query::<Caller>::try_from_uri(&parts.uri).map_err(|_| {
+            failure(
+                StatusCode::BAD_REQUEST,
+                "M_INVALID_PARAM",
+                "Unreadable query string",
+            )
+        })?;
+        caller(state, &parts.headers, &query).await.map(Admitted)
+    }
+}
+
 /// A login's entry in `whoami`.
 fn login_entry(session: &LoginSession) -> Value {
     let (state_event, error) = bridge_state_of(&session.client.state().borrow());
@@ -284,15 +305,7 @@ fn login_entry(session: &LoginSession) -> Value {
     })
 }
 
-async fn whoami(
-    State(state): State<Arc<Provisioning>>,
-    headers: HeaderMap,
-    Query(query): Query<Caller>,
-) -> Response {
-    let user = match caller(&state, &headers, &query).await {
-        Ok(user) => user,
-        Err(refusal) => return refusal.into_response(),
-    };
+async fn whoami(State(state): State<Arc<Provisioning>>, Admitted(user): Admitted) -> Response {
     let bridge = &state.bridge;
     let config = bridge.config();
     let management_room = match bridge.store.users().get(user.as_str()).await {
@@ -326,14 +339,8 @@ async fn whoami(
     .into_response()
 }
 
-async fn login_flows(
-    State(state): State<Arc<Provisioning>>,
-    headers: HeaderMap,
-    Query(query): Query<Caller>,
-) -> Response {
-    if let Err(refusal) = caller(&state, &headers, &query).await {
-        return refusal.into_response();
-    }
+/// Admitted callers only, as with every call.
+async fn login_flows(_: Admitted) -> Response {
     axum::Json(json!({"flows": flows()})).into_response()
 }
 
@@ -416,14 +423,9 @@ impl Provisioning {
 
 async fn login_start(
     State(state): State<Arc<Provisioning>>,
-    headers: HeaderMap,
-    Query(query): Query<Caller>,
+    Admitted(user): Admitted,
     Path(flow): Path<String>,
 ) -> Response {
-    let user = match caller(&state, &headers, &query).await {
-        Ok(user) => user,
-        Err(refusal) => return refusal.into_response(),
-    };
     state.expire().await;
     if state.bridge.login_of(&user).is_some() {
         return failure(
@@ -456,15 +458,10 @@ async fn login_start(
 
 async fn login_step(
     State(state): State<Arc<Provisioning>>,
-    headers: HeaderMap,
-    Query(query): Query<Caller>,
+    Admitted(user): Admitted,
     Path((login_id, step_id, kind)): Path<(String, String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let user = match caller(&state, &headers, &query).await {
-        Ok(user) => user,
-        Err(refusal) => return refusal.into_response(),
-    };
     state.expire().await;
     if kind != "user_input" {
         return failure(
@@ -616,14 +613,9 @@ async fn finish(
 
 async fn logout(
     State(state): State<Arc<Provisioning>>,
-    headers: HeaderMap,
-    Query(query): Query<Caller>,
+    Admitted(user): Admitted,
     Path(login): Path<String>,
 ) -> Response {
-    let user = match caller(&state, &headers, &query).await {
-        Ok(user) => user,
-        Err(refusal) => return refusal.into_response(),
-    };
     let mine = match state.bridge.store.logins().get(user.as_str()).await {
         Ok(row) => row.map(|row| row.max_user_id.to_string()),
         Err(error) => {
@@ -650,15 +642,7 @@ async fn logout(
     }
 }
 
-async fn logins(
-    State(state): State<Arc<Provisioning>>,
-    headers: HeaderMap,
-    Query(query): Query<Caller>,
-) -> Response {
-    let user = match caller(&state, &headers, &query).await {
-        Ok(user) => user,
-        Err(refusal) => return refusal.into_response(),
-    };
+async fn logins(State(state): State<Arc<Provisioning>>, Admitted(user): Admitted) -> Response {
     match state.bridge.store.logins().get(user.as_str()).await {
         Ok(row) => {
             let ids: Vec<String> = row.map(|r| r.max_user_id.to_string()).into_iter().collect();
@@ -744,14 +728,9 @@ async fn resolve(
 
 async fn resolve_identifier(
     State(state): State<Arc<Provisioning>>,
-    headers: HeaderMap,
-    Query(query): Query<Caller>,
+    Admitted(user): Admitted,
     Path(identifier): Path<String>,
 ) -> Response {
-    let user = match caller(&state, &headers, &query).await {
-        Ok(user) => user,
-        Err(refusal) => return refusal.into_response(),
-    };
     match resolve(&state, &user, &identifier).await {
         Ok((_, _, body)) => axum::Json(body).into_response(),
         Err(refusal) => refusal.into_response(),
@@ -760,14 +739,9 @@ async fn resolve_identifier(
 
 async fn create_dm(
     State(state): State<Arc<Provisioning>>,
-    headers: HeaderMap,
-    Query(query): Query<Caller>,
+    Admitted(user): Admitted,
     Path(identifier): Path<String>,
 ) -> Response {
-    let user = match caller(&state, &headers, &query).await {
-        Ok(user) => user,
-        Err(refusal) => return refusal.into_response(),
-    };
     let (session, contact, mut body) = match resolve(&state, &user, &identifier).await {
         Ok(found) => found,
         Err(refusal) => return refusal.into_response(),
