@@ -2140,6 +2140,10 @@ async fn management_room_keeps_logins_and_commands_apart() {
         .await;
     let help = env.command(&human, &management, "help", "Account").await;
     assert!(help.contains("`!max ping`"), "{help}");
+    let version = env
+        .command(&human, &management, "version", "maxbridge")
+        .await;
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
     env.command(
         &human,
         &management,

@@ -28,6 +28,7 @@ In this room no prefix is needed; in portal rooms, start commands with the prefi
 • `start-chat <+phone or MAX user id>` — open a direct chat with a MAX user
 
 **General**
+• `version` — the bridge's version
 • `help` — this text";
 
 /// A login in progress and the number that tells it from a later one of
@@ -210,6 +211,18 @@ async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
         "ping" => ping(bridge, room, user).await,
         "sync" => sync(bridge, room, user).await,
         "list" => list(bridge, room, user).await,
+        "version" => {
+            reply(format!(
+                "maxbridge {}, speaking to MAX as web client {} ({} frames).",
+                env!("CARGO_PKG_VERSION"),
+                bridge.config.max.device.app_version,
+                match bridge.config.max.wire_format {
+                    maxproto::codec::WireFormat::Json => "JSON",
+                    maxproto::codec::WireFormat::Binary => "binary",
+                },
+            ))
+            .await
+        }
         "start-chat" => match args.first() {
             Some(who) => start_chat(bridge, room, user, who).await,
             None => reply("Usage: start-chat <+phone or MAX user id>".to_owned()).await,
@@ -258,8 +271,9 @@ pub(crate) fn describe(error: &ClientError) -> String {
 
 /// Commands that run as themselves when typed during a login, which keeps
 /// waiting for its step (`cancel` instead ends it).
-const COMMANDS_DURING_LOGIN: [&str; 7] = [
+const COMMANDS_DURING_LOGIN: [&str; 8] = [
     "help",
+    "version",
     "login",
     "login-token",
     "logout",
