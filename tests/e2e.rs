@@ -2909,3 +2909,48 @@ async fn provisioning_api_logs_in_finds_people_and_opens_chats() {
         "described but never tried"
     );
 }
+
+/// With `bridge.presence`, a MAX contact's online state is their ghost's
+/// presence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_follows_max_when_enabled() {
+    use matrix_sdk::ruma::api::client::presence::get_presence;
+    use matrix_sdk::ruma::presence::PresenceState;
+    let env = Env::start_with_options(EnvOptions {
+        bridge_options: vec![("presence".to_owned(), "true".to_owned())],
+        synapse_yaml: "presence:\n  enabled: true\n".to_owned(),
+        ..EnvOptions::default()
+    })
+    .await;
+    let (human, _management, _dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+    let presence_of = || async {
+        human
+            .client()
+            .send(get_presence::v3::Request::new(boris.clone()))
+            .await
+            .expect("presence readable")
+            .presence
+    };
+    for (online, expected) in [
+        (true, PresenceState::Online),
+        (false, PresenceState::Offline),
+    ] {
+        control
+            .set_presence(fixture_ids::BORIS, online)
+            .expect("Boris exists");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let shown = presence_of().await;
+            if shown == expected {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Boris's ghost shows {shown:?}, not {expected:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Typing and read receipts in a portal, both ways: MAX 129/130 pushes
 //! become the ghosts' typing and receipts; the portal owner's Matrix typing
-//! and receipts become MSG_TYPING (65) and CHAT_MARK (50).
+//! and receipts become MSG_TYPING (65) and CHAT_MARK (50). And MAX presence
+//! (132) as the ghosts' presence, when `bridge.presence` asks for it.
 
 use super::Bridge;
 use super::login::LoginSession;
@@ -14,6 +15,25 @@ use std::sync::Arc;
 const TYPING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
 
 impl Bridge {
+    /// Shows a MAX user online or offline through their ghost; only for a
+    /// ghost that exists (presence alone registers nobody).
+    pub(crate) async fn show_presence(&self, max_user_id: i64, online: bool) {
+        let ghost = match self.store.ghosts().get(max_user_id).await {
+            Ok(Some(ghost)) if ghost.registered => ghost,
+            Ok(_) => return,
+            Err(error) => {
+                tracing::debug!(max_user_id, %error, "presence not shown: ghost lookup failed");
+                return;
+            }
+        };
+        let Ok(mxid) = ruma::OwnedUserId::try_from(ghost.mxid) else {
+            return;
+        };
+        if let Err(error) = self.matrix.set_presence(&mxid, online).await {
+            tracing::debug!(ghost = %mxid, %error, "presence not shown");
+        }
+    }
+
     pub(crate) async fn on_max_typing(
         self: &Arc<Self>,
         session: &Arc<LoginSession>,

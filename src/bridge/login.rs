@@ -445,6 +445,17 @@ impl Bridge {
                 let key = session.portal_key(chat_id.0);
                 self.enqueue_reactions(session, key, message_id.0).await;
             }
+            Push::Presence(notif)
+                if self.config.bridge.presence && notif.user_id.0 != session.max_user_id =>
+            {
+                // Off the pump: a slow homeserver must not hold messages back.
+                let bridge = Arc::clone(self);
+                self.spawn_task(async move {
+                    bridge
+                        .show_presence(notif.user_id.0, notif.presence.is_online())
+                        .await;
+                });
+            }
             Push::Typing(notif) if notif.user_id.0 != session.max_user_id => {
                 self.enqueue(
                     session.portal_key(notif.chat_id.0),

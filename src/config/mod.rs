@@ -433,6 +433,10 @@ pub struct BridgeConfig {
     /// mautrix bridges' personal filtering spaces do.
     #[serde(default = "default_true")]
     pub personal_space: bool,
+    /// Show MAX contacts' online state as their ghosts' presence. Off by
+    /// default: on a big homeserver presence is costly, and many turn it off.
+    #[serde(default)]
+    pub presence: bool,
 }
 
 /// See [`BridgeConfig::status_notices`].
@@ -460,6 +464,7 @@ impl Default for BridgeConfig {
             status_notices: StatusNotices::default(),
             message_status_events: false,
             personal_space: true,
+            presence: false,
         }
     }
 }

@@ -22,6 +22,7 @@ use ruma::api::client::discovery::get_supported_versions;
 use ruma::api::client::media::create_content;
 use ruma::api::client::membership::{invite_user, join_room_by_id, joined_members, leave_room};
 use ruma::api::client::message::{get_message_events, send_message_event};
+use ruma::api::client::presence::set_presence;
 use ruma::api::client::profile::{get_profile, set_profile_field};
 use ruma::api::client::receipt::create_receipt;
 use ruma::api::client::redact::redact_event;
@@ -782,6 +783,19 @@ impl MatrixClient {
         let request =
             create_typing_event::v3::Request::new(as_user.to_owned(), room.to_owned(), state);
         self.send("typing", request, Some(as_user), Retry::Always)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets `as_user`'s presence: online, or offline.
+    pub async fn set_presence(&self, as_user: &UserId, online: bool) -> Result<(), MatrixError> {
+        let state = if online {
+            ruma::presence::PresenceState::Online
+        } else {
+            ruma::presence::PresenceState::Offline
+        };
+        let request = set_presence::v3::Request::new(as_user.to_owned(), state);
+        self.send("set presence", request, Some(as_user), Retry::Always)
             .await?;
         Ok(())
     }
