@@ -445,16 +445,18 @@ impl Bridge {
                 let key = session.portal_key(chat_id.0);
                 self.enqueue_reactions(session, key, message_id.0).await;
             }
-            Push::Presence(notif)
-                if self.config.bridge.presence && notif.user_id.0 != session.max_user_id =>
-            {
-                // Off the pump: a slow homeserver must not hold messages back.
-                let bridge = Arc::clone(self);
-                self.spawn_task(async move {
-                    bridge
-                        .show_presence(notif.user_id.0, notif.presence.is_online())
-                        .await;
-                });
+            Push::Presence(notif) if notif.user_id.0 != session.max_user_id => {
+                // Off the pump (a slow homeserver must not hold messages
+                // back), in order; dropped when far behind.
+                if let Some(changes) = &self.presence {
+                    let change = (notif.user_id.0, notif.presence.is_online());
+                    if changes.try_send(change).is_err() {
+                        tracing::debug!(
+                            user = notif.user_id.0,
+                            "presence change dropped: backlog full"
+                        );
+                    }
+                }
             }
             Push::Typing(notif) if notif.user_id.0 != session.max_user_id => {
                 self.enqueue(

@@ -91,7 +91,14 @@ pub struct Bridge {
     pub(crate) metrics: crate::metrics::Metrics,
     /// Where logins' states are reported, when configured.
     state_reporter: Option<crate::matrix::bridge_state::StateReporter>,
+    /// MAX presence changes, shown one after the other (in the order MAX
+    /// sent them), when `bridge.presence` is on.
+    pub(crate) presence: Option<tokio::sync::mpsc::Sender<(i64, bool)>>,
 }
+
+/// Presence changes waiting to be shown; more are dropped (the next change
+/// of each contact shows it again).
+const PRESENCE_BACKLOG: usize = 1024;
 
 /// Counts one held message while alive.
 pub(crate) struct HeldMessage(Arc<AtomicUsize>);
@@ -125,6 +132,19 @@ impl Bridge {
         });
         Arc::new_cyclic(|weak: &Weak<Bridge>| {
             let weak = weak.clone();
+            let presence = config.bridge.presence.then(|| {
+                let (changes, mut pending) = tokio::sync::mpsc::channel(PRESENCE_BACKLOG);
+                let weak = weak.clone();
+                tokio::spawn(async move {
+                    while let Some((user, online)) = pending.recv().await {
+                        let Some(bridge) = weak.upgrade() else {
+                            return;
+                        };
+                        bridge.show_presence(user, online).await;
+                    }
+                });
+                changes
+            });
             let portals = KeyedQueue::with_options(
                 PORTAL_QUEUE_CAPACITY,
                 PORTAL_IDLE,
@@ -159,6 +179,7 @@ impl Bridge {
                 records: message::InFlightRecords::default(),
                 metrics,
                 state_reporter,
+                presence,
             }
         })
     }
