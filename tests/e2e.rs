@@ -2954,3 +2954,53 @@ async fn presence_follows_max_when_enabled() {
         }
     }
 }
+
+/// `delete-portal` empties the portal's room and the bridge forgets it: the
+/// chat's next message makes a new room. With `cleanup_on_logout: kick`, a
+/// logout removes the user from their portals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_portals_start_again_and_logout_cleans_up() {
+    let env = Env::start_with_options(EnvOptions {
+        bridge_options: vec![("cleanup_on_logout".to_owned(), "kick".to_owned())],
+        ..EnvOptions::default()
+    })
+    .await;
+    let (human, management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let boris = env.ghost(fixture_ids::BORIS);
+    boris_says(control, "before");
+    human.wait_for_text(&dm, "before").await;
+
+    human.send_text(&dm, "!max delete-portal").await;
+    human
+        .wait_for_membership(&dm, human.user_id(), "leave")
+        .await;
+    assert!(
+        env.db_portal_room(fixture_ids::DIALOG_ALICE_BORIS)
+            .await
+            .is_none(),
+        "the bridge forgot the portal"
+    );
+    assert!(
+        !control
+            .messages(fixture_ids::ALICE, fixture_ids::DIALOG_ALICE_BORIS)
+            .expect("the dialog")
+            .iter()
+            .any(|m| m.text.contains("delete-portal")),
+        "a command is not sent to MAX"
+    );
+
+    // The chat goes on: a new room, with only what came after.
+    boris_says(control, "after");
+    let invite = human
+        .wait_for_invite(|i| i.inviter.as_ref() == Some(&boris) && i.room_id != dm)
+        .await;
+    human.join(&invite.room_id).await;
+    human.wait_for_text(&invite.room_id, "after").await;
+
+    env.command(&human, &management, "logout", "Logged out")
+        .await;
+    human
+        .wait_for_membership(&invite.room_id, human.user_id(), "leave")
+        .await;
+}

@@ -26,6 +26,7 @@ In this room no prefix is needed; in portal rooms, start commands with the prefi
 • `list` — list your bridged chats
 • `sync` — read your MAX chats again and create missing portals
 • `start-chat <+phone or MAX user id>` — open a direct chat with a MAX user
+• `delete-portal` — in a portal room: remove everyone and forget it (the MAX chat stays)
 
 **General**
 • `version` — the bridge's version
@@ -211,6 +212,7 @@ async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
         "ping" => ping(bridge, room, user).await,
         "sync" => sync(bridge, room, user).await,
         "list" => list(bridge, room, user).await,
+        "delete-portal" => delete_portal(bridge, room, user).await,
         "version" => {
             reply(format!(
                 "maxbridge {}, speaking to MAX as web client {} ({} frames).",
@@ -467,25 +469,125 @@ async fn logout(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
 /// the database could not forget it (logged).
 pub(crate) async fn log_out(bridge: &Arc<Bridge>, user: &OwnedUserId) -> Result<bool, ()> {
     let session = bridge.remove_login(user);
+    let receiver = match bridge.store.logins().get(user.as_str()).await {
+        Ok(login) => login.map(|l| l.max_user_id),
+        Err(error) => {
+            tracing::error!(user = %user, %error, "could not read the login");
+            return Err(());
+        }
+    };
     let had_login = bridge
         .store
         .logins()
         .delete(user.as_str())
         .await
         .map_err(|error| tracing::error!(user = %user, %error, "could not delete the login"))?;
-    let Some(session) = session else {
-        return Ok(had_login);
-    };
-    if let Err(error) = session.client.logout().await {
-        tracing::warn!(user = %user, %error, "MAX LOGOUT failed; the session is closed anyway");
+    if let Some(session) = &session {
+        if let Err(error) = session.client.logout().await {
+            tracing::warn!(user = %user, %error, "MAX LOGOUT failed; the session is closed anyway");
+        }
+        session.stop().await;
+        bridge.report_state(
+            session,
+            crate::matrix::bridge_state::StateEvent::LoggedOut,
+            None,
+        );
     }
-    session.stop().await;
-    bridge.report_state(
-        &session,
-        crate::matrix::bridge_state::StateEvent::LoggedOut,
-        None,
-    );
-    Ok(true)
+    if let Some(receiver) = receiver {
+        clean_up_after_logout(bridge, user, receiver).await;
+    }
+    Ok(had_login || session.is_some())
+}
+
+/// Deletes the portal of the room the command was sent in; its owner or a
+/// bridge admin may.
+async fn delete_portal(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
+    let portal = match bridge.store.portals().get_by_room(room.as_str()).await {
+        Ok(Some(portal)) => portal,
+        Ok(None) => {
+            bridge.bot_notice(room, "This room is not a portal.").await;
+            return;
+        }
+        Err(error) => {
+            tracing::error!(%error, "portal lookup failed");
+            bridge
+                .bot_notice(room, "❌ Could not read the portal: database error.")
+                .await;
+            return;
+        }
+    };
+    let owner = match bridge
+        .store
+        .logins()
+        .get_by_max_user_id(portal.receiver)
+        .await
+    {
+        Ok(login) => login.and_then(|l| OwnedUserId::try_from(l.mxid).ok()),
+        Err(error) => {
+            tracing::error!(%error, "login lookup failed");
+            None
+        }
+    };
+    let admin = bridge.config.permission_for(user.as_str()) >= Permission::Admin;
+    if owner.as_ref() != Some(user) && !admin {
+        bridge
+            .bot_notice(
+                room,
+                "Only the portal's owner or a bridge admin may delete it.",
+            )
+            .await;
+        return;
+    }
+    bridge
+        .bot_notice(room, "Deleting this portal: everyone leaves the room.")
+        .await;
+    let key = super::portal::PortalKey {
+        chat_id: portal.chat_id,
+        receiver: portal.receiver,
+    };
+    let owner = owner.unwrap_or_else(|| user.clone());
+    if let Err(error) = bridge.delete_portal(key, &owner).await {
+        bridge
+            .bot_notice(room, &format!("❌ The portal was not deleted: {error}"))
+            .await;
+    }
+}
+
+/// What `bridge.cleanup_on_logout` asks of the user's portals once they
+/// logged out of `receiver`.
+async fn clean_up_after_logout(bridge: &Arc<Bridge>, user: &OwnedUserId, receiver: i64) {
+    use crate::config::CleanupOnLogout;
+    let cleanup = bridge.config.bridge.cleanup_on_logout;
+    if cleanup == CleanupOnLogout::Nothing {
+        return;
+    }
+    let portals = match bridge.store.portals().for_receiver(receiver).await {
+        Ok(portals) => portals,
+        Err(error) => {
+            tracing::error!(user = %user, %error, "could not list the portals to clean up");
+            return;
+        }
+    };
+    for portal in portals {
+        let key = super::portal::PortalKey {
+            chat_id: portal.chat_id,
+            receiver,
+        };
+        let done = match cleanup {
+            CleanupOnLogout::Delete => bridge.delete_portal(key, user).await,
+            _ => match portal.room_id.as_deref().map(RoomId::parse) {
+                Some(Ok(room)) => bridge
+                    .matrix
+                    .kick(&bridge.bot, &room, user, "Logged out of MAX")
+                    .await
+                    .map_err(|e| e.to_string()),
+                _ => Ok(()),
+            },
+        };
+        if let Err(error) = done {
+            tracing::warn!(user = %user, chat = portal.chat_id, %error, "portal not cleaned up after logout");
+        }
+    }
 }
 
 async fn ping(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {

@@ -87,6 +87,13 @@ pub enum PortalEvent {
         contact: Box<maxproto::types::User>,
         opened: tokio::sync::oneshot::Sender<Result<OwnedRoomId, String>>,
     },
+    /// Remove everyone from the portal's room and forget the portal (the
+    /// chat's next message makes a new room); answer when done.
+    Delete {
+        /// The Matrix user whose portal it is (for their space).
+        owner: OwnedUserId,
+        deleted: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +150,11 @@ impl Bridge {
             self.settle_record(key).await;
             let room = self.open_dialog(&session, &contact).await;
             let _ = opened.send(room.map_err(|error| error.to_string()));
+            return;
+        }
+        if let PortalEvent::Delete { owner, deleted } = event {
+            self.settle_record(key).await;
+            let _ = deleted.send(self.delete_portal_now(key, &owner).await);
             return;
         }
         let started = tokio::time::Instant::now();
@@ -226,7 +238,7 @@ impl Bridge {
                 create,
             } => self.on_chat(session, chat, *create).await,
             PortalEvent::CatchUp { session, chat } => self.catch_up(session, chat).await,
-            PortalEvent::OpenDialog { .. } => {
+            PortalEvent::OpenDialog { .. } | PortalEvent::Delete { .. } => {
                 // Answered in `handle_portal_event`, which owns the reply.
                 Ok(())
             }
@@ -259,6 +271,64 @@ impl Bridge {
 
     /// Opens the dialog with `contact` through its portal's queue, as
     /// everything that touches a portal; the portal's room.
+    /// Deletes a portal in its turn (after what its queue holds before):
+    /// everyone leaves its room (the bridge's users are kicked, ghosts and
+    /// the bot leave) and the bridge forgets it and its mappings. The chat
+    /// on MAX stays; its next message makes a new room.
+    pub(crate) async fn delete_portal(&self, key: PortalKey, owner: &UserId) -> Result<(), String> {
+        let (deleted, answer) = tokio::sync::oneshot::channel();
+        let owner = owner.to_owned();
+        self.enqueue(key, PortalEvent::Delete { owner, deleted })
+            .await;
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the portal's queue stopped".to_owned()))
+    }
+
+    async fn delete_portal_now(&self, key: PortalKey, owner: &UserId) -> Result<(), String> {
+        let portal = self
+            .store
+            .portals()
+            .get(key.chat_id, key.receiver)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Forgotten first: whatever comes next makes a new room.
+        self.store
+            .portals()
+            .delete(key.chat_id, key.receiver)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(room) = portal
+            .and_then(|p| p.room_id)
+            .and_then(|r| OwnedRoomId::try_from(r).ok())
+        else {
+            return Ok(());
+        };
+        let members = self
+            .matrix
+            .joined_members(&self.bot, &room)
+            .await
+            .map_err(|e| e.to_string())?;
+        for member in members.keys().filter(|m| **m != self.bot) {
+            let gone = if self.config.is_bridge_user(member.as_str()) {
+                self.matrix.leave(member, &room).await
+            } else {
+                self.matrix
+                    .kick(&self.bot, &room, member, "The portal was deleted")
+                    .await
+            };
+            if let Err(error) = gone {
+                tracing::warn!(room = %room, %member, %error, "could not remove a member of a deleted portal");
+            }
+        }
+        self.remove_from_space(owner, &room).await;
+        if let Err(error) = self.matrix.leave(&self.bot, &room).await {
+            tracing::warn!(room = %room, %error, "the bot could not leave a deleted portal");
+        }
+        tracing::info!(chat = key.chat_id, receiver = key.receiver, room = %room, "portal deleted");
+        Ok(())
+    }
+
     pub(crate) async fn open_dialog_portal(
         &self,
         session: &Arc<LoginSession>,

@@ -94,6 +94,31 @@ impl Bridge {
         }
     }
 
+    /// Takes a deleted portal's room out of its owner's space.
+    pub(crate) async fn remove_from_space(&self, owner: &UserId, room: &RoomId) {
+        let space = match self.store.users().get(owner.as_str()).await {
+            Ok(Some(user)) => user.space_room,
+            _ => None,
+        };
+        let Some(space) = space.and_then(|s| OwnedRoomId::try_from(s).ok()) else {
+            return;
+        };
+        // A child event without `via` is no child.
+        if let Err(error) = self
+            .matrix
+            .send_state(
+                &self.bot,
+                &space,
+                "m.space.child",
+                room.as_str(),
+                &json!({}),
+            )
+            .await
+        {
+            tracing::warn!(space = %space, room = %room, %error, "could not take the room out of the space");
+        }
+    }
+
     async fn link_child(&self, space: &RoomId, room: &RoomId) {
         let content = json!({"via": [self.config.homeserver.domain]});
         if let Err(error) = self

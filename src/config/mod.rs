@@ -437,6 +437,21 @@ pub struct BridgeConfig {
     /// default: on a big homeserver presence is costly, and many turn it off.
     #[serde(default)]
     pub presence: bool,
+    /// What a logout does to the user's portals: `nothing` (they stay, and
+    /// bridge again after the next login), `kick` (the user is removed from
+    /// them) or `delete` (everyone is removed and the bridge forgets them).
+    #[serde(default)]
+    pub cleanup_on_logout: CleanupOnLogout,
+}
+
+/// See [`BridgeConfig::cleanup_on_logout`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CleanupOnLogout {
+    #[default]
+    Nothing,
+    Kick,
+    Delete,
 }
 
 /// See [`BridgeConfig::status_notices`].
@@ -465,6 +480,7 @@ impl Default for BridgeConfig {
             message_status_events: false,
             personal_space: true,
             presence: false,
+            cleanup_on_logout: CleanupOnLogout::default(),
         }
     }
 }

@@ -20,7 +20,9 @@ use ruma::api::client::appservice::request_ping;
 use ruma::api::client::authenticated_media::get_content;
 use ruma::api::client::discovery::get_supported_versions;
 use ruma::api::client::media::create_content;
-use ruma::api::client::membership::{invite_user, join_room_by_id, joined_members, leave_room};
+use ruma::api::client::membership::{
+    invite_user, join_room_by_id, joined_members, kick_user, leave_room,
+};
 use ruma::api::client::message::{get_message_events, send_message_event};
 use ruma::api::client::presence::set_presence;
 use ruma::api::client::profile::{get_profile, set_profile_field};
@@ -563,6 +565,21 @@ impl MatrixClient {
     pub async fn join(&self, as_user: &UserId, room: &RoomId) -> Result<(), MatrixError> {
         let request = join_room_by_id::v3::Request::new(room.to_owned());
         self.send("join", request, Some(as_user), Retry::Always)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes `user` from `room`, as `as_user`, saying why.
+    pub async fn kick(
+        &self,
+        as_user: &UserId,
+        room: &RoomId,
+        user: &UserId,
+        reason: &str,
+    ) -> Result<(), MatrixError> {
+        let mut request = kick_user::v3::Request::new(room.to_owned(), user.to_owned());
+        request.reason = Some(reason.to_owned());
+        self.send("kick", request, Some(as_user), Retry::Always)
             .await?;
         Ok(())
     }

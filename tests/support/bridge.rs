@@ -473,6 +473,21 @@ logging:
             .to_owned()
     }
 
+    /// The room of the portal of `chat_id` as the bridge's database has it.
+    pub async fn db_portal_room(&self, chat_id: i64) -> Option<String> {
+        let pool = sqlx::PgPool::connect(self.db.url())
+            .await
+            .expect("the bridge's database");
+        let room: Option<Option<String>> =
+            sqlx::query_scalar("SELECT room_id FROM portals WHERE chat_id = $1")
+                .bind(chat_id)
+                .fetch_optional(&pool)
+                .await
+                .expect("portals readable");
+        pool.close().await;
+        room.flatten()
+    }
+
     pub fn as_token(&self) -> String {
         let config = self.config();
         Registration::load(&config.appservice.registration)
