@@ -56,6 +56,14 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// What was written: `messages`, `ghosts` or `inbox`.
+    pub write: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: &'static str,
 }
@@ -95,6 +103,7 @@ pub struct Metrics {
     logins: Family<StateLabels, Gauge>,
     portal_queues: Gauge,
     homeserver_requests: Family<RequestLabels, Histogram>,
+    database_writes: Family<WriteLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -162,6 +171,12 @@ impl Metrics {
             "Time a homeserver request took, all its attempts included, by request and outcome",
             homeserver_requests.clone(),
         );
+        let database_writes = Family::<WriteLabels, Histogram>::new_with_constructor(buckets);
+        registry.register(
+            "database_write_seconds",
+            "Time the database took for the busiest writes (message mappings, ghosts, the Matrix inbox), by write and outcome",
+            database_writes.clone(),
+        );
         // Every series that a dashboard divides or rates exists from the
         // start at zero, so that "no failures yet" reads as 0, not as no data.
         for direction in [Direction::MaxToMatrix, Direction::MatrixToMax] {
@@ -184,6 +199,20 @@ impl Metrics {
             logins,
             portal_queues,
             homeserver_requests,
+            database_writes,
+        }
+    }
+
+    /// What the store calls after each of its busiest writes.
+    pub fn database_observer(
+        &self,
+    ) -> impl Fn(&'static str, Duration, bool) + Send + Sync + 'static {
+        let family = self.database_writes.clone();
+        move |write, took, ok| {
+            let outcome = if ok { "ok" } else { "error" };
+            family
+                .get_or_create(&WriteLabels { write, outcome })
+                .observe(took.as_secs_f64());
         }
     }
 

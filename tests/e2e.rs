@@ -1734,6 +1734,14 @@ async fn metrics_count_what_was_bridged() {
         1.0,
         "{text}"
     );
+    // Their mappings were written, and timed.
+    assert!(
+        sample(
+            &text,
+            r#"maxbridge_database_write_seconds_count{write="messages",outcome="ok"}"#
+        ) >= 1.0,
+        "{text}"
+    );
     // Both MAX messages were sent to the homeserver, and timed.
     assert!(
         sample(

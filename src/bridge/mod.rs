@@ -127,6 +127,7 @@ impl Bridge {
         let bot = matrix.bot_user_id().to_owned();
         let metrics = crate::metrics::Metrics::new();
         let matrix = matrix.with_observer(Arc::new(metrics.homeserver_observer()));
+        store.observe_writes(Arc::new(metrics.database_observer()));
         let state_reporter = config.homeserver.status_endpoint.clone().map(|endpoint| {
             crate::matrix::bridge_state::StateReporter::start(endpoint, matrix.as_token())
         });

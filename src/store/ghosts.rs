@@ -119,7 +119,12 @@ impl GhostCommit {
 
     /// Writes `row` with the rows queued beside it when this task becomes
     /// the writer, or waits for the writer that takes it.
-    async fn write(&self, pool: &PgPool, row: &GhostRow) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        pool: &PgPool,
+        timings: &super::Timings,
+        row: &GhostRow,
+    ) -> Result<(), StoreError> {
         loop {
             let (done, mut outcome) = tokio::sync::oneshot::channel();
             self.lock_queue().push(PendingGhost {
@@ -146,7 +151,7 @@ impl GhostCommit {
                             let end = queue.len().min(GHOST_BATCH_MAX);
                             queue.drain(..end).collect()
                         };
-                        Self::write_batch(pool, batch).await;
+                        Self::write_batch(pool, timings, batch).await;
                         drop(writer);
                     }
                 }
@@ -156,7 +161,7 @@ impl GhostCommit {
 
     /// One statement for the batch; if it fails, each row on its own, so
     /// that each caller hears its own outcome.
-    async fn write_batch(pool: &PgPool, batch: Vec<PendingGhost>) {
+    async fn write_batch(pool: &PgPool, timings: &super::Timings, batch: Vec<PendingGhost>) {
         // A later upsert of the same ghost wins, as it would have one by one
         // (and one statement may not touch a row twice).
         let mut latest: HashMap<i64, &GhostRow> = HashMap::new();
@@ -164,7 +169,11 @@ impl GhostCommit {
             latest.insert(pending.row.max_user_id, &pending.row);
         }
         let rows: Vec<&GhostRow> = latest.into_values().collect();
-        if upsert_many(pool, &rows).await.is_ok() {
+        if timings
+            .time("ghosts", upsert_many(pool, &rows))
+            .await
+            .is_ok()
+        {
             for pending in batch {
                 let _ = pending.done.send(Ok(()));
             }
@@ -211,21 +220,28 @@ pub struct Ghosts<'a> {
     pool: &'a PgPool,
     cache: &'a GhostCache,
     commits: &'a GhostCommit,
+    timings: &'a super::Timings,
 }
 
 impl<'a> Ghosts<'a> {
-    pub(super) fn new(pool: &'a PgPool, cache: &'a GhostCache, commits: &'a GhostCommit) -> Self {
+    pub(super) fn new(
+        pool: &'a PgPool,
+        cache: &'a GhostCache,
+        commits: &'a GhostCommit,
+        timings: &'a super::Timings,
+    ) -> Self {
         Self {
             pool,
             cache,
             commits,
+            timings,
         }
     }
 
     /// Inserts the ghost or replaces every field of the existing one
     /// (written with the upserts of concurrent callers, in one transaction).
     pub async fn upsert(&self, ghost: &GhostRow) -> Result<(), StoreError> {
-        let done = self.commits.write(self.pool, ghost).await;
+        let done = self.commits.write(self.pool, self.timings, ghost).await;
         self.cache
             .wrote(ghost.max_user_id, done.is_ok().then(|| ghost.clone()));
         done

@@ -20,11 +20,12 @@ pub struct InboxRow {
 
 pub struct Inbox<'a> {
     pool: &'a PgPool,
+    timings: &'a super::Timings,
 }
 
 impl<'a> Inbox<'a> {
-    pub(super) fn new(pool: &'a PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: &'a PgPool, timings: &'a super::Timings) -> Self {
+        Self { pool, timings }
     }
 
     /// Stores the events in one statement, in the given order; returns the
@@ -41,7 +42,7 @@ impl<'a> Inbox<'a> {
         // WITH ORDINALITY keeps the delivery order in `seq`.
         // The second part reads the table as it was before the insert: the
         // events stored earlier and never done.
-        let fresh: Vec<String> = sqlx::query_scalar(
+        let query = sqlx::query_scalar(
             "WITH stored AS ( \
                  INSERT INTO matrix_inbox (event_id, room_id, event) \
                  SELECT e.id, e.room, e.body \
@@ -56,8 +57,11 @@ impl<'a> Inbox<'a> {
         .bind(&ids)
         .bind(&rooms)
         .bind(&bodies)
-        .fetch_all(self.pool)
-        .await?;
+        .fetch_all(self.pool);
+        let fresh: Vec<String> = self
+            .timings
+            .time("inbox", async { Ok(query.await?) })
+            .await?;
         Ok(fresh)
     }
 

@@ -38,6 +38,7 @@ pub struct Messages<'a> {
     pool: &'a PgPool,
     portals: &'a PortalCache,
     commits: &'a GroupCommit,
+    timings: &'a super::Timings,
 }
 
 /// Parts waiting to be recorded (see [`Messages::record`]).
@@ -73,6 +74,7 @@ impl GroupCommit {
     async fn write(
         &self,
         pool: &PgPool,
+        timings: &super::Timings,
         rows: &[(MessageRow, bool)],
     ) -> Result<Vec<bool>, StoreError> {
         if rows.is_empty() {
@@ -101,7 +103,7 @@ impl GroupCommit {
                             Err(oneshot::error::TryRecvError::Empty) => {}
                         }
                         let batch = self.take_batch();
-                        self.write_batch(pool, batch).await;
+                        self.write_batch(pool, timings, batch).await;
                         drop(writer);
                     }
                 }
@@ -138,8 +140,8 @@ impl GroupCommit {
     /// rest wait for the next writer (as each would have failed on its own);
     /// when it refuses the data, the recorders are tried one by one, so that
     /// one bad part (a portal deleted meanwhile) fails only its recorder.
-    async fn write_batch(&self, pool: &PgPool, mut batch: Vec<Pending>) {
-        match record_many(pool, &batch).await {
+    async fn write_batch(&self, pool: &PgPool, timings: &super::Timings, mut batch: Vec<Pending>) {
+        match timings.time("messages", record_many(pool, &batch)).await {
             Ok(mut new) => {
                 for pending in batch {
                     let rest = new.split_off(pending.rows.len());
@@ -229,11 +231,13 @@ impl<'a> Messages<'a> {
         pool: &'a PgPool,
         portals: &'a PortalCache,
         commits: &'a GroupCommit,
+        timings: &'a super::Timings,
     ) -> Self {
         Self {
             pool,
             portals,
             commits,
+            timings,
         }
     }
 
@@ -283,7 +287,7 @@ impl<'a> Messages<'a> {
                 .all(|w| (w[0].0.chat_id, w[0].0.receiver) == (w[1].0.chat_id, w[1].0.receiver)),
             "parts of one portal"
         );
-        let inserted = self.commits.write(self.pool, rows).await;
+        let inserted = self.commits.write(self.pool, self.timings, rows).await;
         for (i, (message, advance)) in rows.iter().enumerate() {
             let key = (message.chat_id, message.receiver);
             // A row already there (a retry) may name another event: memory

@@ -26,8 +26,9 @@ pub use portals::{PortalKind, PortalMark, PortalRow, Portals, UnknownPortalKind}
 pub use reactions::{ReactionRow, Reactions};
 pub use users::{UserRow, Users};
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -46,9 +47,41 @@ pub struct Store {
     cache: Arc<Cache>,
 }
 
+/// Told of the database's busiest writes as they end (message mappings,
+/// ghosts, the Matrix inbox): which, how long, whether they went through.
+pub type WriteObserver = Arc<dyn Fn(&'static str, Duration, bool) + Send + Sync>;
+
+/// Times writes for the observer, once one is set.
+#[derive(Default)]
+pub(crate) struct Timings(OnceLock<WriteObserver>);
+
+impl std::fmt::Debug for Timings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Timings")
+    }
+}
+
+impl Timings {
+    async fn time<T>(
+        &self,
+        write: &'static str,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(observer) = self.0.get() else {
+            return work.await;
+        };
+        let started = Instant::now();
+        let result = work.await;
+        observer(write, started.elapsed(), result.is_ok());
+        result
+    }
+}
+
 /// What the tables keep in memory (each table's module owns its part).
 #[derive(Debug, Default)]
 struct Cache {
+    /// The writes timed for the metrics.
+    timings: Arc<Timings>,
     portals: portals::PortalCache,
     ghosts: ghosts::GhostCache,
     /// Ghost upserts waiting to be written together.
@@ -98,6 +131,12 @@ impl Store {
         Ok(())
     }
 
+    /// Tells `observer` of the busiest writes from now on (once: a second
+    /// observer is ignored).
+    pub fn observe_writes(&self, observer: WriteObserver) {
+        let _ = self.cache.timings.0.set(observer);
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -120,11 +159,21 @@ impl Store {
     }
 
     pub fn ghosts(&self) -> Ghosts<'_> {
-        Ghosts::new(&self.pool, &self.cache.ghosts, &self.cache.ghost_commits)
+        Ghosts::new(
+            &self.pool,
+            &self.cache.ghosts,
+            &self.cache.ghost_commits,
+            &self.cache.timings,
+        )
     }
 
     pub fn messages(&self) -> Messages<'_> {
-        Messages::new(&self.pool, &self.cache.portals, &self.cache.commits)
+        Messages::new(
+            &self.pool,
+            &self.cache.portals,
+            &self.cache.commits,
+            &self.cache.timings,
+        )
     }
 
     pub fn reactions(&self) -> Reactions<'_> {
@@ -132,7 +181,7 @@ impl Store {
     }
 
     pub fn inbox(&self) -> Inbox<'_> {
-        Inbox::new(&self.pool)
+        Inbox::new(&self.pool, &self.cache.timings)
     }
 
     pub fn kv(&self) -> Kv<'_> {
