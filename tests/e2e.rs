@@ -3012,3 +3012,44 @@ async fn deleted_portals_start_again_and_logout_cleans_up() {
         .wait_for_membership(&invite.room_id, human.user_id(), "leave")
         .await;
 }
+
+/// Inviting a MAX user's ghost into a new room (a client's "start a
+/// direct chat") opens the bridged direct chat with that user; the ghost
+/// declines the invite and says where the chat is, or why there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inviting_a_ghost_opens_the_direct_chat() {
+    let env = Env::start().await;
+    let control = env.sim.control();
+    let vera = new_contact_vera(control);
+    let (human, _management, _dm) = env.alice_with_boris_dm("alice").await;
+    let ghost = env.ghost(vera.id);
+
+    let asked = human.create_dm(&ghost).await;
+    human.wait_for_membership(&asked, &ghost, "leave").await;
+    let invite = human.wait_for_invite_from(&ghost).await;
+    assert!(invite.is_direct);
+    assert_ne!(
+        invite.room_id, asked,
+        "the bridged chat is a room of its own"
+    );
+    human.join(&invite.room_id).await;
+    human.send_text(&invite.room_id, "found you").await;
+    control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.chat_id == fixture_ids::ALICE ^ vera.id && m.text == "found you"
+        })
+        .await
+        .expect("the direct chat bridges");
+
+    // A MAX id nobody has: declined, and no chat opened.
+    let nobody = env.ghost(987_654_321);
+    let asked = human.create_dm(&nobody).await;
+    human.wait_for_membership(&asked, &nobody, "leave").await;
+    assert!(
+        human
+            .invites()
+            .iter()
+            .all(|i| i.inviter.as_ref() != Some(&nobody)),
+        "no chat with a MAX user who does not exist"
+    );
+}

@@ -8,7 +8,7 @@ use crate::config::Permission;
 use crate::matrix::RoomEvent;
 use maxproto::Token;
 use maxproto::client::{ClientError, ConnectionState};
-use ruma::{OwnedUserId, RoomId};
+use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -711,6 +711,61 @@ pub(crate) async fn find_contact(
         Ok(Some(contact)) => Ok(contact),
         Ok(None) => Err(NotFound::Unknown),
         Err(error) => Err(NotFound::Max(error)),
+    }
+}
+
+/// Someone invited a MAX user's ghost into a room (a new direct chat in
+/// their client): the ghost declines, saying where the direct chat with
+/// that MAX user is (opened if there was none), or why there is none.
+pub(crate) async fn on_ghost_invited(
+    bridge: &Arc<Bridge>,
+    event: &RoomEvent,
+    ghost: &UserId,
+    max_user_id: i64,
+) {
+    let user = &event.sender;
+    let reason = match bridge
+        .store
+        .portals()
+        .get_by_room(event.room_id.as_str())
+        .await
+    {
+        Ok(Some(_)) => "MAX users join MAX chats on MAX; this invite is not bridged.".to_owned(),
+        Ok(None) if bridge.config.permission_for(user.as_str()) < Permission::User => {
+            "You are not allowed to use this bridge.".to_owned()
+        }
+        Ok(None) => match bridge.login_of(user) {
+            None => "Log in to MAX first (send `login` to the bridge bot).".to_owned(),
+            Some(session) => match find_contact(&session, &max_user_id.to_string()).await {
+                Ok(contact) => {
+                    let name = contact
+                        .display_name()
+                        .unwrap_or_else(|| format!("MAX user {max_user_id}"));
+                    match bridge.open_dialog_portal(&session, contact).await {
+                        Ok(dm) => {
+                            let text = format!(
+                                "Your direct chat with {name} is https://matrix.to/#/{dm} (you are invited)."
+                            );
+                            bridge.tell_user(user, &text).await;
+                            text
+                        }
+                        Err(error) => format!("Could not open the chat with {name}: {error}"),
+                    }
+                }
+                Err(why) => format!("MAX user {max_user_id}: {why}."),
+            },
+        },
+        Err(error) => {
+            tracing::error!(%error, "portal lookup failed");
+            "The bridge could not read its database; try again later.".to_owned()
+        }
+    };
+    if let Err(error) = bridge
+        .matrix
+        .leave_saying(ghost, &event.room_id, &reason)
+        .await
+    {
+        tracing::warn!(room = %event.room_id, %ghost, %error, "could not decline an invite");
     }
 }
 

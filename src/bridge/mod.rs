@@ -637,6 +637,17 @@ impl Bridge {
             && event.content.get("membership").and_then(|m| m.as_str()) == Some("invite");
         if invited_bot {
             commands::on_bot_invited(self, &event).await;
+            return;
+        }
+        let invited_ghost = event
+            .state_key
+            .as_deref()
+            .and_then(|invitee| Some((invitee, self.config.max_user_id_from_ghost(invitee)?)));
+        if let Some((ghost, max_user_id)) = invited_ghost
+            && event.content.get("membership").and_then(|m| m.as_str()) == Some("invite")
+            && let Ok(ghost) = ruma::OwnedUserId::try_from(ghost)
+        {
+            commands::on_ghost_invited(self, &event, &ghost, max_user_id).await;
         }
     }
 

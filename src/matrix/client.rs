@@ -569,6 +569,20 @@ impl MatrixClient {
         Ok(())
     }
 
+    /// Leaves (or declines an invite to) `room` as `as_user`, saying why.
+    pub async fn leave_saying(
+        &self,
+        as_user: &UserId,
+        room: &RoomId,
+        reason: &str,
+    ) -> Result<(), MatrixError> {
+        let mut request = leave_room::v3::Request::new(room.to_owned());
+        request.reason = Some(reason.to_owned());
+        self.send("leave", request, Some(as_user), Retry::Always)
+            .await?;
+        Ok(())
+    }
+
     /// Removes `user` from `room`, as `as_user`, saying why.
     pub async fn kick(
         &self,
