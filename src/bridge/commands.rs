@@ -468,7 +468,6 @@ async fn logout(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
 /// invalidated) and closes the session. Whether there was one; `Err` when
 /// the database could not forget it (logged).
 pub(crate) async fn log_out(bridge: &Arc<Bridge>, user: &OwnedUserId) -> Result<bool, ()> {
-    let session = bridge.remove_login(user);
     let receiver = match bridge.store.logins().get(user.as_str()).await {
         Ok(login) => login.map(|l| l.max_user_id),
         Err(error) => {
@@ -476,6 +475,7 @@ pub(crate) async fn log_out(bridge: &Arc<Bridge>, user: &OwnedUserId) -> Result<
             return Err(());
         }
     };
+    let session = bridge.remove_login(user);
     let had_login = bridge
         .store
         .logins()

@@ -269,8 +269,6 @@ impl Bridge {
         }
     }
 
-    /// Opens the dialog with `contact` through its portal's queue, as
-    /// everything that touches a portal; the portal's room.
     /// Deletes a portal in its turn (after what its queue holds before):
     /// everyone leaves its room (the bridge's users are kicked, ghosts and
     /// the bot leave) and the bridge forgets it and its mappings. The chat
@@ -329,6 +327,8 @@ impl Bridge {
         Ok(())
     }
 
+    /// Opens the dialog with `contact` through its portal's queue, as
+    /// everything that touches a portal; the portal's room.
     pub(crate) async fn open_dialog_portal(
         &self,
         session: &Arc<LoginSession>,
