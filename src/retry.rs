@@ -1,10 +1,13 @@
 //! Waiting out an outage: an operation retried with exponential backoff
 //! while its errors say it may succeed later, for a bounded time. One
-//! mechanism for every such wait, so each names only its bounds.
+//! mechanism for every such wait, so each names only its bounds; the
+//! backoff is backon's, as everywhere in the bridge.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
+
+use backon::{BackoffBuilder, Retryable};
 
 /// How a retry waits: the first delay doubles up to `max`, and no retry
 /// starts once `patience` would be exceeded.
@@ -15,6 +18,21 @@ pub struct Backoff {
     pub patience: Duration,
 }
 
+impl Backoff {
+    fn builder(&self) -> backon::ExponentialBuilder {
+        backon::ExponentialBuilder::new()
+            .with_min_delay(self.first)
+            .with_max_delay(self.max)
+            .without_max_times()
+    }
+
+    /// The delays, for a loop that waits by itself: `first` doubling up to
+    /// `max`, without end (the caller keeps to the patience).
+    pub fn delays(&self) -> backon::ExponentialBackoff {
+        self.builder().build()
+    }
+}
+
 /// Runs `op` until it succeeds, fails with an error `retryable` refuses, or
 /// the patience runs out (the last error is returned). Each retry is
 /// logged with `what`.
@@ -22,7 +40,7 @@ pub async fn retry<T, E, F, Fut>(
     what: &str,
     backoff: Backoff,
     retryable: impl Fn(&E) -> bool,
-    mut op: F,
+    op: F,
 ) -> Result<T, E>
 where
     E: Display,
@@ -30,18 +48,12 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let started = tokio::time::Instant::now();
-    let mut delay = backoff.first;
-    loop {
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(error) if retryable(&error) && started.elapsed() + delay < backoff.patience => {
-                tracing::warn!(what, %error, retry_in = ?delay, "failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(backoff.max);
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    op.retry(backoff.builder())
+        .sleep(tokio::time::sleep)
+        .when(|error| retryable(error))
+        .adjust(|_, delay| delay.filter(|d| started.elapsed() + *d < backoff.patience))
+        .notify(|error, delay| tracing::warn!(what, %error, retry_in = ?delay, "failed; retrying"))
+        .await
 }
 
 #[cfg(test)]

@@ -159,7 +159,12 @@ impl Bridge {
         }
         let started = tokio::time::Instant::now();
         let patience = self.config.outage_patience();
-        let mut delay = RETRY_FIRST;
+        let mut delays = crate::retry::Backoff {
+            first: RETRY_FIRST,
+            max: RETRY_MAX,
+            patience,
+        }
+        .delays();
         let mut held = None;
         let mut first = true;
         loop {
@@ -169,13 +174,13 @@ impl Bridge {
                 Ok(()) => return,
                 Err(error) => error,
             };
+            let delay = delays.next().unwrap_or(RETRY_MAX);
             if error.is_transient() && started.elapsed() + delay < patience {
                 if held.is_none() {
                     tracing::warn!(chat = key.chat_id, receiver = key.receiver, %error, "portal waits for an outage to end");
                     held = Some(self.waiting_for_homeserver());
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_MAX);
                 continue;
             }
             tracing::error!(chat = key.chat_id, receiver = key.receiver, %error, "portal event failed");

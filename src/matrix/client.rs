@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
-use rand::Rng;
 use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
 use ruma::api::client::account::register::{self, LoginType};
 use ruma::api::client::account::whoami;
@@ -151,16 +150,19 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Exponential backoff with jitter in `[b/2, b]`, so many clients do not
-    /// retry in lockstep.
-    fn backoff(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
-        let full = self
-            .initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff);
-        let full_ms = u64::try_from(full.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(full_ms / 2..=full_ms))
+    /// The delays before retries 1, 2, …: exponential (backon's), each with
+    /// jitter somewhere in `[b/2, b)` of its step `b`, so that many clients
+    /// do not retry in lockstep.
+    fn delays(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        // backon's jitter adds up to one more delay: half steps land in
+        // [b/2, b).
+        backon::ExponentialBuilder::new()
+            .with_min_delay(self.initial_backoff / 2)
+            .with_max_delay(self.max_backoff / 2)
+            .without_max_times()
+            .with_jitter()
+            .build()
     }
 }
 
@@ -909,16 +911,18 @@ impl MatrixClient {
         let url = parts.uri.to_string();
         let started = Instant::now();
         let mut attempt: u32 = 1;
+        let mut delays = self.retry.delays();
         loop {
             let (error, wait) = match self.attempt(name, &parts, &url, &body).await {
                 Attempt::Done(response) => return Ok(response),
                 Attempt::Fatal(error) => return Err(error),
                 Attempt::RateLimited(error, retry_after) => {
-                    let wait = retry_after.unwrap_or_else(|| self.retry.backoff(attempt));
+                    let next = delays.next().unwrap_or(self.retry.max_backoff);
+                    let wait = retry_after.unwrap_or(next);
                     (error, wait)
                 }
                 Attempt::Transient(error) if retry == Retry::Always => {
-                    (error, self.retry.backoff(attempt))
+                    (error, delays.next().unwrap_or(self.retry.max_backoff))
                 }
                 Attempt::Transient(error) => return Err(error),
             };
@@ -1163,11 +1167,12 @@ mod tests {
             max_total: Duration::from_secs(30),
         };
         for _ in 0..50 {
-            let first = policy.backoff(1);
+            let delays: Vec<Duration> = policy.delays().take(30).collect();
+            let first = delays[0];
             assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-            let third = policy.backoff(3);
+            let third = delays[2];
             assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
-            let late = policy.backoff(30);
+            let late = delays[29];
             assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
         }
     }

@@ -169,7 +169,7 @@ async fn dropped_socket_reconnects_without_losing_or_duplicating_requests() -> R
     let mut config = config(&sim);
     // Long enough a pause to issue a request while reconnecting.
     config.reconnect.initial = Duration::from_millis(500);
-    config.reconnect.jitter = 0.0;
+    config.reconnect.jitter = false;
     let (client, mut events, _) = Client::login(config, Token::new(ALICE_TOKEN)).await?;
     client.subscribe(TEST_GROUP.into(), true).await?;
     let mut state = client.state();

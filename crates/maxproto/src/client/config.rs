@@ -5,7 +5,6 @@ use super::error::ClientError;
 use crate::codec::WireFormat;
 use crate::token::Token;
 use crate::types::{LoginRequest, SessionInitRequest, WEB_USER_AGENT};
-use rand::Rng;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -116,17 +115,17 @@ impl ClientConfig {
     }
 }
 
-/// Exponential backoff with jitter between reconnect attempts.
+/// Exponential backoff between reconnect attempts (backon's, as everywhere
+/// in the bridge).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReconnectPolicy {
-    /// Delay before the first attempt.
+    /// Delay before the first attempt (with jitter: at most this).
     pub initial: Duration,
     /// Upper bound of the delay.
     pub max: Duration,
-    /// Fraction of the delay that is randomized (0 = none, 1 = anywhere
-    /// between 0 and the delay), so that many accounts do not reconnect in
-    /// lockstep after an outage.
-    pub jitter: f64,
+    /// Spread each delay between half and all of its step, so that many
+    /// accounts do not reconnect in lockstep after an outage.
+    pub jitter: bool,
 }
 
 impl Default for ReconnectPolicy {
@@ -134,23 +133,32 @@ impl Default for ReconnectPolicy {
         ReconnectPolicy {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(60),
-            jitter: 0.5,
+            jitter: true,
         }
     }
 }
 
 impl ReconnectPolicy {
-    /// The delay before attempt `attempt` (1-based): `initial · 2^(attempt−1)`
-    /// capped at `max`, minus up to `jitter` of it.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(30);
-        let base = self.initial.saturating_mul(1u32 << exponent).min(self.max);
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        if jitter == 0.0 {
-            return base;
+    /// The delays before attempts 1, 2, …: `initial · 2^(n−1)` capped at
+    /// `max` (with jitter, somewhere in its upper half). Never ends.
+    pub fn delays(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        // backon's jitter adds up to one more delay: half steps land in
+        // [step/2, step).
+        let (first, max) = if self.jitter {
+            (self.initial / 2, self.max / 2)
+        } else {
+            (self.initial, self.max)
+        };
+        let builder = backon::ExponentialBuilder::new()
+            .with_min_delay(first)
+            .with_max_delay(max)
+            .without_max_times();
+        if self.jitter {
+            builder.with_jitter().build()
+        } else {
+            builder.build()
         }
-        let cut = rand::rng().random_range(0.0..=jitter);
-        base.mul_f64(1.0 - cut)
     }
 }
 
@@ -160,18 +168,19 @@ mod tests {
 
     #[test]
     fn backoff_grows_caps_and_jitters_within_bounds() {
-        let policy = ReconnectPolicy {
-            jitter: 0.0,
+        let steady: Vec<Duration> = ReconnectPolicy {
+            jitter: false,
             ..ReconnectPolicy::default()
-        };
-        assert_eq!(policy.delay(1), Duration::from_secs(1));
-        assert_eq!(policy.delay(3), Duration::from_secs(4));
-        assert_eq!(policy.delay(100), Duration::from_secs(60));
-        let jittered = ReconnectPolicy::default();
-        for attempt in 1..10 {
-            let d = jittered.delay(attempt);
-            let base = policy.delay(attempt);
-            assert!(d <= base && d >= base / 2, "{d:?} vs {base:?}");
+        }
+        .delays()
+        .take(100)
+        .collect();
+        assert_eq!(steady[0], Duration::from_secs(1));
+        assert_eq!(steady[2], Duration::from_secs(4));
+        assert_eq!(steady[99], Duration::from_secs(60));
+        let jittered = ReconnectPolicy::default().delays().take(10);
+        for (d, base) in jittered.zip(&steady) {
+            assert!(d <= *base && d >= *base / 2, "{d:?} vs {base:?}");
         }
     }
 

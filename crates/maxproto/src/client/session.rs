@@ -259,13 +259,14 @@ pub(crate) async fn supervise(
         let mut last_error = end.describe();
         tracing::warn!(reason = %last_error, "MAX connection lost; reconnecting");
         let mut attempt: u32 = 0;
+        let mut delays = shared.config.reconnect.delays();
         live = loop {
             attempt = attempt.saturating_add(1);
             shared.state.send_replace(ConnectionState::Reconnecting {
                 attempt,
                 last_error: last_error.clone(),
             });
-            let delay = shared.config.reconnect.delay(attempt);
+            let delay = delays.next().unwrap_or(shared.config.reconnect.max);
             let established = tokio::select! {
                 result = async {
                     tokio::time::sleep(delay).await;
