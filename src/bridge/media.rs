@@ -374,8 +374,8 @@ impl Bridge {
         fallback_type: &str,
         stem: &str,
     ) -> Result<(OwnedMxcUri, Value, String), String> {
-        self.mirror_as(url, fallback_type, |mimetype| {
-            format!("{stem}.{}", extension(mimetype))
+        self.mirror_as(url, fallback_type, |mimetype, sniffed| {
+            format!("{stem}.{}", extension(mimetype, sniffed))
         })
         .await
     }
@@ -387,7 +387,7 @@ impl Bridge {
         fallback_type: &str,
         name: &str,
     ) -> Result<(OwnedMxcUri, Value, String), String> {
-        self.mirror_as(url, fallback_type, |_| name.to_owned())
+        self.mirror_as(url, fallback_type, |_, _| name.to_owned())
             .await
     }
 
@@ -400,7 +400,7 @@ impl Bridge {
         &self,
         url: &str,
         fallback_type: &str,
-        name: impl FnOnce(&str) -> String,
+        name: impl FnOnce(&str, Option<&str>) -> String,
     ) -> Result<(OwnedMxcUri, Value, String), String> {
         let mut download = self.http.get(url).await.map_err(|e| e.to_string())?;
         // Read before the first chunk: the length reported is what is left.
@@ -418,7 +418,7 @@ impl Bridge {
                     .filter(|v| v != "application/octet-stream")
             })
             .unwrap_or_else(|| fallback_type.to_owned());
-        let name = name(&mimetype);
+        let name = name(&mimetype, sniffed.extension);
         let (mxc, size) = match length {
             Some(length) => {
                 let rest = futures_util::stream::unfold(Some(download), |state| async move {
@@ -481,6 +481,8 @@ impl Bridge {
 struct Sniffed {
     mimetype: Option<&'static str>,
     /// An image's width and height, when its header is among the bytes.
+    /// The extension that goes with it (`jpg`, `mp4`…), for names.
+    extension: Option<&'static str>,
     dimensions: Option<(usize, usize)>,
     /// An MP4's length in milliseconds, when its `moov` box comes first
     /// (a "fast start" file) and is among the bytes.
@@ -489,7 +491,9 @@ struct Sniffed {
 
 impl Sniffed {
     fn from(head: &[u8]) -> Sniffed {
-        let mimetype = infer::get(head).map(|kind| kind.mime_type());
+        let kind = infer::get(head);
+        let mimetype = kind.map(|kind| kind.mime_type());
+        let extension = kind.map(|kind| kind.extension());
         let dimensions = mimetype
             .filter(|m| m.starts_with("image/"))
             .and_then(|_| imagesize::blob_size(head).ok())
@@ -500,6 +504,7 @@ impl Sniffed {
             .and_then(|_| mp4_duration_ms(head));
         Sniffed {
             mimetype,
+            extension,
             dimensions,
             duration_ms,
         }
@@ -562,19 +567,15 @@ fn media(msgtype: &str, name: &str, url: OwnedMxcUri, info: Value) -> Value {
     json!({"msgtype": msgtype, "body": name, "url": url, "info": info})
 }
 
-/// A file name extension for a MIME type, for the names clients show.
-fn extension(mimetype: &str) -> &str {
-    match mimetype {
-        "image/jpeg" => "jpg",
-        "image/png" => "png",
-        "image/webp" => "webp",
-        "image/gif" => "gif",
-        "video/mp4" => "mp4",
-        "audio/ogg" => "ogg",
-        "audio/mpeg" => "mp3",
-        "audio/mp4" | "audio/aac" => "m4a",
-        _ => "bin",
-    }
+/// A file name extension for media of `mimetype`, for the names clients
+/// show: the one that goes with the bytes (`infer`) when they were
+/// recognised, else one MIME's table (`mime_guess`) has for the type.
+fn extension<'a>(mimetype: &str, sniffed: Option<&'a str>) -> &'a str {
+    sniffed
+        .or_else(|| {
+            mime_guess::get_mime_extensions_str(mimetype).and_then(|known| known.first().copied())
+        })
+        .unwrap_or("bin")
 }
 
 /// Characters escaped in a `Content-Disposition` file name, as the web
@@ -591,6 +592,22 @@ fn percent_encode(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn names_take_the_extension_of_the_bytes_then_of_the_type() {
+        let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10, b'J', b'F', b'I', b'F', 0];
+        let sniffed = Sniffed::from(&jpeg);
+        assert_eq!(
+            extension("application/octet-stream", sniffed.extension),
+            "jpg"
+        );
+        let from_type = extension("audio/mpeg", None);
+        assert!(
+            mime_guess::from_ext(from_type).first_raw() == Some("audio/mpeg"),
+            "{from_type}"
+        );
+        assert_eq!(extension("application/x-unheard-of", None), "bin");
+    }
     use super::*;
 
     /// An MP4 head: `ftyp`, then `moov` holding `mvhd` (version 0).
