@@ -387,9 +387,17 @@ impl Provisioning {
         }
     }
 
-    /// Holds a login in progress for its next step.
-    async fn keep(&self, id: String, user: OwnedUserId, step: Step, started: Instant) {
+    /// Holds a login in progress for its next step; one not taken in time
+    /// is dropped (and its connection to MAX closed) when its time is up.
+    async fn keep(self: &Arc<Self>, id: String, user: OwnedUserId, step: Step, started: Instant) {
         let expires = Instant::now() + self.bridge.config().login_step_timeout();
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(expires.into()).await;
+            if let Some(this) = this.upgrade() {
+                this.expire().await;
+            }
+        });
         let replaced: Vec<InProgress> = {
             let mut logins = self.logins.lock().await;
             let mut mine: Vec<(Instant, String)> = logins
