@@ -207,26 +207,19 @@ impl Metrics {
     pub fn database_observer(
         &self,
     ) -> impl Fn(&'static str, Duration, bool) + Send + Sync + 'static {
-        let family = self.database_writes.clone();
-        move |write, took, ok| {
-            let outcome = if ok { "ok" } else { "error" };
-            family
-                .get_or_create(&WriteLabels { write, outcome })
-                .observe(took.as_secs_f64());
-        }
+        timing_observer(self.database_writes.clone(), |write, outcome| WriteLabels {
+            write,
+            outcome,
+        })
     }
 
     /// What the homeserver client calls after each request.
     pub fn homeserver_observer(
         &self,
     ) -> impl Fn(&'static str, Duration, bool) + Send + Sync + 'static {
-        let family = self.homeserver_requests.clone();
-        move |request, took, ok| {
-            let outcome = if ok { "ok" } else { "error" };
-            family
-                .get_or_create(&RequestLabels { request, outcome })
-                .observe(took.as_secs_f64());
-        }
+        timing_observer(self.homeserver_requests.clone(), |request, outcome| {
+            RequestLabels { request, outcome }
+        })
     }
 
     /// One message (or part) bridged, `taken` after it was taken up and
@@ -294,6 +287,23 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Times into `family` what an observer is told of (what, how long,
+/// whether it went through), labelled by `labels(what, outcome)`.
+fn timing_observer<L>(
+    family: Family<L, Histogram>,
+    labels: fn(&'static str, &'static str) -> L,
+) -> impl Fn(&'static str, Duration, bool) + Send + Sync + 'static
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    move |what, took, ok| {
+        let outcome = if ok { "ok" } else { "error" };
+        family
+            .get_or_create(&labels(what, outcome))
+            .observe(took.as_secs_f64());
     }
 }
 

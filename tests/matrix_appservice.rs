@@ -254,14 +254,38 @@ async fn an_event_handled_before_a_restart_is_not_reprocessed() {
     assert_eq!(second.next_event().await.event_id.as_str(), "$after");
 }
 
-/// An inbox whose first `record` stores, then holds its answer until the
-/// test lets it go, and tells when it was dropped unfinished.
-struct HeldInbox {
+/// What an inbox's first `record` does after storing the events.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AfterStoring {
+    /// Holds its answer until the test lets it go, and tells when it was
+    /// dropped unfinished.
+    Hold,
+    /// Fails, as a database connection lost after the commit does.
+    Fail,
+}
+
+/// An inbox whose first `record` stores the events and then misbehaves as
+/// `fault` says; later ones behave.
+struct FaultyInbox {
     inner: InMemoryInbox,
-    hold: std::sync::atomic::AtomicBool,
+    fault: AfterStoring,
+    armed: std::sync::atomic::AtomicBool,
     stored: tokio::sync::Notify,
     release: tokio::sync::Notify,
     dropped: tokio::sync::Notify,
+}
+
+impl FaultyInbox {
+    fn new(fault: AfterStoring) -> FaultyInbox {
+        FaultyInbox {
+            inner: InMemoryInbox::default(),
+            fault,
+            armed: std::sync::atomic::AtomicBool::new(true),
+            stored: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+            dropped: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 /// Notifies when dropped before it was disarmed.
@@ -275,14 +299,17 @@ impl Drop for DropAlarm<'_> {
     }
 }
 
-impl EventInbox for HeldInbox {
+impl EventInbox for FaultyInbox {
     async fn record(
         &self,
         events: &[DeliveredEvent],
     ) -> Result<Vec<String>, maxbridge::matrix::InboxError> {
         let fresh = self.inner.record(events).await?;
-        if !self.hold.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if !self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Ok(fresh);
+        }
+        if self.fault == AfterStoring::Fail {
+            return Err("connection lost after commit".into());
         }
         let mut alarm = DropAlarm(Some(&self.dropped));
         self.stored.notify_one();
@@ -305,13 +332,7 @@ impl EventInbox for HeldInbox {
 /// not be taken for redeliveries when the transaction comes again.
 #[tokio::test]
 async fn events_stored_when_the_homeserver_hangs_up_are_still_handled_once() {
-    let inbox = Arc::new(HeldInbox {
-        inner: InMemoryInbox::default(),
-        hold: std::sync::atomic::AtomicBool::new(true),
-        stored: tokio::sync::Notify::new(),
-        release: tokio::sync::Notify::new(),
-        dropped: tokio::sync::Notify::new(),
-    });
+    let inbox = Arc::new(FaultyInbox::new(AfterStoring::Hold));
     let mut server = start_server_with(Arc::clone(&inbox), ServerOptions::default()).await;
     let txn = json!({"events": [event("!r", "$cut", "1")]});
     let request = server
@@ -341,42 +362,11 @@ async fn events_stored_when_the_homeserver_hangs_up_are_still_handled_once() {
     assert_eq!(server.next_event().await.event_id.as_str(), "$next");
 }
 
-/// An inbox whose first `record` stores the events and then fails, as a
-/// database connection lost after the commit does.
-struct StoredThenFailedInbox {
-    inner: InMemoryInbox,
-    failed: std::sync::atomic::AtomicBool,
-}
-
-impl EventInbox for StoredThenFailedInbox {
-    async fn record(
-        &self,
-        events: &[DeliveredEvent],
-    ) -> Result<Vec<String>, maxbridge::matrix::InboxError> {
-        let fresh = self.inner.record(events).await?;
-        if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return Err("connection lost after commit".into());
-        }
-        Ok(fresh)
-    }
-
-    async fn done(&self, event_ids: &[String]) -> Result<(), maxbridge::matrix::InboxError> {
-        self.inner.done(event_ids).await
-    }
-
-    async fn pending(&self) -> Result<Vec<DeliveredEvent>, maxbridge::matrix::InboxError> {
-        self.inner.pending().await
-    }
-}
-
 /// Events an attempt stored before failing are handled when the
 /// transaction comes again, once, though the inbox knows them already.
 #[tokio::test]
 async fn events_stored_by_a_failed_attempt_are_handled_once_on_redelivery() {
-    let inbox = StoredThenFailedInbox {
-        inner: InMemoryInbox::default(),
-        failed: std::sync::atomic::AtomicBool::new(false),
-    };
+    let inbox = FaultyInbox::new(AfterStoring::Fail);
     let mut server = start_server_with(inbox, ServerOptions::default()).await;
     let txn = json!({"events": [event("!r", "$stored", "1")]});
     // The server retries the inbox within the request: the retry finds the

@@ -434,7 +434,6 @@ async fn login_start(
     Admitted(user): Admitted,
     Path(flow): Path<String>,
 ) -> Response {
-    state.expire().await;
     if state.bridge.login_of(&user).is_some() {
         return failure(
             StatusCode::CONFLICT,
@@ -470,7 +469,6 @@ async fn login_step(
     Path((login_id, step_id, kind)): Path<(String, String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    state.expire().await;
     if kind != "user_input" {
         return failure(
             StatusCode::BAD_REQUEST,

@@ -318,22 +318,8 @@ impl MatrixClient {
         ))
         .map_err(|e| MatrixError::invalid_request(REQUEST, e))?;
         url.query_pairs_mut().append_pair("access_token", token);
-        let started = Instant::now();
-        let response = self
-            .http
-            .get(url)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|source| MatrixError::Transport {
-                request: REQUEST,
-                source,
-            });
-        if let Some(Observer(observer)) = &self.observer {
-            let ok = response.as_ref().is_ok_and(|r| r.status().is_success());
-            observer(REQUEST, started.elapsed(), ok);
-        }
-        let response = response?;
+        let request = self.http.get(url).timeout(Duration::from_secs(10));
+        let response = self.send_observed(REQUEST, request).await?;
         // 401 (M_UNKNOWN_TOKEN) for a token it never issued or that expired.
         if response.status() == StatusCode::UNAUTHORIZED {
             return Ok(None);
@@ -1031,10 +1017,21 @@ impl MatrixClient {
         name: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, MatrixError> {
+        let request = request
+            .bearer_auth(self.as_token.expose())
+            .timeout(STREAMED_TIMEOUT);
+        self.send_observed(name, request).await
+    }
+
+    /// Sends a request built by hand (outside the retrying path), telling
+    /// the observer how it went; any status is returned to the caller.
+    async fn send_observed(
+        &self,
+        name: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, MatrixError> {
         let started = Instant::now();
         let result = request
-            .bearer_auth(self.as_token.expose())
-            .timeout(STREAMED_TIMEOUT)
             .send()
             .await
             .map_err(|source| MatrixError::Transport {

@@ -81,7 +81,7 @@ impl Timings {
 #[derive(Debug, Default)]
 struct Cache {
     /// The writes timed for the metrics.
-    timings: Arc<Timings>,
+    timings: Timings,
     portals: portals::PortalCache,
     ghosts: ghosts::GhostCache,
     /// Ghost upserts waiting to be written together.

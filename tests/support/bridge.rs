@@ -464,13 +464,13 @@ logging:
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The registration the bridge and Synapse share.
+    pub fn registration(&self) -> Registration {
+        Registration::load(&self.config().appservice.registration).expect("registration loads")
+    }
+
     pub fn hs_token(&self) -> String {
-        let config = self.config();
-        Registration::load(&config.appservice.registration)
-            .expect("registration loads")
-            .hs_token
-            .expose()
-            .to_owned()
+        self.registration().hs_token.expose().to_owned()
     }
 
     /// The room of the portal of `chat_id` as the bridge's database has it.
@@ -489,12 +489,7 @@ logging:
     }
 
     pub fn as_token(&self) -> String {
-        let config = self.config();
-        Registration::load(&config.appservice.registration)
-            .expect("registration loads")
-            .as_token
-            .expose()
-            .to_owned()
+        self.registration().as_token.expose().to_owned()
     }
 
     pub fn bot(&self) -> OwnedUserId {
