@@ -161,7 +161,12 @@ pub async fn start_on(
     registration: Registration,
     listener: tokio::net::TcpListener,
 ) -> Result<Running, StartError> {
-    let store = Store::connect(&config.database.url, config.database.max_connections).await?;
+    let database_url = config
+        .database
+        .connect_url()
+        .map_err(|e| StartError::Config(format!("database.url: {e}")))?;
+    let store = Store::connect(&database_url, config.database.max_connections).await?;
+    tracing::info!(database = store.db().kind().as_str(), "database ready");
     // A small table is read whole (a few MiB at most), so that new ghosts
     // cost no lookup; a large one is read as ghosts are needed.
     if let Err(error) = store.ghosts().preload(GHOSTS_PRELOADED).await {

@@ -173,14 +173,26 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
 }
 
 /// Writes the example config to `path` for a container (listening on all
-/// interfaces, since the homeserver reaches the bridge from outside it) and
-/// says what to edit.
+/// interfaces, since the homeserver reaches the bridge from outside it; the
+/// SQLite database beside the config, in the volume) and says what to edit.
 fn write_first_config(path: &std::path::Path) -> anyhow::Result<()> {
-    let text = EXAMPLE.replacen("hostname: 127.0.0.1", "hostname: 0.0.0.0", 1);
+    let beside = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join("maxbridge.db"))
+        .unwrap_or_else(|| "maxbridge.db".into());
+    let text = EXAMPLE
+        .replacen("hostname: 127.0.0.1", "hostname: 0.0.0.0", 1)
+        .replacen(
+            "url: sqlite:maxbridge.db",
+            &format!("url: sqlite:{}", beside.display()),
+            1,
+        );
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     println!(
         "Wrote the example configuration to {}. Edit it (at least homeserver.address, \
-         homeserver.domain, appservice.address, database.url and bridge.permissions), then start \
+         homeserver.domain, appservice.address and bridge.permissions; the database is SQLite \
+         beside it unless database says otherwise), then start \
          the bridge again: it will write the registration next.",
         path.display()
     );

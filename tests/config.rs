@@ -606,3 +606,44 @@ fn namespace_regexes_match_ghosts_and_bot_only() {
     assert!(aliases.iter().any(|re| re.is_match("#max_123:example.org")));
     assert!(!aliases.iter().any(|re| re.is_match("#general:example.org")));
 }
+
+/// SQLite unless told otherwise; `type` and the URL's scheme must agree; a
+/// bare path is a file with `type: sqlite`.
+#[test]
+fn the_database_is_sqlite_unless_the_config_names_postgres() {
+    let without = "
+homeserver:
+  address: http://127.0.0.1:8008
+  domain: example.org
+appservice:
+  address: http://127.0.0.1:29340
+";
+    let config = parse(without).expect("no database section");
+    assert_eq!(
+        config.database.connect_url().as_deref(),
+        Ok("sqlite:maxbridge.db")
+    );
+    let config = parse(&MINIMAL.replace("database:\n", "database:\n  type: postgres\n")).unwrap();
+    assert_eq!(
+        config.database.connect_url().as_deref(),
+        Ok("postgres://postgres@127.0.0.1:5432/maxbridge")
+    );
+    let path = format!("{without}database:\n  type: sqlite\n  url: /var/lib/maxbridge/bridge.db\n");
+    assert_eq!(
+        parse(&path).unwrap().database.connect_url().as_deref(),
+        Ok("sqlite:/var/lib/maxbridge/bridge.db")
+    );
+
+    let clash = MINIMAL.replace("database:\n", "database:\n  type: sqlite\n");
+    let (key, message) = invalid_key(parse(&clash));
+    assert_eq!(key, "database.url");
+    assert!(message.contains("postgres"), "{message}");
+    let untyped_path = format!("{without}database:\n  url: bridge.db\n");
+    let (key, message) = invalid_key(parse(&untyped_path));
+    assert_eq!(key, "database.url");
+    assert!(message.contains("database.type: sqlite"), "{message}");
+    let (key, _) = invalid_key(parse(
+        &MINIMAL.replace("database:\n", "database:\n  type: mysql\n"),
+    ));
+    assert_eq!(key, "database.type");
+}

@@ -2541,18 +2541,22 @@ async fn every_chat_of_a_long_chat_list_gets_its_portal() {
     let store = maxbridge::store::Store::connect(&env.config().database.url, 1)
         .await
         .expect("bridge database");
-    let rooms: i64 = sqlx::query_scalar("SELECT count(*) FROM portals WHERE room_id IS NOT NULL")
-        .fetch_one(store.pool())
-        .await
-        .expect("count");
+    let rooms: i64 = maxbridge::on_db!(store.db(), |pool| {
+        sqlx::query_scalar("SELECT count(*) FROM portals WHERE room_id IS NOT NULL")
+            .fetch_one(pool)
+            .await
+    })
+    .expect("count");
     // Each group once, besides the fixture's own chats.
     assert!(rooms >= GROUPS as i64, "{rooms} portals");
-    let duplicates: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT name FROM portals WHERE name LIKE 'Paged group %' \
-         GROUP BY name HAVING count(*) > 1) d",
-    )
-    .fetch_one(store.pool())
-    .await
+    let duplicates: i64 = maxbridge::on_db!(store.db(), |pool| {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT name FROM portals WHERE name LIKE 'Paged group %' \
+             GROUP BY name HAVING count(*) > 1) d",
+        )
+        .fetch_one(pool)
+        .await
+    })
     .expect("count");
     assert_eq!(duplicates, 0, "one portal per chat");
     store.close().await;

@@ -18,6 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ruma::{OwnedRoomId, RoomId, UserId};
 use support::bridge::{Env, EnvOptions};
+use support::database::Backend;
 use support::human::Human;
 use support::pg::PgCluster;
 use tokio::time::Instant;
@@ -376,8 +377,31 @@ fn pause(rng: &mut StdRng, millis: std::ops::Range<u64>) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_killed_repeatedly_while_messages_flow_both_ways() {
-    let mut rng = StdRng::seed_from_u64(seed("kill -9"));
-    let mut stage = Stage::new(EnvOptions::default()).await;
+    killed_repeatedly("kill -9", Backend::Postgres).await;
+}
+
+/// The same on SQLite: what a commit there reported survives `kill -9`, as
+/// with PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_on_sqlite_killed_repeatedly_while_messages_flow_both_ways() {
+    killed_repeatedly("kill -9 sqlite", Backend::Sqlite).await;
+}
+
+async fn killed_repeatedly(name: &str, database: Backend) {
+    let mut rng = StdRng::seed_from_u64(seed(name));
+    let mut stage = Stage::new(EnvOptions {
+        database,
+        ..EnvOptions::default()
+    })
+    .await;
+    let kind = match database {
+        Backend::Postgres => "postgres",
+        Backend::Sqlite => "sqlite",
+    };
+    assert!(
+        log_entries(&stage.env.bridge_log(), "database ready").any(|f| f["database"] == kind),
+        "the bridge runs on {kind}"
+    );
     let flow = stage.flow(&mut rng, 160, 60);
     let mut kills = 0;
     while kills < 4 && flow.running() {

@@ -63,6 +63,7 @@ pub const DISPLAYNAME_PLACEHOLDER: &str = "{displayname}";
 pub struct Config {
     pub homeserver: HomeserverConfig,
     pub appservice: AppserviceConfig,
+    #[serde(default)]
     pub database: DatabaseConfig,
     #[serde(default)]
     pub max: MaxConfig,
@@ -231,15 +232,88 @@ impl Default for BotConfig {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// `sqlite` or `postgres`; when absent, what `url` names.
+    #[serde(rename = "type", default)]
+    pub kind: Option<DatabaseType>,
+    /// `sqlite:path/to/file.db` (or just the path, with `type: sqlite`), or
     /// `postgres://user:password@host:port/dbname`.
+    #[serde(default = "default_database_url")]
     pub url: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
 }
 
+/// The databases the bridge runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseType {
+    /// A file beside the bridge: nothing to install; one bridge process.
+    Sqlite,
+    /// For big installs, and several bridge processes on one database.
+    Postgres,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            url: default_database_url(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The URL to connect to, with its scheme naming the database (a bare
+    /// path under `type: sqlite` becomes `sqlite:<path>`).
+    pub fn connect_url(&self) -> Result<String, String> {
+        let url = self.url.trim();
+        if url.is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        let named = match Url::parse(url) {
+            Ok(parsed) => match parsed.scheme() {
+                "postgres" | "postgresql" => Some(DatabaseType::Postgres),
+                "sqlite" => Some(DatabaseType::Sqlite),
+                // A Windows-style drive letter is a path, not a scheme.
+                scheme if scheme.len() > 1 => {
+                    return Err(format!(
+                        "scheme {scheme:?} is not supported, use sqlite: or postgres://"
+                    ));
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        match (self.kind, named) {
+            (Some(kind), Some(named)) if kind != named => Err(format!(
+                "names a {} database while database.type is {}",
+                named.as_str(),
+                kind.as_str()
+            )),
+            (_, Some(_)) => Ok(url.to_owned()),
+            (Some(DatabaseType::Sqlite), None) => Ok(format!("sqlite:{url}")),
+            (_, None) => Err(
+                "must be a URL (sqlite:path or postgres://…), or a path with database.type: sqlite"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+impl DatabaseType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseType::Sqlite => "sqlite",
+            DatabaseType::Postgres => "postgres",
+        }
+    }
+}
+
 impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseConfig")
+            .field("type", &self.kind)
             .field("url", &redact_url_password(&self.url))
             .field("max_connections", &self.max_connections)
             .finish()
@@ -558,6 +632,9 @@ fn default_bot_username() -> String {
 fn default_bot_displayname() -> String {
     "MAX bridge bot".to_owned()
 }
+fn default_database_url() -> String {
+    "sqlite:maxbridge.db".to_owned()
+}
 fn default_max_connections() -> u32 {
     10
 }
@@ -838,21 +915,8 @@ impl Config {
                 format!("{avatar:?} is not an mxc:// URI"),
             ));
         }
-        if self.database.url.trim().is_empty() {
-            return Err(("database.url", "must not be empty".to_owned()));
-        }
-        match Url::parse(&self.database.url) {
-            Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") => {}
-            Ok(url) => {
-                return Err((
-                    "database.url",
-                    format!(
-                        "scheme {:?} is not supported, use postgres://",
-                        url.scheme()
-                    ),
-                ));
-            }
-            Err(e) => return Err(("database.url", format!("invalid URL: {e}"))),
+        if let Err(error) = self.database.connect_url() {
+            return Err(("database.url", error));
         }
         if self.database.max_connections == 0 {
             return Err(("database.max_connections", "must be at least 1".to_owned()));

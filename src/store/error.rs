@@ -37,6 +37,16 @@ impl StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => true,
+            // Another connection's write outlasted the busy timeout.
+            sqlx::Error::Database(db)
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() =>
+            {
+                db.code().is_some_and(|code| {
+                    // SQLITE_BUSY and SQLITE_LOCKED, with their extended codes.
+                    code.parse::<i32>()
+                        .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+                })
+            }
             sqlx::Error::Database(db) => db.code().is_some_and(|code| {
                 // Connection exceptions, shutdowns, too many connections,
                 // serialization failures and deadlocks.
@@ -52,7 +62,17 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         if let Some(db) = error.as_database_error() {
-            let constraint = db.constraint().unwrap_or("unknown").to_owned();
+            // SQLite names no constraint, only its columns in the message
+            // ("UNIQUE constraint failed: logins.max_user_id").
+            let constraint = db
+                .constraint()
+                .or_else(|| {
+                    db.message()
+                        .split_once("constraint failed: ")
+                        .map(|(_, c)| c)
+                })
+                .unwrap_or("unknown")
+                .to_owned();
             if db.is_unique_violation() {
                 return Self::Conflict { constraint };
             }

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use sqlx::PgPool;
+use super::Db;
+use crate::on_db;
 
 use super::StoreError;
 
@@ -121,7 +122,7 @@ impl GhostCommit {
     /// the writer, or waits for the writer that takes it.
     async fn write(
         &self,
-        pool: &PgPool,
+        db: &Db,
         timings: &super::Timings,
         row: &GhostRow,
     ) -> Result<(), StoreError> {
@@ -151,7 +152,7 @@ impl GhostCommit {
                             let end = queue.len().min(GHOST_BATCH_MAX);
                             queue.drain(..end).collect()
                         };
-                        Self::write_batch(pool, timings, batch).await;
+                        Self::write_batch(db, timings, batch).await;
                         drop(writer);
                     }
                 }
@@ -161,7 +162,7 @@ impl GhostCommit {
 
     /// One statement for the batch; if it fails, each row on its own, so
     /// that each caller hears its own outcome.
-    async fn write_batch(pool: &PgPool, timings: &super::Timings, batch: Vec<PendingGhost>) {
+    async fn write_batch(db: &Db, timings: &super::Timings, batch: Vec<PendingGhost>) {
         // A later upsert of the same ghost wins, as it would have one by one
         // (and one statement may not touch a row twice).
         let mut latest: HashMap<i64, &GhostRow> = HashMap::new();
@@ -169,24 +170,28 @@ impl GhostCommit {
             latest.insert(pending.row.max_user_id, &pending.row);
         }
         let rows: Vec<&GhostRow> = latest.into_values().collect();
-        if timings
-            .time("ghosts", upsert_many(pool, &rows))
-            .await
-            .is_ok()
-        {
+        if timings.time("ghosts", upsert_many(db, &rows)).await.is_ok() {
             for pending in batch {
                 let _ = pending.done.send(Ok(()));
             }
             return;
         }
         for pending in batch {
-            let written = upsert_many(pool, &[&pending.row]).await;
+            let written = upsert_many(db, &[&pending.row]).await;
             let _ = pending.done.send(written);
         }
     }
 }
 
-async fn upsert_many(pool: &PgPool, rows: &[&GhostRow]) -> Result<(), StoreError> {
+async fn upsert_many(db: &Db, rows: &[&GhostRow]) -> Result<(), StoreError> {
+    match db {
+        Db::Postgres(pool) => upsert_many_postgres(pool, rows).await,
+        Db::Sqlite(pool) => upsert_many_sqlite(pool, rows).await,
+    }
+}
+
+/// In one statement: the rows as arrays.
+async fn upsert_many_postgres(pool: &sqlx::PgPool, rows: &[&GhostRow]) -> Result<(), StoreError> {
     let ids: Vec<i64> = rows.iter().map(|r| r.max_user_id).collect();
     let text = |f: fn(&GhostRow) -> Option<&str>| -> Vec<Option<String>> {
         rows.iter().map(|r| f(r).map(str::to_owned)).collect()
@@ -216,8 +221,38 @@ async fn upsert_many(pool: &PgPool, rows: &[&GhostRow]) -> Result<(), StoreError
     Ok(())
 }
 
+/// A statement per row in one transaction (SQLite has no arrays, and its
+/// statements cost no round trip).
+async fn upsert_many_sqlite(pool: &sqlx::SqlitePool, rows: &[&GhostRow]) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    for row in rows {
+        sqlx::query(
+            "INSERT INTO ghosts (max_user_id, mxid, display_name, avatar_url, avatar_mxc, \
+               registered, name_set, avatar_set) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (max_user_id) DO UPDATE SET \
+               mxid = EXCLUDED.mxid, display_name = EXCLUDED.display_name, \
+               avatar_url = EXCLUDED.avatar_url, avatar_mxc = EXCLUDED.avatar_mxc, \
+               registered = EXCLUDED.registered, name_set = EXCLUDED.name_set, \
+               avatar_set = EXCLUDED.avatar_set, updated_at = CURRENT_TIMESTAMP",
+        )
+        .bind(row.max_user_id)
+        .bind(&row.mxid)
+        .bind(&row.display_name)
+        .bind(&row.avatar_url)
+        .bind(&row.avatar_mxc)
+        .bind(row.registered)
+        .bind(row.name_set)
+        .bind(row.avatar_set)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 pub struct Ghosts<'a> {
-    pool: &'a PgPool,
+    db: &'a Db,
     cache: &'a GhostCache,
     commits: &'a GhostCommit,
     timings: &'a super::Timings,
@@ -225,13 +260,13 @@ pub struct Ghosts<'a> {
 
 impl<'a> Ghosts<'a> {
     pub(super) fn new(
-        pool: &'a PgPool,
+        db: &'a Db,
         cache: &'a GhostCache,
         commits: &'a GhostCommit,
         timings: &'a super::Timings,
     ) -> Self {
         Self {
-            pool,
+            db,
             cache,
             commits,
             timings,
@@ -241,7 +276,7 @@ impl<'a> Ghosts<'a> {
     /// Inserts the ghost or replaces every field of the existing one
     /// (written with the upserts of concurrent callers, in one transaction).
     pub async fn upsert(&self, ghost: &GhostRow) -> Result<(), StoreError> {
-        let done = self.commits.write(self.pool, self.timings, ghost).await;
+        let done = self.commits.write(self.db, self.timings, ghost).await;
         self.cache
             .wrote(ghost.max_user_id, done.is_ok().then(|| ghost.clone()));
         done
@@ -258,10 +293,12 @@ impl<'a> Ghosts<'a> {
             }
             inner.writes
         };
-        let row: Option<GhostRow> = sqlx::query_as(select!("WHERE max_user_id = $1"))
-            .bind(max_user_id)
-            .fetch_optional(self.pool)
-            .await?;
+        let row: Option<GhostRow> = on_db!(self.db, |pool| sqlx::query_as(select!(
+            "WHERE max_user_id = $1"
+        ))
+        .bind(max_user_id)
+        .fetch_optional(pool)
+        .await)?;
         let mut inner = self.cache.lock();
         if inner.writes == writes {
             inner.rows.insert(max_user_id, row.clone());
@@ -274,13 +311,17 @@ impl<'a> Ghosts<'a> {
     /// thousands); whether it did.
     pub async fn preload(&self, at_most: i64) -> Result<bool, StoreError> {
         let writes = self.cache.lock().writes;
-        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM ghosts")
-            .fetch_one(self.pool)
-            .await?;
+        let (count,): (i64,) = on_db!(self.db, |pool| sqlx::query_as(
+            "SELECT count(*) FROM ghosts"
+        )
+        .fetch_one(pool)
+        .await)?;
         if count > at_most {
             return Ok(false);
         }
-        let rows: Vec<GhostRow> = sqlx::query_as(select!("")).fetch_all(self.pool).await?;
+        let rows: Vec<GhostRow> = on_db!(self.db, |pool| sqlx::query_as(select!(""))
+            .fetch_all(pool)
+            .await)?;
         let mut inner = self.cache.lock();
         if inner.writes != writes {
             return Ok(false);
@@ -293,32 +334,36 @@ impl<'a> Ghosts<'a> {
     }
 
     pub async fn get_by_mxid(&self, mxid: &str) -> Result<Option<GhostRow>, StoreError> {
-        let row = sqlx::query_as(select!("WHERE mxid = $1"))
+        let row = on_db!(self.db, |pool| sqlx::query_as(select!("WHERE mxid = $1"))
             .bind(mxid)
-            .fetch_optional(self.pool)
-            .await?;
+            .fetch_optional(pool)
+            .await)?;
         Ok(row)
     }
 
     /// Records that the ghost is registered with the homeserver. Returns
     /// whether the ghost existed.
     pub async fn mark_registered(&self, max_user_id: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE ghosts SET registered = true, updated_at = now() WHERE max_user_id = $1",
+        let done = on_db!(self.db, |pool| {
+            sqlx::query(
+            "UPDATE ghosts SET registered = true, updated_at = CURRENT_TIMESTAMP WHERE max_user_id = $1",
         )
         .bind(max_user_id)
-        .execute(self.pool)
-        .await;
+        .execute(pool).await.map(|done| done.rows_affected())
+        });
         self.cache.wrote(max_user_id, None);
-        Ok(done?.rows_affected() > 0)
+        Ok(done? > 0)
     }
 
     pub async fn delete(&self, max_user_id: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM ghosts WHERE max_user_id = $1")
-            .bind(max_user_id)
-            .execute(self.pool)
-            .await;
+        let done = on_db!(self.db, |pool| sqlx::query(
+            "DELETE FROM ghosts WHERE max_user_id = $1"
+        )
+        .bind(max_user_id)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()));
         self.cache.wrote(max_user_id, None);
-        Ok(done?.rows_affected() > 0)
+        Ok(done? > 0)
     }
 }

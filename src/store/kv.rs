@@ -2,45 +2,50 @@
 //! sync markers per login). Keys are namespaced by the caller, e.g.
 //! `login/@alice:example.org/chats_sync`.
 
-use sqlx::PgPool;
+use super::Db;
+use crate::on_db;
 
 use super::StoreError;
 
 pub struct Kv<'a> {
-    pool: &'a PgPool,
+    db: &'a Db,
 }
 
 impl<'a> Kv<'a> {
-    pub(super) fn new(pool: &'a PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(db: &'a Db) -> Self {
+        Self { db }
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let value = sqlx::query_scalar("SELECT value FROM kv WHERE key = $1")
-            .bind(key)
-            .fetch_optional(self.pool)
-            .await?;
+        let value = on_db!(self.db, |pool| sqlx::query_scalar(
+            "SELECT value FROM kv WHERE key = $1"
+        )
+        .bind(key)
+        .fetch_optional(pool)
+        .await)?;
         Ok(value)
     }
 
     pub async fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        on_db!(self.db, |pool| {
+            sqlx::query(
             "INSERT INTO kv (key, value) VALUES ($1, $2) \
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = CURRENT_TIMESTAMP",
         )
         .bind(key)
         .bind(value)
-        .execute(self.pool)
-        .await?;
+        .execute(pool).await.map(|done| done.rows_affected())
+        })?;
         Ok(())
     }
 
     /// Returns whether the key existed.
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM kv WHERE key = $1")
+        let done = on_db!(self.db, |pool| sqlx::query("DELETE FROM kv WHERE key = $1")
             .bind(key)
-            .execute(self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))?;
+        Ok(done > 0)
     }
 }

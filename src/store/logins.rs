@@ -1,8 +1,9 @@
 //! The `logins` table: each Matrix user's MAX session (token, device id, state),
 //! what the bridge needs to reconnect everyone after a restart.
 
+use super::Db;
+use crate::on_db;
 use maxproto::Token;
-use sqlx::PgPool;
 
 use super::StoreError;
 
@@ -33,31 +34,32 @@ macro_rules! select {
 }
 
 pub struct Logins<'a> {
-    pool: &'a PgPool,
+    db: &'a Db,
 }
 
 impl<'a> Logins<'a> {
-    pub(super) fn new(pool: &'a PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(db: &'a Db) -> Self {
+        Self { db }
     }
 
     /// Inserts or replaces the login of `login.mxid` (creating the user row if
     /// needed). Fails with [`StoreError::Conflict`] if the MAX account is
     /// already bridged by another Matrix user.
     pub async fn upsert(&self, login: &LoginRow) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO users (mxid) VALUES ($1) ON CONFLICT (mxid) DO NOTHING")
-            .bind(&login.mxid)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
+        on_db!(self.db, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO users (mxid) VALUES ($1) ON CONFLICT (mxid) DO NOTHING")
+                .bind(&login.mxid)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
             "INSERT INTO logins (mxid, max_user_id, token, device_id, state, display_name, phone) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (mxid) DO UPDATE SET \
                max_user_id = EXCLUDED.max_user_id, token = EXCLUDED.token, \
                device_id = EXCLUDED.device_id, state = EXCLUDED.state, \
                display_name = EXCLUDED.display_name, phone = EXCLUDED.phone, \
-               updated_at = now()",
+               updated_at = CURRENT_TIMESTAMP",
         )
         .bind(&login.mxid)
         .bind(login.max_user_id)
@@ -68,15 +70,16 @@ impl<'a> Logins<'a> {
         .bind(&login.phone)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     pub async fn get(&self, mxid: &str) -> Result<Option<LoginRow>, StoreError> {
-        let row = sqlx::query_as(select!("WHERE mxid = $1"))
+        let row = on_db!(self.db, |pool| sqlx::query_as(select!("WHERE mxid = $1"))
             .bind(mxid)
-            .fetch_optional(self.pool)
-            .await?;
+            .fetch_optional(pool)
+            .await)?;
         Ok(row)
     }
 
@@ -84,40 +87,48 @@ impl<'a> Logins<'a> {
         &self,
         max_user_id: i64,
     ) -> Result<Option<LoginRow>, StoreError> {
-        let row = sqlx::query_as(select!("WHERE max_user_id = $1"))
-            .bind(max_user_id)
-            .fetch_optional(self.pool)
-            .await?;
+        let row = on_db!(self.db, |pool| sqlx::query_as(select!(
+            "WHERE max_user_id = $1"
+        ))
+        .bind(max_user_id)
+        .fetch_optional(pool)
+        .await)?;
         Ok(row)
     }
 
     /// Every login, e.g. to reconnect them all at startup.
     pub async fn all(&self) -> Result<Vec<LoginRow>, StoreError> {
-        let rows = sqlx::query_as(select!("ORDER BY mxid"))
-            .fetch_all(self.pool)
-            .await?;
+        let rows = on_db!(self.db, |pool| sqlx::query_as(select!("ORDER BY mxid"))
+            .fetch_all(pool)
+            .await)?;
         Ok(rows)
     }
 
     /// Returns whether the login existed.
     pub async fn set_state(&self, mxid: &str, state: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE logins SET state = $2, updated_at = now() WHERE mxid = $1")
-            .bind(mxid)
-            .bind(state)
-            .execute(self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let done = on_db!(self.db, |pool| sqlx::query(
+            "UPDATE logins SET state = $2, updated_at = CURRENT_TIMESTAMP WHERE mxid = $1"
+        )
+        .bind(mxid)
+        .bind(state)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done > 0)
     }
 
     /// Replaces the token (MAX may hand out a new one on reconnect).
     /// Returns whether the login existed.
     pub async fn set_token(&self, mxid: &str, token: &Token) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE logins SET token = $2, updated_at = now() WHERE mxid = $1")
-            .bind(mxid)
-            .bind(token.expose())
-            .execute(self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let done = on_db!(self.db, |pool| sqlx::query(
+            "UPDATE logins SET token = $2, updated_at = CURRENT_TIMESTAMP WHERE mxid = $1"
+        )
+        .bind(mxid)
+        .bind(token.expose())
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done > 0)
     }
 
     /// Updates the MAX account's profile. Returns whether the login existed.
@@ -127,23 +138,27 @@ impl<'a> Logins<'a> {
         display_name: Option<&str>,
         phone: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE logins SET display_name = $2, phone = $3, updated_at = now() WHERE mxid = $1",
+        let done = on_db!(self.db, |pool| {
+            sqlx::query(
+            "UPDATE logins SET display_name = $2, phone = $3, updated_at = CURRENT_TIMESTAMP WHERE mxid = $1",
         )
         .bind(mxid)
         .bind(display_name)
         .bind(phone)
-        .execute(self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .execute(pool).await.map(|done| done.rows_affected())
+        })?;
+        Ok(done > 0)
     }
 
     /// Forgets the login (logout). Returns whether it existed.
     pub async fn delete(&self, mxid: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM logins WHERE mxid = $1")
-            .bind(mxid)
-            .execute(self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let done = on_db!(self.db, |pool| sqlx::query(
+            "DELETE FROM logins WHERE mxid = $1"
+        )
+        .bind(mxid)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done > 0)
     }
 }

@@ -1,11 +1,11 @@
 //! The `messages` table: which Matrix event(s) each bridged MAX message became,
 //! for replies, edits, deletions and resuming backfill.
 
-use sqlx::PgPool;
 use tokio::sync::oneshot;
 
-use super::StoreError;
 use super::portals::{Known, PortalCache, PortalMark, Portals};
+use super::{Db, StoreError};
+use crate::on_db;
 
 /// One part of a bridged MAX message (a MAX message may become several events).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -35,7 +35,7 @@ macro_rules! select {
 }
 
 pub struct Messages<'a> {
-    pool: &'a PgPool,
+    db: &'a Db,
     portals: &'a PortalCache,
     commits: &'a GroupCommit,
     timings: &'a super::Timings,
@@ -73,7 +73,7 @@ impl GroupCommit {
     /// writer that takes them.
     async fn write(
         &self,
-        pool: &PgPool,
+        db: &Db,
         timings: &super::Timings,
         rows: &[(MessageRow, bool)],
     ) -> Result<Vec<bool>, StoreError> {
@@ -103,7 +103,7 @@ impl GroupCommit {
                             Err(oneshot::error::TryRecvError::Empty) => {}
                         }
                         let batch = self.take_batch();
-                        self.write_batch(pool, timings, batch).await;
+                        self.write_batch(db, timings, batch).await;
                         drop(writer);
                     }
                 }
@@ -140,8 +140,8 @@ impl GroupCommit {
     /// rest wait for the next writer (as each would have failed on its own);
     /// when it refuses the data, the recorders are tried one by one, so that
     /// one bad part (a portal deleted meanwhile) fails only its recorder.
-    async fn write_batch(&self, pool: &PgPool, timings: &super::Timings, mut batch: Vec<Pending>) {
-        match timings.time("messages", record_many(pool, &batch)).await {
+    async fn write_batch(&self, db: &Db, timings: &super::Timings, mut batch: Vec<Pending>) {
+        match timings.time("messages", record_many(db, &batch)).await {
             Ok(mut new) => {
                 for pending in batch {
                     let rest = new.split_off(pending.rows.len());
@@ -158,7 +158,7 @@ impl GroupCommit {
             }
             Err(_) => {
                 for pending in batch {
-                    let written = record_many(pool, std::slice::from_ref(&pending)).await;
+                    let written = record_many(db, std::slice::from_ref(&pending)).await;
                     let _ = pending.done.send(written);
                 }
             }
@@ -166,12 +166,23 @@ impl GroupCommit {
     }
 }
 
-/// Parts (of one or more portals) in one statement, so one round trip and
-/// one transaction (PostgreSQL runs every data-modifying WITH part, read or
-/// not); for each part in order, whether it was new. A portal's mark moves
-/// to its newest part with `advance`.
-async fn record_many(pool: &PgPool, batch: &[Pending]) -> Result<Vec<bool>, StoreError> {
+/// Parts (of one or more portals) in one transaction; for each part in
+/// order, whether it was new. A portal's mark moves to its newest part with
+/// `advance`.
+async fn record_many(db: &Db, batch: &[Pending]) -> Result<Vec<bool>, StoreError> {
     let rows: Vec<&(MessageRow, bool)> = batch.iter().flat_map(|p| &p.rows).collect();
+    match db {
+        Db::Postgres(pool) => record_many_postgres(pool, &rows).await,
+        Db::Sqlite(pool) => record_many_sqlite(pool, &rows).await,
+    }
+}
+
+/// In one statement, so one round trip (PostgreSQL runs every
+/// data-modifying WITH part, read or not).
+async fn record_many_postgres(
+    pool: &sqlx::PgPool,
+    rows: &[&(MessageRow, bool)],
+) -> Result<Vec<bool>, StoreError> {
     let column = |f: fn(&MessageRow) -> i64| rows.iter().map(|(r, _)| f(r)).collect::<Vec<i64>>();
     let inserted: Vec<(i64, i64, i64, i32)> = sqlx::query_as(
         "WITH rows AS ( \
@@ -226,15 +237,73 @@ async fn record_many(pool: &PgPool, batch: &[Pending]) -> Result<Vec<bool>, Stor
         .collect())
 }
 
+/// A statement per part and per portal moved, in one transaction: SQLite
+/// runs in this process, so statements cost no round trip, but it has no
+/// arrays to pass a batch in one.
+async fn record_many_sqlite(
+    pool: &sqlx::SqlitePool,
+    rows: &[&(MessageRow, bool)],
+) -> Result<Vec<bool>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut new = Vec::with_capacity(rows.len());
+    // Per portal, its newest part that moves the mark.
+    let mut marks: std::collections::HashMap<(i64, i64), PortalMark> =
+        std::collections::HashMap::new();
+    for (row, advance) in rows {
+        let done = sqlx::query(
+            "INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
+               sender, timestamp_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (chat_id, receiver, max_message_id, part) DO NOTHING",
+        )
+        .bind(row.chat_id)
+        .bind(row.receiver)
+        .bind(row.max_message_id)
+        .bind(row.part)
+        .bind(&row.event_id)
+        .bind(&row.room_id)
+        .bind(row.sender)
+        .bind(row.timestamp_ms)
+        .execute(&mut *tx)
+        .await?;
+        new.push(done.rows_affected() > 0);
+        if *advance {
+            let mark = PortalMark {
+                message_id: row.max_message_id,
+                time: row.timestamp_ms,
+            };
+            marks
+                .entry((row.chat_id, row.receiver))
+                .and_modify(|m| {
+                    if m.message_id < mark.message_id {
+                        *m = mark;
+                    }
+                })
+                .or_insert(mark);
+        }
+    }
+    for ((chat_id, receiver), mark) in marks {
+        sqlx::query(super::portals::ADVANCE_MARK)
+            .bind(chat_id)
+            .bind(receiver)
+            .bind(mark.message_id)
+            .bind(mark.time)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(new)
+}
+
 impl<'a> Messages<'a> {
     pub(super) fn new(
-        pool: &'a PgPool,
+        db: &'a Db,
         portals: &'a PortalCache,
         commits: &'a GroupCommit,
         timings: &'a super::Timings,
     ) -> Self {
         Self {
-            pool,
+            db,
             portals,
             commits,
             timings,
@@ -245,7 +314,7 @@ impl<'a> Messages<'a> {
     /// the part is already recorded, and with
     /// [`StoreError::MissingReference`] if the portal does not exist.
     pub async fn insert(&self, message: &MessageRow) -> Result<(), StoreError> {
-        let done = sqlx::query(
+        let done = on_db!(self.db, |pool| sqlx::query(
             "INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
                sender, timestamp_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -258,8 +327,9 @@ impl<'a> Messages<'a> {
         .bind(&message.room_id)
         .bind(message.sender)
         .bind(message.timestamp_ms)
-        .execute(self.pool)
-        .await;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()));
         self.portals.recorded(message, done.is_ok());
         done?;
         Ok(())
@@ -287,7 +357,7 @@ impl<'a> Messages<'a> {
                 .all(|w| (w[0].0.chat_id, w[0].0.receiver) == (w[1].0.chat_id, w[1].0.receiver)),
             "parts of one portal"
         );
-        let inserted = self.commits.write(self.pool, self.timings, rows).await;
+        let inserted = self.commits.write(self.db, self.timings, rows).await;
         for (i, (message, advance)) in rows.iter().enumerate() {
             let key = (message.chat_id, message.receiver);
             // A row already there (a retry) may name another event: memory
@@ -317,15 +387,15 @@ impl<'a> Messages<'a> {
         receiver: i64,
         max_message_id: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let edited: Option<Option<i64>> = sqlx::query_scalar(
+        let edited: Option<Option<i64>> = on_db!(self.db, |pool| sqlx::query_scalar(
             "SELECT edited_ms FROM messages \
              WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3 AND part = 0",
         )
         .bind(chat_id)
         .bind(receiver)
         .bind(max_message_id)
-        .fetch_optional(self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(edited.flatten())
     }
 
@@ -337,16 +407,17 @@ impl<'a> Messages<'a> {
         max_message_id: i64,
         edited_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE messages SET edited_ms = GREATEST(COALESCE(edited_ms, 0), $4) \
+        on_db!(self.db, |pool| sqlx::query(
+            "UPDATE messages SET edited_ms = CASE WHEN edited_ms > $4 THEN edited_ms ELSE $4 END \
              WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3",
         )
         .bind(chat_id)
         .bind(receiver)
         .bind(max_message_id)
         .bind(edited_ms)
-        .execute(self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
         Ok(())
     }
 
@@ -357,15 +428,16 @@ impl<'a> Messages<'a> {
         receiver: i64,
         max_message_id: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        on_db!(self.db, |pool| sqlx::query(
             "UPDATE messages SET deleted = true \
              WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3",
         )
         .bind(chat_id)
         .bind(receiver)
         .bind(max_message_id)
-        .execute(self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
         Ok(())
     }
 
@@ -376,15 +448,15 @@ impl<'a> Messages<'a> {
         receiver: i64,
         max_message_id: i64,
     ) -> Result<bool, StoreError> {
-        let deleted: Option<bool> = sqlx::query_scalar(
-            "SELECT bool_or(deleted) FROM messages \
-             WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3",
+        let deleted: Option<bool> = on_db!(self.db, |pool| sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM messages \
+             WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3 AND deleted)",
         )
         .bind(chat_id)
         .bind(receiver)
         .bind(max_message_id)
-        .fetch_one(self.pool)
-        .await?;
+        .fetch_one(pool)
+        .await)?;
         Ok(deleted.unwrap_or(false))
     }
 
@@ -397,7 +469,7 @@ impl<'a> Messages<'a> {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let rows = sqlx::query_as(select!(
+        let rows = on_db!(self.db, |pool| sqlx::query_as(select!(
             "WHERE chat_id = $1 AND receiver = $2 AND part = 0 AND NOT deleted \
                AND timestamp_ms BETWEEN $3 AND $4 \
              ORDER BY max_message_id"
@@ -406,8 +478,8 @@ impl<'a> Messages<'a> {
         .bind(receiver)
         .bind(from_ms)
         .bind(to_ms)
-        .fetch_all(self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         Ok(rows)
     }
 
@@ -420,41 +492,43 @@ impl<'a> Messages<'a> {
     ) -> Result<Vec<MessageRow>, StoreError> {
         let key = (chat_id, receiver);
         if self.portals.known(key, max_message_id).is_none() {
-            Portals::new(self.pool, self.portals)
+            Portals::new(self.db, self.portals)
                 .load(chat_id, receiver)
                 .await?;
         }
         if let Some(Known::Rows(rows)) = self.portals.known(key, max_message_id) {
             return Ok(rows);
         }
-        let rows = sqlx::query_as(select!(
+        let rows = on_db!(self.db, |pool| sqlx::query_as(select!(
             "WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3 ORDER BY part"
         ))
         .bind(chat_id)
         .bind(receiver)
         .bind(max_message_id)
-        .fetch_all(self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         Ok(rows)
     }
 
     pub async fn by_event_id(&self, event_id: &str) -> Result<Option<MessageRow>, StoreError> {
-        let row = sqlx::query_as(select!(
+        let row = on_db!(self.db, |pool| sqlx::query_as(select!(
             "WHERE event_id = $1 ORDER BY max_message_id, part LIMIT 1"
         ))
         .bind(event_id)
-        .fetch_optional(self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(row)
     }
 
     /// Every MAX message an event was sent as (a long text is split into
     /// several), oldest first.
     pub async fn all_by_event_id(&self, event_id: &str) -> Result<Vec<MessageRow>, StoreError> {
-        let rows = sqlx::query_as(select!("WHERE event_id = $1 ORDER BY max_message_id, part"))
-            .bind(event_id)
-            .fetch_all(self.pool)
-            .await?;
+        let rows = on_db!(self.db, |pool| sqlx::query_as(select!(
+            "WHERE event_id = $1 ORDER BY max_message_id, part"
+        ))
+        .bind(event_id)
+        .fetch_all(pool)
+        .await)?;
         Ok(rows)
     }
 
@@ -464,14 +538,14 @@ impl<'a> Messages<'a> {
         chat_id: i64,
         receiver: i64,
     ) -> Result<Option<MessageRow>, StoreError> {
-        let row = sqlx::query_as(select!(
+        let row = on_db!(self.db, |pool| sqlx::query_as(select!(
             "WHERE chat_id = $1 AND receiver = $2 \
              ORDER BY timestamp_ms DESC, max_message_id DESC, part DESC LIMIT 1"
         ))
         .bind(chat_id)
         .bind(receiver)
-        .fetch_optional(self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(row)
     }
 
@@ -483,15 +557,15 @@ impl<'a> Messages<'a> {
         receiver: i64,
         time_ms: i64,
     ) -> Result<Option<MessageRow>, StoreError> {
-        let row = sqlx::query_as(select!(
+        let row = on_db!(self.db, |pool| sqlx::query_as(select!(
             "WHERE chat_id = $1 AND receiver = $2 AND timestamp_ms <= $3 \
              ORDER BY timestamp_ms DESC, max_message_id DESC, part DESC LIMIT 1"
         ))
         .bind(chat_id)
         .bind(receiver)
         .bind(time_ms)
-        .fetch_optional(self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(row)
     }
 
@@ -502,25 +576,29 @@ impl<'a> Messages<'a> {
         receiver: i64,
         max_message_id: i64,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let done = on_db!(self.db, |pool| sqlx::query(
             "DELETE FROM messages WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3",
         )
         .bind(chat_id)
         .bind(receiver)
         .bind(max_message_id)
-        .execute(self.pool)
-        .await;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()));
         self.portals.messages_deleted();
-        Ok(done?.rows_affected())
+        Ok(done?)
     }
 
     /// Forgets one event's mapping. Returns whether it existed.
     pub async fn delete_by_event_id(&self, event_id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM messages WHERE event_id = $1")
-            .bind(event_id)
-            .execute(self.pool)
-            .await;
+        let done = on_db!(self.db, |pool| sqlx::query(
+            "DELETE FROM messages WHERE event_id = $1"
+        )
+        .bind(event_id)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()));
         self.portals.messages_deleted();
-        Ok(done?.rows_affected() > 0)
+        Ok(done? > 0)
     }
 }

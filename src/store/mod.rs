@@ -1,11 +1,12 @@
-//! PostgreSQL storage of the bridge: the pool, embedded migrations, and one
-//! module per table, each with its row type and the operations the bridge
+//! Storage of the bridge, in PostgreSQL or SQLite (see [`db`]): the pool,
+//! embedded migrations, and one module per table, each with its row type and the operations the bridge
 //! needs. Queries are runtime-checked so building needs no database. The rows
 //! read on every message (portals with their marks, the highest bridged MAX
 //! id and the last few messages of each; ghosts) are kept in memory by their
 //! table's module; the database stays the record, written before anything
 //! depends on it.
 
+mod db;
 mod error;
 mod ghosts;
 mod inbox;
@@ -16,6 +17,7 @@ mod portals;
 mod reactions;
 mod users;
 
+pub use db::{DatabaseKind, Db};
 pub use error::StoreError;
 pub use ghosts::{GhostRow, Ghosts};
 pub use inbox::{Inbox, InboxRow};
@@ -30,20 +32,11 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
-use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
-
-/// How long to wait for a pooled connection before giving up.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Handle to the bridge database; cheap to clone (clones share one pool and
 /// the rows kept in memory).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: PgPool,
+    db: Db,
     cache: Arc<Cache>,
 }
 
@@ -91,44 +84,23 @@ struct Cache {
 }
 
 impl Store {
-    /// Connects to `url` and applies pending migrations.
+    /// Connects to `url` (`postgres://…` or `sqlite:…`) and applies
+    /// pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
-        let mut options: PgConnectOptions = url.parse().map_err(StoreError::Connect)?;
-        // TLS to a server on this host protects nothing and costs CPU on
-        // every statement; a URL that names an sslmode keeps it.
-        let loopback = matches!(options.get_host(), "localhost" | "127.0.0.1" | "::1")
-            || options.get_host().starts_with('/');
-        if loopback && !url.contains("sslmode=") {
-            options = options.ssl_mode(PgSslMode::Disable);
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            // A ping per acquire doubles the round trips of every statement;
-            // a connection that died (PostgreSQL restarting) fails its next
-            // statement instead, which callers retry as a transient error.
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await
-            .map_err(StoreError::Connect)?;
-        let store = Store::from_pool(pool);
-        store.migrate().await?;
-        Ok(store)
+        Ok(Store::from_db(Db::connect(url, max_connections).await?))
     }
 
     /// Wraps an existing pool without migrating (see [`Store::migrate`]).
-    pub fn from_pool(pool: PgPool) -> Store {
+    pub fn from_db(db: Db) -> Store {
         Store {
-            pool,
+            db,
             cache: Arc::default(),
         }
     }
 
     /// Applies pending migrations; a no-op when the schema is current.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        tracing::debug!("database schema is up to date");
-        Ok(())
+        self.db.migrate().await
     }
 
     /// Tells `observer` of the busiest writes from now on (once: a second
@@ -137,30 +109,32 @@ impl Store {
         let _ = self.cache.timings.0.set(observer);
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The pool, for queries of the caller's own (tests, tools): see
+    /// [`crate::on_db!`].
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Closes every pooled connection; later queries fail.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.db.close().await;
     }
 
     pub fn users(&self) -> Users<'_> {
-        Users::new(&self.pool)
+        Users::new(&self.db)
     }
 
     pub fn logins(&self) -> Logins<'_> {
-        Logins::new(&self.pool)
+        Logins::new(&self.db)
     }
 
     pub fn portals(&self) -> Portals<'_> {
-        Portals::new(&self.pool, &self.cache.portals)
+        Portals::new(&self.db, &self.cache.portals)
     }
 
     pub fn ghosts(&self) -> Ghosts<'_> {
         Ghosts::new(
-            &self.pool,
+            &self.db,
             &self.cache.ghosts,
             &self.cache.ghost_commits,
             &self.cache.timings,
@@ -169,7 +143,7 @@ impl Store {
 
     pub fn messages(&self) -> Messages<'_> {
         Messages::new(
-            &self.pool,
+            &self.db,
             &self.cache.portals,
             &self.cache.commits,
             &self.cache.timings,
@@ -177,14 +151,14 @@ impl Store {
     }
 
     pub fn reactions(&self) -> Reactions<'_> {
-        Reactions::new(&self.pool)
+        Reactions::new(&self.db)
     }
 
     pub fn inbox(&self) -> Inbox<'_> {
-        Inbox::new(&self.pool, &self.cache.timings)
+        Inbox::new(&self.db, &self.cache.timings)
     }
 
     pub fn kv(&self) -> Kv<'_> {
-        Kv::new(&self.pool)
+        Kv::new(&self.db)
     }
 }

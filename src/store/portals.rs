@@ -4,7 +4,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
-use sqlx::PgPool;
+use super::Db;
+use crate::on_db;
 
 use super::StoreError;
 use super::messages::MessageRow;
@@ -386,24 +387,24 @@ impl PortalCache {
 
 /// Moves a portal's mark forward only ($1 chat, $2 receiver, $3 id, $4 time);
 /// [`super::Messages::record`] does the same in its insert.
-const ADVANCE_MARK: &str = "UPDATE portals SET last_max_message_id = $3, last_max_time = $4 \
+pub(super) const ADVANCE_MARK: &str = "UPDATE portals SET last_max_message_id = $3, last_max_time = $4 \
      WHERE chat_id = $1 AND receiver = $2 \
        AND (last_max_message_id IS NULL OR last_max_message_id < $3)";
 
 pub struct Portals<'a> {
-    pool: &'a PgPool,
+    db: &'a Db,
     cache: &'a PortalCache,
 }
 
 impl<'a> Portals<'a> {
-    pub(super) fn new(pool: &'a PgPool, cache: &'a PortalCache) -> Self {
-        Self { pool, cache }
+    pub(super) fn new(db: &'a Db, cache: &'a PortalCache) -> Self {
+        Self { db, cache }
     }
 
     /// Inserts the portal or replaces every field of the existing one. Fails
     /// with [`StoreError::Conflict`] if its room belongs to another portal.
     pub async fn upsert(&self, portal: &PortalRow) -> Result<(), StoreError> {
-        let done = sqlx::query(
+        let done = on_db!(self.db, |pool| sqlx::query(
             "INSERT INTO portals (chat_id, receiver, room_id, kind, name, topic, avatar_url, \
                avatar_mxc, other_user_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -421,8 +422,9 @@ impl<'a> Portals<'a> {
         .bind(&portal.avatar_url)
         .bind(&portal.avatar_mxc)
         .bind(portal.other_user_id)
-        .execute(self.pool)
-        .await;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()));
         self.cache
             .forget((portal.chat_id, portal.receiver), portal.room_id.as_deref());
         done?;
@@ -458,12 +460,13 @@ impl<'a> Portals<'a> {
             return Ok(entry);
         }
         let writes = self.cache.writes_of(key);
-        let row: Option<CachedRow> =
-            sqlx::query_as(select_cached!("WHERE chat_id = $1 AND receiver = $2"))
-                .bind(chat_id)
-                .bind(receiver)
-                .fetch_optional(self.pool)
-                .await?;
+        let row: Option<CachedRow> = on_db!(self.db, |pool| sqlx::query_as(select_cached!(
+            "WHERE chat_id = $1 AND receiver = $2"
+        ))
+        .bind(chat_id)
+        .bind(receiver)
+        .fetch_optional(pool)
+        .await)?;
         let portal = row.map(CachedPortal::from);
         let answer = portal.as_ref().map(|p| (p.row.clone(), p.mark));
         self.cache.remember(writes, key, portal);
@@ -478,11 +481,12 @@ impl<'a> Portals<'a> {
         // The key first, then the portal as a lookup by key reads it: that
         // one notices a write of its portal racing it (a record raising the
         // highest id, say), which a lookup by room could not.
-        let key: Option<(i64, i64)> =
-            sqlx::query_as("SELECT chat_id, receiver FROM portals WHERE room_id = $1")
-                .bind(room_id)
-                .fetch_optional(self.pool)
-                .await?;
+        let key: Option<(i64, i64)> = on_db!(self.db, |pool| sqlx::query_as(
+            "SELECT chat_id, receiver FROM portals WHERE room_id = $1"
+        )
+        .bind(room_id)
+        .fetch_optional(pool)
+        .await)?;
         match key {
             Some((chat_id, receiver)) => Ok(self
                 .cached(chat_id, receiver)
@@ -502,23 +506,25 @@ impl<'a> Portals<'a> {
         receiver: i64,
         other_user_id: i64,
     ) -> Result<Option<PortalRow>, StoreError> {
-        let row = sqlx::query_as(select!(
+        let row = on_db!(self.db, |pool| sqlx::query_as(select!(
             "WHERE receiver = $1 AND other_user_id = $2 AND kind = 'dialog' \
              ORDER BY chat_id LIMIT 1"
         ))
         .bind(receiver)
         .bind(other_user_id)
-        .fetch_optional(self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(row)
     }
 
     /// Every portal seen by one login.
     pub async fn for_receiver(&self, receiver: i64) -> Result<Vec<PortalRow>, StoreError> {
-        let rows = sqlx::query_as(select!("WHERE receiver = $1 ORDER BY chat_id"))
-            .bind(receiver)
-            .fetch_all(self.pool)
-            .await?;
+        let rows = on_db!(self.db, |pool| sqlx::query_as(select!(
+            "WHERE receiver = $1 ORDER BY chat_id"
+        ))
+        .bind(receiver)
+        .fetch_all(pool)
+        .await)?;
         Ok(rows)
     }
 
@@ -530,15 +536,17 @@ impl<'a> Portals<'a> {
         receiver: i64,
         room_id: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE portals SET room_id = $3 WHERE chat_id = $1 AND receiver = $2")
-                .bind(chat_id)
-                .bind(receiver)
-                .bind(room_id)
-                .execute(self.pool)
-                .await;
+        let done = on_db!(self.db, |pool| sqlx::query(
+            "UPDATE portals SET room_id = $3 WHERE chat_id = $1 AND receiver = $2"
+        )
+        .bind(chat_id)
+        .bind(receiver)
+        .bind(room_id)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()));
         self.cache.forget((chat_id, receiver), room_id);
-        Ok(done?.rows_affected() > 0)
+        Ok(done? > 0)
     }
 
     /// The portal's mark; `None` if the portal or its mark does not exist.
@@ -573,17 +581,18 @@ impl<'a> Portals<'a> {
         {
             return Ok(false);
         }
-        let done = sqlx::query(ADVANCE_MARK)
+        let done = on_db!(self.db, |pool| sqlx::query(ADVANCE_MARK)
             .bind(chat_id)
             .bind(receiver)
             .bind(mark.message_id)
             .bind(mark.time)
-            .execute(self.pool)
-            .await;
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()));
         match done {
             Ok(done) => {
                 self.cache.advanced(key, mark);
-                Ok(done.rows_affected() > 0)
+                Ok(done > 0)
             }
             Err(error) => {
                 self.cache.forget_mark(key);
@@ -599,7 +608,7 @@ impl<'a> Portals<'a> {
         receiver: i64,
         mark: PortalMark,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = on_db!(self.db, |pool| sqlx::query(
             "UPDATE portals SET last_max_message_id = $3, last_max_time = $4 \
              WHERE chat_id = $1 AND receiver = $2 AND last_max_message_id IS NULL",
         )
@@ -607,20 +616,24 @@ impl<'a> Portals<'a> {
         .bind(receiver)
         .bind(mark.message_id)
         .bind(mark.time)
-        .execute(self.pool)
-        .await;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()));
         self.cache.forget_mark((chat_id, receiver));
-        Ok(done?.rows_affected() > 0)
+        Ok(done? > 0)
     }
 
     /// Forgets the portal and its message mappings. Returns whether it existed.
     pub async fn delete(&self, chat_id: i64, receiver: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM portals WHERE chat_id = $1 AND receiver = $2")
-            .bind(chat_id)
-            .bind(receiver)
-            .execute(self.pool)
-            .await;
+        let done = on_db!(self.db, |pool| sqlx::query(
+            "DELETE FROM portals WHERE chat_id = $1 AND receiver = $2"
+        )
+        .bind(chat_id)
+        .bind(receiver)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()));
         self.cache.forget((chat_id, receiver), None);
-        Ok(done?.rows_affected() > 0)
+        Ok(done? > 0)
     }
 }

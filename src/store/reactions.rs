@@ -1,7 +1,8 @@
 //! The `reactions` table: the Matrix reaction event standing for each MAX
 //! user's reaction on a bridged message (MAX allows one per user and message).
 
-use sqlx::PgPool;
+use super::Db;
+use crate::on_db;
 
 use super::StoreError;
 
@@ -28,17 +29,17 @@ macro_rules! select {
 }
 
 pub struct Reactions<'a> {
-    pool: &'a PgPool,
+    db: &'a Db,
 }
 
 impl<'a> Reactions<'a> {
-    pub(super) fn new(pool: &'a PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(db: &'a Db) -> Self {
+        Self { db }
     }
 
     /// Records a user's reaction, replacing the one they had on the message.
     pub async fn upsert(&self, reaction: &ReactionRow) -> Result<(), StoreError> {
-        sqlx::query(
+        on_db!(self.db, |pool| sqlx::query(
             "INSERT INTO reactions (chat_id, receiver, max_message_id, max_user_id, emoji, \
                event_id, room_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -52,8 +53,9 @@ impl<'a> Reactions<'a> {
         .bind(&reaction.emoji)
         .bind(&reaction.event_id)
         .bind(&reaction.room_id)
-        .execute(self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
         Ok(())
     }
 
@@ -64,29 +66,31 @@ impl<'a> Reactions<'a> {
         receiver: i64,
         max_message_id: i64,
     ) -> Result<Vec<ReactionRow>, StoreError> {
-        let rows = sqlx::query_as(select!(
+        let rows = on_db!(self.db, |pool| sqlx::query_as(select!(
             "WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3 ORDER BY max_user_id"
         ))
         .bind(chat_id)
         .bind(receiver)
         .bind(max_message_id)
-        .fetch_all(self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         Ok(rows)
     }
 
     pub async fn by_event_id(&self, event_id: &str) -> Result<Option<ReactionRow>, StoreError> {
-        let row = sqlx::query_as(select!("WHERE event_id = $1"))
-            .bind(event_id)
-            .fetch_optional(self.pool)
-            .await?;
+        let row = on_db!(self.db, |pool| sqlx::query_as(select!(
+            "WHERE event_id = $1"
+        ))
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await)?;
         Ok(row)
     }
 
     /// Forgets the reaction `reaction` records (that user's on that
     /// message); whether there was one.
     pub async fn delete(&self, reaction: &ReactionRow) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = on_db!(self.db, |pool| sqlx::query(
             "DELETE FROM reactions \
              WHERE chat_id = $1 AND receiver = $2 AND max_message_id = $3 AND max_user_id = $4",
         )
@@ -94,8 +98,9 @@ impl<'a> Reactions<'a> {
         .bind(reaction.receiver)
         .bind(reaction.max_message_id)
         .bind(reaction.max_user_id)
-        .execute(self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done > 0)
     }
 }

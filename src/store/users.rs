@@ -1,7 +1,8 @@
 //! The `users` table: Matrix users known to the bridge, their management
 //! room and their personal space.
 
-use sqlx::PgPool;
+use super::Db;
+use crate::on_db;
 
 use super::StoreError;
 
@@ -15,29 +16,33 @@ pub struct UserRow {
 }
 
 pub struct Users<'a> {
-    pool: &'a PgPool,
+    db: &'a Db,
 }
 
 impl<'a> Users<'a> {
-    pub(super) fn new(pool: &'a PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(db: &'a Db) -> Self {
+        Self { db }
     }
 
     /// Records the user if unknown; an existing row is left as it is.
     pub async fn ensure(&self, mxid: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO users (mxid) VALUES ($1) ON CONFLICT (mxid) DO NOTHING")
-            .bind(mxid)
-            .execute(self.pool)
-            .await?;
+        on_db!(self.db, |pool| sqlx::query(
+            "INSERT INTO users (mxid) VALUES ($1) ON CONFLICT (mxid) DO NOTHING"
+        )
+        .bind(mxid)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
         Ok(())
     }
 
     pub async fn get(&self, mxid: &str) -> Result<Option<UserRow>, StoreError> {
-        let row =
-            sqlx::query_as("SELECT mxid, management_room, space_room FROM users WHERE mxid = $1")
-                .bind(mxid)
-                .fetch_optional(self.pool)
-                .await?;
+        let row = on_db!(self.db, |pool| sqlx::query_as(
+            "SELECT mxid, management_room, space_room FROM users WHERE mxid = $1"
+        )
+        .bind(mxid)
+        .fetch_optional(pool)
+        .await)?;
         Ok(row)
     }
 
@@ -46,12 +51,12 @@ impl<'a> Users<'a> {
         &self,
         room_id: &str,
     ) -> Result<Option<UserRow>, StoreError> {
-        let row = sqlx::query_as(
+        let row = on_db!(self.db, |pool| sqlx::query_as(
             "SELECT mxid, management_room, space_room FROM users WHERE management_room = $1",
         )
         .bind(room_id)
-        .fetch_optional(self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(row)
     }
 
@@ -62,44 +67,50 @@ impl<'a> Users<'a> {
         mxid: &str,
         room_id: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        on_db!(self.db, |pool| sqlx::query(
             "INSERT INTO users (mxid, management_room) VALUES ($1, $2) \
              ON CONFLICT (mxid) DO UPDATE SET management_room = EXCLUDED.management_room",
         )
         .bind(mxid)
         .bind(room_id)
-        .execute(self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
         Ok(())
     }
 
     /// Records the user's personal space, creating the user if needed.
     pub async fn set_space_room(&self, mxid: &str, room_id: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        on_db!(self.db, |pool| sqlx::query(
             "INSERT INTO users (mxid, space_room) VALUES ($1, $2) \
              ON CONFLICT (mxid) DO UPDATE SET space_room = EXCLUDED.space_room",
         )
         .bind(mxid)
         .bind(room_id)
-        .execute(self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
         Ok(())
     }
 
     pub async fn all(&self) -> Result<Vec<UserRow>, StoreError> {
-        let rows =
-            sqlx::query_as("SELECT mxid, management_room, space_room FROM users ORDER BY mxid")
-                .fetch_all(self.pool)
-                .await?;
+        let rows = on_db!(self.db, |pool| sqlx::query_as(
+            "SELECT mxid, management_room, space_room FROM users ORDER BY mxid"
+        )
+        .fetch_all(pool)
+        .await)?;
         Ok(rows)
     }
 
     /// Forgets the user together with their login. Returns whether a row existed.
     pub async fn delete(&self, mxid: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM users WHERE mxid = $1")
-            .bind(mxid)
-            .execute(self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let done = on_db!(self.db, |pool| sqlx::query(
+            "DELETE FROM users WHERE mxid = $1"
+        )
+        .bind(mxid)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done > 0)
     }
 }

@@ -1,11 +1,12 @@
-//! A whole deployment for end-to-end tests: a throwaway PostgreSQL database,
+//! A whole deployment for end-to-end tests: a throwaway database (PostgreSQL,
+//! or SQLite),
 //! the MAX simulator with its default fixture, a real Synapse with the
 //! bridge's registration, and the bridge itself — in-process (so a test can
 //! stop and restart it) or as a child process of the `maxbridge` binary (so
 //! a fault test can `kill -9` it).
 
+use super::database::{Backend, TestDatabase};
 use super::human::Human;
-use super::pg::TestDb;
 use super::synapse::{Synapse, SynapseOptions};
 use maxbridge::app::Running;
 use maxbridge::config::{Config, Registration, generate_registration};
@@ -18,7 +19,7 @@ pub const ALICE_PHONE: &str = "+7 900 000-00-01";
 pub const ALICE_CODE: &str = "000001";
 
 pub struct Env {
-    pub db: TestDb,
+    pub db: TestDatabase,
     pub sim: SimHandle,
     pub synapse: Synapse,
     pub dir: tempfile::TempDir,
@@ -52,6 +53,8 @@ pub struct EnvOptions {
     /// The PostgreSQL server for the bridge's database (default: the test
     /// server of `MAXBRIDGE_TEST_PG_URL`).
     pub pg_admin_url: Option<String>,
+    /// The bridge's database: PostgreSQL (default) or an SQLite file.
+    pub database: Backend,
     /// Extra lines of the `bridge:` section (`key: value`).
     pub bridge_options: Vec<(String, String)>,
     /// `RUST_LOG` of a bridge process (default: `MAXBRIDGE_FAULT_LOG`, or
@@ -77,6 +80,7 @@ impl Default for EnvOptions {
             wire_format: "json",
             process: false,
             pg_admin_url: None,
+            database: Backend::Postgres,
             bridge_options: Vec::new(),
             log_filter: None,
             media_max_bytes: None,
@@ -105,7 +109,12 @@ impl BridgeProcess {
 
 pub fn init_tracing() {
     let filter = std::env::var("RUST_LOG")
-        .unwrap_or_else(|_| "info,maxbridge=debug,maxproto=info,maxsim=info".to_owned());
+        // matrix-sdk's own info lines (whole sync filters) would bury a
+        // failing test's message in CI's shortened output.
+        .unwrap_or_else(|_| {
+            "info,maxbridge=debug,maxproto=info,maxsim=info,matrix_sdk=warn,matrix_sdk_base=warn"
+                .to_owned()
+        });
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -134,6 +143,7 @@ impl Env {
             wire_format,
             process,
             pg_admin_url,
+            database,
             bridge_options,
             log_filter,
             media_max_bytes,
@@ -143,8 +153,8 @@ impl Env {
             bridge_yaml,
         } = options;
         let db = match &pg_admin_url {
-            Some(url) => TestDb::create_on(url).await,
-            None => TestDb::create().await,
+            Some(url) => TestDatabase::create_postgres_on(url).await,
+            None => TestDatabase::create(database).await,
         };
         let sim = Simulator::start(sim_config)
             .await
@@ -475,16 +485,17 @@ logging:
 
     /// The room of the portal of `chat_id` as the bridge's database has it.
     pub async fn db_portal_room(&self, chat_id: i64) -> Option<String> {
-        let pool = sqlx::PgPool::connect(self.db.url())
+        let db = maxbridge::store::Db::connect(self.db.url(), 1)
             .await
             .expect("the bridge's database");
-        let room: Option<Option<String>> =
+        let room: Option<Option<String>> = maxbridge::on_db!(&db, |pool| {
             sqlx::query_scalar("SELECT room_id FROM portals WHERE chat_id = $1")
                 .bind(chat_id)
-                .fetch_optional(&pool)
+                .fetch_optional(pool)
                 .await
-                .expect("portals readable");
-        pool.close().await;
+        })
+        .expect("portals readable");
+        db.close().await;
         room.flatten()
     }
 

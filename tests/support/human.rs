@@ -316,8 +316,13 @@ impl Human {
     /// Logs in (`user` is a localpart or a full user id), does one initial sync
     /// and starts syncing in the background.
     pub async fn login(synapse: &Synapse, user: &str, password: &str) -> Human {
+        Human::login_at(&synapse.base_url(), user, password).await
+    }
+
+    /// [`Human::login`] on the homeserver at `url`.
+    pub async fn login_at(url: &str, user: &str, password: &str) -> Human {
         let client = Client::builder()
-            .homeserver_url(synapse.base_url())
+            .homeserver_url(url)
             .build()
             .await
             .unwrap_or_else(|err| panic!("build Matrix client for {user}: {err}"));

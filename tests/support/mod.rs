@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod database;
 pub mod human;
 pub mod openapi;
 pub mod pg;

@@ -1285,16 +1285,18 @@ fn resolve_link(
         .find(message_id)
         .filter(|m| m.visible_to(user))
         .ok_or_else(|| ProtoError::message_not_found(message_id))?;
+    // The real service names the quoted message's chat for replies too:
+    // clients written for it require the field.
     let mut out = json!({
         "type": kind,
         "messageId": message_id.to_string(),
+        "chatId": source.wire_id(),
         "message": quoted.to_json(true),
     });
-    if kind == "FORWARD" {
-        out["chatId"] = json!(source.wire_id());
-        if let Some(t) = &chat.title {
-            out["chatName"] = json!(t);
-        }
+    if kind == "FORWARD"
+        && let Some(t) = &chat.title
+    {
+        out["chatName"] = json!(t);
     }
     Ok(out)
 }

@@ -401,6 +401,8 @@ async fn reply_link_carries_the_quoted_message_and_channels_are_admin_only() {
         .await;
     assert_eq!(reply["message"]["link"]["type"], "REPLY");
     assert_eq!(reply["message"]["link"]["message"]["text"], "question");
+    // As the real service: the quoted message's chat, also for replies.
+    assert_eq!(reply["message"]["link"]["chatId"], TEST_GROUP);
     assert_eq!(
         alice
             .err(64, send_payload(TEST_CHANNEL, "not mine", 13))
