@@ -647,3 +647,26 @@ appservice:
     ));
     assert_eq!(key, "database.type");
 }
+
+/// Double puppeting takes an `as_token:` secret, for the bridge's own
+/// homeserver only.
+#[test]
+fn double_puppet_secrets_are_as_tokens_of_this_homeserver() {
+    let config = minimal_with("double_puppet:\n  secrets:\n    example.org: as_token:abc\n")
+        .expect("a secret for this homeserver");
+    assert_eq!(
+        config
+            .double_puppet
+            .as_token("example.org")
+            .map(|t| t.expose().to_owned()),
+        Some("abc".to_owned())
+    );
+    assert!(config.double_puppet.as_token("other.org").is_none());
+    for bad in [
+        "double_puppet:\n  secrets:\n    other.org: as_token:abc\n",
+        "double_puppet:\n  secrets:\n    example.org: abc\n",
+    ] {
+        let (key, _) = invalid_key(minimal_with(bad));
+        assert_eq!(key, "double_puppet.secrets", "{bad}");
+    }
+}

@@ -463,6 +463,15 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
         .command(&human, &management, "ping", "Logged in to MAX")
         .await;
     assert!(pong.contains("connected"), "{pong}");
+    let logins = env
+        .command(&human, &management, "list-logins", "Your login")
+        .await;
+    assert!(
+        logins.contains("@alice:localhost")
+            && logins.contains("Alice")
+            && logins.contains(&format!("MAX id {}: connected", fixture_ids::ALICE)),
+        "{logins}"
+    );
     boris_says(control, "after the drop");
     human.wait_for_text(&dm, "after the drop").await;
 
@@ -3055,5 +3064,175 @@ async fn inviting_a_ghost_opens_the_direct_chat() {
             .iter()
             .all(|i| i.inviter.as_ref() != Some(&nobody)),
         "no chat with a MAX user who does not exist"
+    );
+}
+
+/// With double puppeting, what Alice does on MAX from her phone appears as
+/// her own Matrix account (her message, its edit, her reaction, her read
+/// mark), nothing of it goes back to MAX, and her direct chat is joined for
+/// her and listed in her `m.direct`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_puppeting_shows_the_users_own_max_activity_as_their_own_account() {
+    let env = Env::start_with_options(EnvOptions {
+        double_puppet: true,
+        ..EnvOptions::default()
+    })
+    .await;
+    let (human, management) = env.user_with_management_room("alice").await;
+    env.login_sms(&human, &management, ALICE_PHONE, ALICE_CODE)
+        .await;
+    let control = env.sim.control();
+    let alice = human.user_id().to_owned();
+    let boris = env.ghost(fixture_ids::BORIS);
+    // Her messages on MAX, as Boris sees them, after the fixture's own.
+    let texts = |account| -> Vec<String> {
+        control
+            .messages(account, fixture_ids::DIALOG_ALICE_BORIS)
+            .expect("history")
+            .into_iter()
+            .filter(|m| m.sender == Some(fixture_ids::ALICE))
+            .map(|m| m.text)
+            .collect()
+    };
+    let before = texts(fixture_ids::BORIS).len();
+
+    // The portal is there for her: joined without an invite to accept, and
+    // a direct chat with Boris for her clients.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let dm = loop {
+        if let Some(room) = env.db_portal_room(fixture_ids::DIALOG_ALICE_BORIS).await {
+            break ruma::OwnedRoomId::try_from(room).expect("a room id");
+        }
+        assert!(std::time::Instant::now() < deadline, "no DM portal");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    human
+        .wait_for_event(&dm, |e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == alice.as_str()
+                && e["content"]["membership"] == "join"
+        })
+        .await;
+    let direct: serde_json::Value = human
+        .client()
+        .account()
+        .fetch_account_data(ruma::events::GlobalAccountDataEventType::Direct)
+        .await
+        .expect("account data readable")
+        .expect("m.direct set")
+        .deserialize_as_unchecked()
+        .expect("m.direct is JSON");
+    assert_eq!(
+        direct[boris.as_str()],
+        serde_json::json!([dm.as_str()]),
+        "{direct}"
+    );
+
+    // Her message from another MAX device, and its edit, as herself.
+    let sent = control
+        .send(
+            fixture_ids::ALICE,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            Outgoing::text("from my phone"),
+        )
+        .expect("Alice sends from her phone");
+    let mine = human.wait_for_text(&dm, "from my phone").await;
+    assert_eq!(mine.sender, alice);
+    control
+        .edit(
+            fixture_ids::ALICE,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            sent.id,
+            "from my phone, edited",
+            None,
+        )
+        .expect("Alice edits on her phone");
+    human
+        .wait_for_event(&dm, |e| {
+            e["sender"] == alice.as_str()
+                && e["content"]["m.new_content"]["body"] == "from my phone, edited"
+                && e["content"]["m.relates_to"]["event_id"] == mine.event_id.as_str()
+        })
+        .await;
+
+    // Boris writes; she reacts and reads on her phone.
+    let hello = boris_says(control, "hello Alice");
+    let hello_event = human.wait_for_text(&dm, "hello Alice").await;
+    control
+        .react(
+            fixture_ids::ALICE,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            hello.id,
+            Some("👍"),
+        )
+        .expect("Alice reacts on her phone");
+    human
+        .wait_for_event(&dm, |e| {
+            e["type"] == "m.reaction"
+                && e["sender"] == alice.as_str()
+                && e["content"]["m.relates_to"]["key"] == "👍"
+                && e["content"]["m.relates_to"]["event_id"] == hello_event.event_id.as_str()
+        })
+        .await;
+
+    // Her read mark from the phone is her own read receipt.
+    control
+        .mark_read(
+            fixture_ids::ALICE,
+            fixture_ids::DIALOG_ALICE_BORIS,
+            hello.id,
+        )
+        .expect("Alice reads on her phone");
+    let room = human.client().get_room(&dm).expect("joined room");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let receipt = room
+            .load_user_receipt(
+                matrix_sdk::ruma::events::receipt::ReceiptType::Read,
+                matrix_sdk::ruma::events::receipt::ReceiptThread::Unthreaded,
+                &alice,
+            )
+            .await
+            .expect("receipt store");
+        if receipt
+            .as_ref()
+            .is_some_and(|(event, _)| *event == hello_event.event_id)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "her read mark never became her receipt (last: {receipt:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // None of it went back to MAX: her one message there, edited, and her
+    // reaction; what she sends in Matrix still goes to MAX, once.
+    human.send_text(&dm, "from Matrix").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !texts(fixture_ids::BORIS).contains(&"from Matrix".to_owned()) {
+        assert!(std::time::Instant::now() < deadline, "not sent to MAX");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        texts(fixture_ids::BORIS)[before..],
+        ["from my phone, edited", "from Matrix"]
+    );
+    let hello_on_max = control
+        .messages(fixture_ids::BORIS, fixture_ids::DIALOG_ALICE_BORIS)
+        .expect("history")
+        .into_iter()
+        .find(|m| m.id == hello.id)
+        .expect("Boris's message");
+    assert_eq!(
+        hello_on_max.reactions,
+        [(fixture_ids::ALICE, "👍".to_owned())].into()
+    );
+    // Nothing of hers came from a ghost of her MAX account.
+    let own_ghost = env.ghost(fixture_ids::ALICE);
+    assert!(
+        human.messages(&dm).iter().all(|m| m.sender != own_ghost),
+        "a ghost spoke for her"
     );
 }

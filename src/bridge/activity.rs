@@ -72,9 +72,11 @@ impl Bridge {
         let Ok(event) = ruma::OwnedEventId::try_from(row.event_id.as_str()) else {
             return Ok(());
         };
-        let ghost = self.ensure_ghost(session, user).await?;
-        self.add_to_room(&room, &ghost).await?;
-        self.matrix.read_receipt(&ghost, &room, &event).await?;
+        let reader = self.speaker(session, user).await?;
+        self.add_to_room(&room, &reader).await?;
+        self.client_for(&reader)
+            .read_receipt(&reader, &room, &event)
+            .await?;
         Ok(())
     }
 

@@ -21,6 +21,7 @@ In this room no prefix is needed; in portal rooms, start commands with the prefi
 • `cancel` — cancel a login in progress
 • `logout` — log out of MAX and stop bridging
 • `ping` — show the MAX connection state and account
+• `list-logins` — your MAX login and its state (an admin sees every login)
 
 **Chats**
 • `list` — list your bridged chats
@@ -210,6 +211,7 @@ async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
         }
         "logout" => logout(bridge, room, user).await,
         "ping" => ping(bridge, room, user).await,
+        "list-logins" => list_logins(bridge, room, user).await,
         "sync" => sync(bridge, room, user).await,
         "list" => list(bridge, room, user).await,
         "delete-portal" => delete_portal(bridge, room, user).await,
@@ -273,13 +275,14 @@ pub(crate) fn describe(error: &ClientError) -> String {
 
 /// Commands that run as themselves when typed during a login, which keeps
 /// waiting for its step (`cancel` instead ends it).
-const COMMANDS_DURING_LOGIN: [&str; 8] = [
+const COMMANDS_DURING_LOGIN: [&str; 9] = [
     "help",
     "version",
     "login",
     "login-token",
     "logout",
     "ping",
+    "list-logins",
     "sync",
     "list",
 ];
@@ -602,7 +605,21 @@ async fn ping(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
         bridge.bot_notice(room, &text).await;
         return;
     };
-    let state = match &*session.client.state().borrow() {
+    let state = connection_state(&session);
+    bridge
+        .bot_notice(
+            room,
+            &format!(
+                "Logged in to MAX as {} (id {}); connection: {state}.",
+                session.name, session.max_user_id
+            ),
+        )
+        .await;
+}
+
+/// How a running login's MAX connection is, in words.
+fn connection_state(session: &crate::bridge::LoginSession) -> String {
+    match &*session.client.state().borrow() {
         ConnectionState::Connected => "connected".to_owned(),
         ConnectionState::Connecting => "connecting".to_owned(),
         ConnectionState::Reconnecting {
@@ -613,16 +630,62 @@ async fn ping(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
         }
         ConnectionState::LoggedOut { reason } => format!("logged out: {reason}"),
         ConnectionState::Closed => "closed".to_owned(),
+    }
+}
+
+/// The user's login, or every login for an admin: who, which MAX account,
+/// and how its connection is (or the state saved for one not running).
+async fn list_logins(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
+    let admin = bridge.config.permission_for(user.as_str()) >= Permission::Admin;
+    let logins = if admin {
+        bridge.store.logins().all().await
+    } else {
+        bridge
+            .store
+            .logins()
+            .get(user.as_str())
+            .await
+            .map(|login| login.into_iter().collect())
     };
-    bridge
-        .bot_notice(
-            room,
-            &format!(
-                "Logged in to MAX as {} (id {}); connection: {state}.",
-                session.name, session.max_user_id
-            ),
-        )
-        .await;
+    let logins = match logins {
+        Ok(logins) => logins,
+        Err(error) => {
+            tracing::warn!(%error, "logins unreadable");
+            bridge
+                .bot_notice(room, "Could not read the logins; try again later.")
+                .await;
+            return;
+        }
+    };
+    if logins.is_empty() {
+        let text = if admin {
+            "Nobody is logged in to MAX."
+        } else {
+            "You are not logged in to MAX. Send `login`."
+        };
+        bridge.bot_notice(room, text).await;
+        return;
+    }
+    let mut text = String::from(if admin {
+        "**Logins on this bridge**\n"
+    } else {
+        "**Your login**\n"
+    });
+    for login in logins {
+        let running = OwnedUserId::try_from(login.mxid.as_str())
+            .ok()
+            .and_then(|mxid| bridge.login_of(&mxid));
+        let state = match &running {
+            Some(session) => connection_state(session),
+            None => format!("not running (saved state: {})", login.state),
+        };
+        let name = login.display_name.as_deref().unwrap_or("no name");
+        text.push_str(&format!(
+            "• {} — {name}, MAX id {}: {state}\n",
+            login.mxid, login.max_user_id
+        ));
+    }
+    bridge.bot_notice(room, text.trim_end()).await;
 }
 
 async fn sync(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {

@@ -468,9 +468,11 @@ impl Bridge {
                 )
                 .await;
             }
-            // The user's own read marks (other devices) would need their
-            // Matrix account to post receipts; only others' are bridged.
-            Push::Mark(notif) if notif.user_id.0 != session.max_user_id => {
+            // The user's own read marks (other devices) need their Matrix
+            // account to post receipts (double puppeting).
+            Push::Mark(notif)
+                if notif.user_id.0 != session.max_user_id || self.puppets(&session.mxid) =>
+            {
                 self.enqueue(
                     session.portal_key(notif.chat_id.0),
                     PortalEvent::MaxRead {

@@ -21,6 +21,7 @@ pub mod media;
 pub mod message;
 pub mod portal;
 pub mod provision;
+pub mod puppet;
 pub mod reaction;
 pub mod sms_login;
 pub mod space;
@@ -94,6 +95,11 @@ pub struct Bridge {
     /// MAX presence changes, shown one after the other (in the order MAX
     /// sent them), when `bridge.presence` is on.
     pub(crate) presence: Option<tokio::sync::mpsc::Sender<(i64, bool)>>,
+    /// Acts as logged-in users of the bridge's homeserver themselves, when
+    /// `double_puppet` is set up for it.
+    double_puppet: Option<MatrixClient>,
+    /// Held while a user's `m.direct` is read and written back.
+    direct_updates: tokio::sync::Mutex<()>,
 }
 
 /// Presence changes waiting to be shown; more are dropped (the next change
@@ -131,6 +137,10 @@ impl Bridge {
         let state_reporter = config.homeserver.status_endpoint.clone().map(|endpoint| {
             crate::matrix::bridge_state::StateReporter::start(endpoint, matrix.as_token())
         });
+        let double_puppet = config
+            .double_puppet
+            .as_token(&config.homeserver.domain)
+            .map(|token| matrix.with_as_token(token));
         Arc::new_cyclic(|weak: &Weak<Bridge>| {
             let weak = weak.clone();
             let presence = config.bridge.presence.then(|| {
@@ -162,6 +172,8 @@ impl Bridge {
                 config,
                 store,
                 matrix,
+                double_puppet,
+                direct_updates: tokio::sync::Mutex::new(()),
                 bot,
                 http,
                 logins: Mutex::new(HashMap::new()),
@@ -527,6 +539,7 @@ impl AppserviceHandler for MatrixHandler {
     /// are not stored.
     fn wants_event(&self, event: &RoomEvent) -> bool {
         !self.bridge.config.is_bridge_user(event.sender.as_str())
+            && !Bridge::sent_as_puppet(&event.content)
             && matches!(
                 event.event_type.as_str(),
                 "m.room.member"

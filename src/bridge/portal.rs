@@ -547,6 +547,8 @@ impl Bridge {
             self.mark_joined(&room, &self.bot);
             self.make_bot_admin(&ghost, &room).await?;
             self.matrix.invite(&ghost, &room, &user, true).await?;
+            self.join_for(&user, &room).await;
+            self.add_direct(&user, &ghost, &room).await;
             room
         } else {
             let name = chat
@@ -594,6 +596,7 @@ impl Bridge {
             let room = self.matrix.create_room(&self.bot, options).await?;
             self.record_portal(&mut portal, &room, start).await?;
             self.mark_joined(&room, &self.bot);
+            self.join_for(&user, &room).await;
             if kind == PortalKind::Channel {
                 let may_post = chat.role_of(maxproto::types::UserId(me)) != ChatRole::Member;
                 self.channel_posting(&room, &user, may_post).await?;
@@ -804,7 +807,7 @@ impl Bridge {
             // Already a member (or invited) is fine; the join settles it.
             tracing::debug!(room = %room, ghost = %ghost, %error, "invite before join failed");
         }
-        self.matrix.join(ghost, room).await?;
+        self.client_for(ghost).join(ghost, room).await?;
         self.mark_joined(room, ghost);
         Ok(())
     }

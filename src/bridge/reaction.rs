@@ -79,24 +79,25 @@ impl Bridge {
             let same = bridged
                 .iter()
                 .any(|r| r.max_user_id == user && r.emoji == emoji);
-            // The Matrix user's own reactions from other MAX devices would
-            // need their Matrix account to post them.
-            if same || user == session.max_user_id {
+            // The Matrix user's own reactions from other MAX devices need
+            // their Matrix account to post them (double puppeting).
+            if same || (user == session.max_user_id && !self.puppets(&session.mxid)) {
                 continue;
             }
-            let ghost = self.ensure_ghost(session, user).await?;
+            let ghost = self.speaker(session, user).await?;
             self.add_to_room(&room, &ghost).await?;
-            let content = json!({"m.relates_to": {
+            let mut content = json!({"m.relates_to": {
                 "rel_type": "m.annotation",
                 "event_id": target.event_id,
                 "key": emoji,
             }});
+            self.mark_puppet_content(&ghost, &mut content);
             let txn = format!(
                 "max-reaction-{}-{}-{message_id}-{user}-{emoji}",
                 key.receiver, key.chat_id
             );
             let event = self
-                .matrix
+                .client_for(&ghost)
                 .send_message(&ghost, &room, "m.reaction", &content, &txn, None)
                 .await?;
             self.metrics.bridged(

@@ -79,6 +79,33 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub provisioning: ProvisioningConfig,
+    #[serde(default)]
+    pub double_puppet: DoublePuppetConfig,
+}
+
+/// Double puppeting: what a logged-in user does on MAX from elsewhere (the
+/// phone app) appears as their own Matrix account, not a ghost.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoublePuppetConfig {
+    /// Per homeserver domain, `as_token:<token>` of a second appservice
+    /// registration (with `url: null`, so it receives nothing) whose user
+    /// namespace covers that homeserver's users; the bridge acts as them
+    /// with it, as mautrix bridges do. Only the bridge's own homeserver.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, Secret>,
+}
+
+impl DoublePuppetConfig {
+    /// The appservice token for users of `domain`, if double puppeting is
+    /// set up for it.
+    pub fn as_token(&self, domain: &str) -> Option<Secret> {
+        self.secrets
+            .get(domain)
+            .and_then(|secret| secret.expose().strip_prefix("as_token:"))
+            .filter(|token| !token.is_empty())
+            .map(|token| Secret::new(token.to_owned()))
+    }
 }
 
 /// The provisioning API (`/_matrix/provision/v3/`), for integration
@@ -917,6 +944,22 @@ impl Config {
         }
         if let Err(error) = self.database.connect_url() {
             return Err(("database.url", error));
+        }
+        for server in self.double_puppet.secrets.keys() {
+            if server != domain {
+                return Err((
+                    "double_puppet.secrets",
+                    format!(
+                        "{server:?} is not this bridge's homeserver ({domain:?}): only its users can be double puppeted"
+                    ),
+                ));
+            }
+            if self.double_puppet.as_token(server).is_none() {
+                return Err((
+                    "double_puppet.secrets",
+                    format!("the secret for {server:?} must be as_token:<token>"),
+                ));
+            }
         }
         if self.database.max_connections == 0 {
             return Err(("database.max_connections", "must be at least 1".to_owned()));

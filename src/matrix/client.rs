@@ -17,6 +17,7 @@ use ruma::api::client::account::register::{self, LoginType};
 use ruma::api::client::account::whoami;
 use ruma::api::client::appservice::request_ping;
 use ruma::api::client::authenticated_media::get_content;
+use ruma::api::client::config::{get_global_account_data, set_global_account_data};
 use ruma::api::client::discovery::get_supported_versions;
 use ruma::api::client::media::create_content;
 use ruma::api::client::membership::{
@@ -815,6 +816,61 @@ impl MatrixClient {
         };
         let request = set_presence::v3::Request::new(as_user.to_owned(), state);
         self.send("set presence", request, Some(as_user), Retry::Always)
+            .await?;
+        Ok(())
+    }
+
+    /// This client acting with another appservice's token: one whose
+    /// registration (with no URL, so it receives nothing) has real users of
+    /// the homeserver in its namespace, so that a request `as_user` acts as
+    /// that user themselves (double puppeting, as mautrix bridges do it).
+    pub fn with_as_token(&self, as_token: Secret) -> MatrixClient {
+        MatrixClient {
+            as_token,
+            ..self.clone()
+        }
+    }
+
+    /// `as_user`'s account data of `event_type`; `None` when unset.
+    pub async fn account_data(
+        &self,
+        as_user: &UserId,
+        event_type: &str,
+    ) -> Result<Option<Value>, MatrixError> {
+        const REQUEST: &str = "get account data";
+        let request =
+            get_global_account_data::v3::Request::new(as_user.to_owned(), event_type.into());
+        match self
+            .send(REQUEST, request, Some(as_user), Retry::Always)
+            .await
+        {
+            Ok(response) => serde_json::from_str(response.account_data.json().get())
+                .map(Some)
+                .map_err(|e| MatrixError::InvalidResponse {
+                    request: REQUEST,
+                    message: e.to_string(),
+                }),
+            Err(error) if error.errcode() == Some("M_NOT_FOUND") => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Sets `as_user`'s account data of `event_type` to `content`.
+    pub async fn set_account_data(
+        &self,
+        as_user: &UserId,
+        event_type: &str,
+        content: &Value,
+    ) -> Result<(), MatrixError> {
+        const REQUEST: &str = "set account data";
+        let raw = serde_json::value::to_raw_value(content)
+            .map_err(|e| MatrixError::invalid_request(REQUEST, e))?;
+        let request = set_global_account_data::v3::Request::new_raw(
+            as_user.to_owned(),
+            event_type.into(),
+            Raw::from_json(raw),
+        );
+        self.send(REQUEST, request, Some(as_user), Retry::Always)
             .await?;
         Ok(())
     }

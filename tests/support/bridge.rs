@@ -71,6 +71,9 @@ pub struct EnvOptions {
     pub status_endpoint: Option<String>,
     /// Extra top-level YAML of the bridge's config (whole sections).
     pub bridge_yaml: String,
+    /// Double puppeting: a second registration (no URL) covering the
+    /// homeserver's users, and its token in the bridge's config.
+    pub double_puppet: bool,
 }
 
 impl Default for EnvOptions {
@@ -81,6 +84,7 @@ impl Default for EnvOptions {
             process: false,
             pg_admin_url: None,
             database: Backend::Postgres,
+            double_puppet: false,
             bridge_options: Vec::new(),
             log_filter: None,
             media_max_bytes: None,
@@ -151,6 +155,7 @@ impl Env {
             backfill,
             status_endpoint,
             bridge_yaml,
+            double_puppet,
         } = options;
         let db = match &pg_admin_url {
             Some(url) => TestDatabase::create_postgres_on(url).await,
@@ -167,6 +172,26 @@ impl Env {
         // through a first config written with a placeholder, then rewrite.
         let registration_path = dir.path().join("registration.yaml");
         let config_path = dir.path().join("config.yaml");
+        let mut registrations = vec![registration_path.clone()];
+        let mut bridge_yaml = bridge_yaml;
+        if double_puppet {
+            let token = maxbridge::matrix::Secret::generate();
+            let path = dir.path().join("doublepuppet.yaml");
+            let registration = format!(
+                "id: doublepuppet\nurl: null\nas_token: {token}\nhs_token: {hs}\n\
+                 sender_localpart: doublepuppet{sender}\nrate_limited: false\n\
+                 namespaces:\n  users:\n    - regex: '@.*:localhost'\n      exclusive: false\n",
+                token = token.expose(),
+                hs = maxbridge::matrix::Secret::generate().expose(),
+                sender = rand::random::<u32>(),
+            );
+            std::fs::write(&path, registration).expect("double puppet registration written");
+            registrations.push(path);
+            bridge_yaml.push_str(&format!(
+                "double_puppet:\n    secrets:\n        localhost: as_token:{}\n",
+                token.expose()
+            ));
+        }
         let extra: String = bridge_options
             .iter()
             .map(|(key, value)| format!("    {key}: {value}\n"))
@@ -226,7 +251,8 @@ logging:
             .expect("registration saved");
         let synapse = Synapse::start(SynapseOptions {
             extra_yaml: synapse_yaml,
-            ..SynapseOptions::with_appservice(registration_path.clone())
+            appservice_registrations: registrations,
+            ..SynapseOptions::default()
         })
         .await;
         write_config(&synapse.base_url());

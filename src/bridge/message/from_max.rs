@@ -450,7 +450,7 @@ impl Bridge {
         let (_, room) = self.portal_room(session, key.chat_id, start).await?;
         // Channel posts have no sender: they speak as the bot.
         let author = match sender {
-            Some(id) => self.ensure_ghost(session, id).await?,
+            Some(id) => self.speaker(session, id).await?,
             None => self.bot.clone(),
         };
         self.add_to_room(&room, &author).await?;
@@ -584,6 +584,8 @@ impl Bridge {
         ts: Option<u64>,
     ) -> Result<ruma::OwnedEventId, MatrixError> {
         content[TXN_KEY] = json!(txn);
+        self.mark_puppet_content(author, content);
+        let client = self.client_for(author);
         let started = tokio::time::Instant::now();
         let patience = self.config.outage_patience();
         let mut delay = HOMESERVER_RETRY_FIRST;
@@ -591,15 +593,13 @@ impl Bridge {
         loop {
             let attempt = async {
                 if self.is_unsure_send(txn)
-                    && let Some(event_id) = self
-                        .matrix
-                        .find_recent_event(author, room, TXN_KEY, txn)
-                        .await?
+                    && let Some(event_id) =
+                        client.find_recent_event(author, room, TXN_KEY, txn).await?
                 {
                     tracing::info!(room = %room, txn, "event was sent before the homeserver went away");
                     return Ok(event_id);
                 }
-                self.matrix
+                client
                     .send_message_once(author, room, event_type, &*content, txn, ts)
                     .await
             };
@@ -750,7 +750,7 @@ impl Bridge {
             return Ok(());
         };
         let author = match message.sender {
-            Some(id) => self.ensure_ghost(session, id.0).await?,
+            Some(id) => self.speaker(session, id.0).await?,
             None => self.bot.clone(),
         };
         self.add_to_room(&room, &author).await?;
