@@ -11,7 +11,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -56,6 +56,8 @@ struct Slot<T> {
     /// The worker draining `tx`; a successor waits for it so that a key never
     /// has two workers processing at the same time.
     worker: JoinHandle<()>,
+    /// Items of the key queued or being handled (shared with successors).
+    pending: Arc<AtomicUsize>,
 }
 
 impl<K, T> KeyedQueue<K, T>
@@ -95,12 +97,16 @@ where
     pub async fn push(&self, key: K, item: T) {
         let mut item = item;
         loop {
-            let tx = self.sender_for(&key);
+            let (tx, pending) = self.sender_for(&key);
+            pending.fetch_add(1, Ordering::Relaxed);
             match tx.send(item).await {
                 Ok(()) => return,
                 // The worker closed its channel because it went idle; the next
                 // lookup sees the closed sender and starts a successor.
-                Err(mpsc::error::SendError(returned)) => item = returned,
+                Err(mpsc::error::SendError(returned)) => {
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                    item = returned;
+                }
             }
         }
     }
@@ -108,6 +114,15 @@ where
     /// Number of keys that currently have a worker.
     pub fn active_keys(&self) -> usize {
         self.lock_slots().len()
+    }
+
+    /// Number of keys with items queued or being handled (a worker waiting
+    /// idle for more does not count).
+    pub fn busy_keys(&self) -> usize {
+        self.lock_slots()
+            .values()
+            .filter(|slot| slot.pending.load(Ordering::Relaxed) > 0)
+            .count()
     }
 
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<K, Slot<T>>> {
@@ -118,14 +133,17 @@ where
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn sender_for(&self, key: &K) -> mpsc::Sender<T> {
+    fn sender_for(&self, key: &K) -> (mpsc::Sender<T>, Arc<AtomicUsize>) {
         let mut slots = self.lock_slots();
         if let Some(slot) = slots.get(key)
             && !slot.tx.is_closed()
         {
-            return slot.tx.clone();
+            return (slot.tx.clone(), Arc::clone(&slot.pending));
         }
-        let predecessor = slots.remove(key).map(|slot| slot.worker);
+        let (predecessor, pending) = match slots.remove(key) {
+            Some(slot) => (Some(slot.worker), slot.pending),
+            None => (None, Arc::default()),
+        };
         let (tx, rx) = mpsc::channel(self.inner.capacity);
         let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
         let worker = tokio::spawn(run_worker(
@@ -134,6 +152,7 @@ where
             generation,
             rx,
             predecessor,
+            Arc::clone(&pending),
         ));
         slots.insert(
             key.clone(),
@@ -141,9 +160,10 @@ where
                 tx: tx.clone(),
                 generation,
                 worker,
+                pending: Arc::clone(&pending),
             },
         );
-        tx
+        (tx, pending)
     }
 }
 
@@ -153,6 +173,7 @@ async fn run_worker<K, T>(
     generation: u64,
     mut rx: mpsc::Receiver<T>,
     predecessor: Option<JoinHandle<()>>,
+    pending: Arc<AtomicUsize>,
 ) where
     K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
     T: Send + 'static,
@@ -163,7 +184,10 @@ async fn run_worker<K, T>(
     }
     loop {
         match tokio::time::timeout(inner.idle_timeout, rx.recv()).await {
-            Ok(Some(item)) => handle_one(&inner, &key, item).await,
+            Ok(Some(item)) => {
+                handle_one(&inner, &key, item).await;
+                pending.fetch_sub(1, Ordering::Relaxed);
+            }
             Ok(None) => break,
             Err(_idle) => {
                 // Closing refuses new sends (pushers then start a successor)
@@ -171,6 +195,7 @@ async fn run_worker<K, T>(
                 rx.close();
                 while let Some(item) = rx.recv().await {
                     handle_one(&inner, &key, item).await;
+                    pending.fetch_sub(1, Ordering::Relaxed);
                 }
                 break;
             }
@@ -361,5 +386,48 @@ mod tests {
         queue.push(7, 2).await;
         let second = tokio::time::timeout(DEADLINE, out_rx.recv()).await;
         assert_eq!(second.ok(), Some(Some(2)));
+    }
+
+    #[tokio::test]
+    async fn a_key_is_busy_while_it_has_work_not_while_its_worker_idles() {
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let gate = Arc::new(Mutex::new(Some(release_rx)));
+        let handled = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&handled);
+        let queue = KeyedQueue::with_options(4, DEFAULT_IDLE_TIMEOUT, move |key: u8, n: u32| {
+            // Key 1's first item waits to be released.
+            let release = ((key, n) == (1, 0))
+                .then(|| gate.lock().unwrap().take())
+                .flatten();
+            let counter = Arc::clone(&counter);
+            async move {
+                if let Some(release) = release {
+                    let _ = release.await;
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        queue.push(1, 0).await;
+        queue.push(1, 1).await;
+        queue.push(2, 0).await;
+        let quiet = |keys: usize| {
+            let queue = queue.clone();
+            async move {
+                while queue.busy_keys() != keys {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        // Key 2's item is done; key 1 waits on its first.
+        tokio::time::timeout(DEADLINE, quiet(1))
+            .await
+            .expect("only key 1 busy");
+        assert_eq!(handled.load(Ordering::SeqCst), 1);
+        release_tx.send(()).unwrap();
+        tokio::time::timeout(DEADLINE, quiet(0))
+            .await
+            .expect("nothing busy");
+        assert_eq!(handled.load(Ordering::SeqCst), 3);
+        assert_eq!(queue.active_keys(), 2, "the workers wait idle");
     }
 }

@@ -3236,3 +3236,55 @@ async fn double_puppeting_shows_the_users_own_max_activity_as_their_own_account(
         "a ghost spoke for her"
     );
 }
+
+/// `bridge.portal_filter` keeps chats out of portals: here channels, and
+/// one dialog by its id; the rest get theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_filter_keeps_chats_out_of_portals() {
+    let env = Env::start_with_options(EnvOptions {
+        bridge_options: vec![(
+            "portal_filter".to_owned(),
+            format!(
+                "{{chats: [{}], channels: false}}",
+                fixture_ids::DIALOG_ALICE_TRANSFERBOT
+            ),
+        )],
+        ..EnvOptions::default()
+    })
+    .await;
+    let (human, management, _dm) = env.alice_with_boris_dm("alice").await;
+    // Every chat looked at again, then nothing left to do.
+    env.command(&human, &management, "sync", "Synchronising")
+        .await;
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = http
+            .get(format!("{}/metrics", env.appservice_url()))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text");
+        let busy = text
+            .lines()
+            .find(|l| l.starts_with("maxbridge_busy_portals "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        if busy == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "portals still busy: {busy:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(env.db_portal_room(fixture_ids::TEST_GROUP).await.is_some());
+    assert_eq!(env.db_portal_room(fixture_ids::TEST_CHANNEL).await, None);
+    assert_eq!(
+        env.db_portal_room(fixture_ids::DIALOG_ALICE_TRANSFERBOT)
+            .await,
+        None
+    );
+}

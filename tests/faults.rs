@@ -23,9 +23,10 @@ use support::human::Human;
 use support::pg::PgCluster;
 use tokio::time::Instant;
 
-/// From the last fault to the last message delivered, at most. Synapse
-/// retries a refused transaction after 2, 4, 8 … s, so a few faults in a
-/// row can add up to half a minute on their own.
+/// How long recovery may go without delivering anything: slow is not lost
+/// (a loaded machine's Synapse may take a second an event), a stall is.
+/// Synapse retries a refused transaction after 2, 4, 8 … s, so a few faults
+/// in a row can add up to half a minute on their own.
 const RECOVERY_BOUND: Duration = Duration::from_secs(120);
 
 /// Prefixes of the texts each way, so the checks see only the test traffic.
@@ -117,11 +118,21 @@ impl Stage {
     /// failure. Returns how long it took from `since`.
     async fn assert_exactly_once(&self, sent: &Sent, since: Instant) -> Duration {
         let boris = self.env.ghost(fixture_ids::BORIS);
-        self.human
-            .wait_for_messages(&self.dm, sent.to_matrix.len(), |m| {
-                m.sender == boris && m.body.starts_with(TO_MATRIX)
-            })
-            .await;
+        // Waited for while they keep coming (see RECOVERY_BOUND).
+        let mut progress = Progress::new();
+        loop {
+            let arrived = texts_from(&self.human, &self.dm, &boris).len();
+            if arrived >= sent.to_matrix.len() {
+                break;
+            }
+            assert!(
+                progress.made(arrived),
+                "only {arrived} of {} MAX messages reached Matrix, none for {RECOVERY_BOUND:?}\n--- bridge log ---\n{}",
+                sent.to_matrix.len(),
+                self.env.bridge_log_tail(80)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let lost_by_homeserver = self.wait_on_max_or_homeserver_loss(sent).await;
         let recovered = since.elapsed();
         // A last message each way: anything doubled behind the others would
@@ -218,7 +229,7 @@ impl Stage {
     /// sends, its stream position already past it). Returns those event
     /// ids; anything else missing fails after the bound.
     async fn wait_on_max_or_homeserver_loss(&self, sent: &Sent) -> Vec<String> {
-        let deadline = Instant::now() + RECOVERY_BOUND;
+        let mut progress = Progress::new();
         // A transaction Synapse is still retrying is late, not lost: only
         // one still undelivered long after the last fault counts.
         let mut next_look = Instant::now() + Duration::from_secs(30);
@@ -243,8 +254,8 @@ impl Stage {
                 }
             }
             assert!(
-                Instant::now() < deadline,
-                "only {} of {} Matrix messages reached MAX within {RECOVERY_BOUND:?}: {seen:?}\n--- bridge log ---\n{}",
+                progress.made(seen.len()),
+                "only {} of {} Matrix messages reached MAX, none for {RECOVERY_BOUND:?}: {seen:?}\n--- bridge log ---\n{}",
                 seen.len(),
                 sent.to_max.len(),
                 self.env.bridge_log_tail(80)
@@ -337,16 +348,41 @@ fn alice_on_max(control: &Control) -> Vec<String> {
         .collect()
 }
 
+/// Whether a wait still makes progress: a count that grew within
+/// [`RECOVERY_BOUND`].
+struct Progress {
+    count: usize,
+    since: Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            count: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Takes the current count; false once it stood still too long.
+    fn made(&mut self, count: usize) -> bool {
+        if count > self.count {
+            self.count = count;
+            self.since = Instant::now();
+        }
+        self.since.elapsed() < RECOVERY_BOUND
+    }
+}
+
 async fn wait_on_max(control: &Control, count: usize, env: &Env) {
-    let deadline = Instant::now() + RECOVERY_BOUND;
+    let mut progress = Progress::new();
     loop {
         let seen = alice_on_max(control);
         if seen.len() >= count {
             return;
         }
         assert!(
-            Instant::now() < deadline,
-            "only {} of {count} Matrix messages reached MAX within {RECOVERY_BOUND:?}: {seen:?}\n--- bridge log ---\n{}",
+            progress.made(seen.len()),
+            "only {} of {count} Matrix messages reached MAX, none for {RECOVERY_BOUND:?}: {seen:?}\n--- bridge log ---\n{}",
             seen.len(),
             env.bridge_log_tail(80)
         );

@@ -241,7 +241,7 @@ impl Bridge {
             };
             states[index].1 += 1;
         }
-        self.metrics.set_state(&states, self.portals.active_keys());
+        self.metrics.set_state(&states, self.portals.busy_keys());
         self.metrics.encode()
     }
 

@@ -420,6 +420,12 @@ impl Bridge {
                 }
                 self.refresh_portal(session, portal, chat).await?;
             }
+            _ if create && !self.wants_portal(session, chat.id.0, Some(chat)).await => {
+                tracing::debug!(
+                    chat = chat.id.0,
+                    "no portal: bridge.portal_filter leaves it out"
+                );
+            }
             _ if create => {
                 // A portal starts with the chat as it is now, and the
                 // newest of what came before as its history.
@@ -441,6 +447,35 @@ impl Bridge {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether the chat gets a portal on its own (`bridge.portal_filter`);
+    /// `chat` when the caller has it, else MAX is asked only if the filter
+    /// tells groups from channels.
+    pub(crate) async fn wants_portal(
+        &self,
+        session: &LoginSession,
+        chat_id: i64,
+        chat: Option<&Chat>,
+    ) -> bool {
+        use crate::config::ChatKind;
+        let filter = &self.config.bridge.portal_filter;
+        let kind_of = |chat: &Chat| match chat.kind() {
+            ChatType::Dialog => ChatKind::Dialog,
+            ChatType::Channel => ChatKind::Channel,
+            _ => ChatKind::Group,
+        };
+        let kind = match chat {
+            Some(chat) => kind_of(chat),
+            // Positive ids are dialogs (a XOR b); groups and channels are
+            // negative.
+            None if chat_id > 0 => ChatKind::Dialog,
+            None if filter.tells_groups_from_channels() => {
+                kind_of(&self.fetch_chat(session, chat_id).await)
+            }
+            None => ChatKind::Group,
+        };
+        filter.allows(chat_id, kind)
     }
 
     /// The portal's room, creating it from the chat when needed, with

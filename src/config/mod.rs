@@ -543,6 +543,82 @@ pub struct BridgeConfig {
     /// them) or `delete` (everyone is removed and the bridge forgets them).
     #[serde(default)]
     pub cleanup_on_logout: CleanupOnLogout,
+    /// Which MAX chats get portals on their own (at login, `sync`, or with
+    /// a first message); `start-chat` and inviting a ghost still open any
+    /// direct chat.
+    #[serde(default)]
+    pub portal_filter: PortalFilter,
+}
+
+/// See [`BridgeConfig::portal_filter`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalFilter {
+    /// `deny`: every chat but those in `chats`; `allow`: only those.
+    #[serde(default)]
+    pub mode: FilterMode,
+    /// MAX chat ids (dialogs positive, groups and channels negative).
+    #[serde(default)]
+    pub chats: Vec<i64>,
+    /// Whether direct chats, groups and channels get portals at all.
+    #[serde(default = "default_true")]
+    pub dialogs: bool,
+    #[serde(default = "default_true")]
+    pub groups: bool,
+    #[serde(default = "default_true")]
+    pub channels: bool,
+}
+
+/// See [`PortalFilter::mode`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterMode {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// The kinds of MAX chat, as the portal filter tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatKind {
+    Dialog,
+    Group,
+    Channel,
+}
+
+impl Default for PortalFilter {
+    fn default() -> Self {
+        Self {
+            mode: FilterMode::Deny,
+            chats: Vec::new(),
+            dialogs: true,
+            groups: true,
+            channels: true,
+        }
+    }
+}
+
+impl PortalFilter {
+    /// Whether the chat gets a portal on its own.
+    pub fn allows(&self, chat_id: i64, kind: ChatKind) -> bool {
+        let kind_allowed = match kind {
+            ChatKind::Dialog => self.dialogs,
+            ChatKind::Group => self.groups,
+            ChatKind::Channel => self.channels,
+        };
+        let listed = self.chats.contains(&chat_id);
+        kind_allowed
+            && match self.mode {
+                FilterMode::Deny => !listed,
+                FilterMode::Allow => listed,
+            }
+    }
+
+    /// Whether telling a group from a channel matters (it costs a question
+    /// to MAX when only the chat id is known).
+    pub fn tells_groups_from_channels(&self) -> bool {
+        self.groups != self.channels
+    }
 }
 
 /// See [`BridgeConfig::cleanup_on_logout`].
@@ -582,6 +658,7 @@ impl Default for BridgeConfig {
             personal_space: true,
             presence: false,
             cleanup_on_logout: CleanupOnLogout::default(),
+            portal_filter: PortalFilter::default(),
         }
     }
 }

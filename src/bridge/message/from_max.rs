@@ -100,6 +100,13 @@ impl Bridge {
         match mark {
             // No portal yet: this message starts it, after the newest of
             // what came before as its history.
+            None if !self.wants_portal(session, key.chat_id, None).await => {
+                tracing::debug!(
+                    chat = key.chat_id,
+                    "no portal: bridge.portal_filter leaves it out"
+                );
+                Ok(())
+            }
             None => {
                 let live = PortalMark {
                     message_id: prev.unwrap_or(0),
