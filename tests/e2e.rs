@@ -3288,3 +3288,117 @@ async fn the_portal_filter_keeps_chats_out_of_portals() {
         None
     );
 }
+
+/// Changes to a MAX group after its portal exists cross to Matrix: a new
+/// title and description, a member removed and added again (their ghost
+/// leaves and joins), and the user removed from a group is removed from
+/// its room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_changes_on_max_follow_into_the_portal() {
+    let env = Env::start().await;
+    let (human, _management, _dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let invite = human
+        .wait_for_invite(|i| i.room_name.as_deref() == Some("Test group"))
+        .await;
+    let group = invite.room_id;
+    human.join(&group).await;
+    let transferbot = env.ghost(fixture_ids::TRANSFERBOT);
+    human
+        .wait_for_membership(&group, &transferbot, "join")
+        .await;
+
+    // Alice, its owner, renames it and describes it from her phone.
+    control
+        .update_chat(
+            fixture_ids::ALICE,
+            fixture_ids::TEST_GROUP,
+            Some("Renamed group"),
+            Some("What we talk about"),
+        )
+        .expect("Alice changes the group");
+    human
+        .wait_for_state(&group, "m.room.name", "", |c| c["name"] == "Renamed group")
+        .await;
+    human
+        .wait_for_state(&group, "m.room.topic", "", |c| {
+            c["topic"] == "What we talk about"
+        })
+        .await;
+
+    // TransferBot removed, then added again.
+    control
+        .members_update(
+            fixture_ids::ALICE,
+            fixture_ids::TEST_GROUP,
+            &[fixture_ids::TRANSFERBOT],
+            false,
+        )
+        .expect("TransferBot removed");
+    human
+        .wait_for_membership(&group, &transferbot, "leave")
+        .await;
+    control
+        .members_update(
+            fixture_ids::ALICE,
+            fixture_ids::TEST_GROUP,
+            &[fixture_ids::TRANSFERBOT],
+            true,
+        )
+        .expect("TransferBot added");
+    human
+        .wait_for_membership(&group, &transferbot, "join")
+        .await;
+
+    // Boris makes a group with Alice, then removes her from it: she is
+    // removed from its room, saying why.
+    let borises = control
+        .create_chat(
+            fixture_ids::BORIS,
+            maxsim::ChatKind::Chat,
+            "Boris's group",
+            &[fixture_ids::ALICE],
+        )
+        .expect("Boris makes a group");
+    let invite = human
+        .wait_for_invite(|i| i.room_name.as_deref() == Some("Boris's group"))
+        .await;
+    human.join(&invite.room_id).await;
+    control
+        .members_update(fixture_ids::BORIS, borises, &[fixture_ids::ALICE], false)
+        .expect("Alice removed");
+    // She can no longer read the room: the bot's view of her membership.
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        env.synapse.base_url(),
+        invite.room_id,
+        human.user_id()
+    );
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let member: serde_json::Value = http
+            .get(&url)
+            .bearer_auth(env.as_token())
+            .send()
+            .await
+            .expect("membership readable")
+            .json()
+            .await
+            .expect("membership JSON");
+        if member["membership"] == "leave" {
+            assert!(
+                member["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("no longer a member")),
+                "{member}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still in the room: {member}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

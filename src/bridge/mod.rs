@@ -413,6 +413,14 @@ impl Bridge {
             .insert((room.to_owned(), user.to_owned()));
     }
 
+    /// After `user` left `room`: the next send as them joins again.
+    pub(crate) fn forget_joined(&self, room: &RoomId, user: &UserId) {
+        self.joined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(room.to_owned(), user.to_owned()));
+    }
+
     /// Runs `work` in the background until it ends or the bridge shuts down.
     pub(crate) fn spawn_task(&self, work: impl Future<Output = ()> + Send + 'static) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());

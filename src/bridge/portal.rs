@@ -14,6 +14,7 @@ use crate::store::{PortalKind, PortalMark, PortalRow};
 use maxproto::types::{Chat, ChatRole, ChatType, Message};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Ghosts invited when a group portal is created; bigger chats get the
@@ -795,8 +796,99 @@ impl Bridge {
             portal.avatar_mxc = Some(mxc.to_string());
             changed = true;
         }
+        // Present (even empty) only when MAX says what it is.
+        if let Some(description) = chat.description.as_deref() {
+            let topic = Some(description).filter(|d| !d.is_empty());
+            if portal.topic.as_deref() != topic {
+                self.matrix
+                    .send_state(
+                        &self.bot,
+                        &room,
+                        "m.room.topic",
+                        "",
+                        &json!({"topic": topic.unwrap_or_default()}),
+                    )
+                    .await?;
+                portal.topic = topic.map(str::to_owned);
+                changed = true;
+            }
+        }
         if changed {
             self.store.portals().upsert(&portal).await?;
+        }
+        self.sync_members(session, &room, chat).await
+    }
+
+    /// Brings the room's members in line with the MAX chat's: ghosts of new
+    /// members join (in chats small enough to have them all, as at
+    /// creation), ghosts of members gone leave, and the user is removed
+    /// from a chat they are no longer in. Removals only from a complete
+    /// member list (big chats come with a part of it).
+    async fn sync_members(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        room: &RoomId,
+        chat: &Chat,
+    ) -> Result<(), PortalError> {
+        let Some(participants) = &chat.participants else {
+            return Ok(());
+        };
+        let complete = chat
+            .participants_count
+            .is_none_or(|count| usize::try_from(count).is_ok_and(|n| n == participants.len()));
+        let me = session.max_user_id;
+        let members: HashSet<i64> = participants.keys().map(|u| u.0).collect();
+        let joined = self.matrix.joined_members(&self.bot, room).await?;
+        if complete {
+            for user in joined.keys() {
+                let Some(max_user) = self.config.max_user_id_from_ghost(user.as_str()) else {
+                    continue;
+                };
+                // The user's own ghost speaks for them without double
+                // puppeting; it stays while they do.
+                if max_user == me || members.contains(&max_user) {
+                    self.mark_joined(room, user);
+                    continue;
+                }
+                tracing::info!(room = %room, ghost = %user, "left the MAX chat");
+                self.matrix
+                    .leave_saying(user, room, "Left the MAX chat")
+                    .await?;
+                self.forget_joined(room, user);
+            }
+            if !members.contains(&me) && joined.contains_key(&session.mxid) {
+                tracing::info!(room = %room, user = %session.mxid, "no longer in the MAX chat");
+                self.matrix
+                    .kick(
+                        &self.bot,
+                        room,
+                        &session.mxid,
+                        "You are no longer a member of this MAX chat",
+                    )
+                    .await?;
+                return Ok(());
+            }
+        }
+        if members.len() > MAX_INITIAL_MEMBERS {
+            return Ok(());
+        }
+        let new: Vec<i64> = members
+            .iter()
+            .copied()
+            .filter(|id| *id != me)
+            .filter(|id| {
+                OwnedUserId::try_from(self.config.ghost_user_id(*id))
+                    .is_ok_and(|ghost| !joined.contains_key(&ghost))
+            })
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.prefetch_contacts(session, &new).await;
+        for id in new {
+            let ghost = self.ensure_ghost(session, id).await?;
+            tracing::info!(room = %room, ghost = %ghost, "joined the MAX chat");
+            self.add_to_room(room, &ghost).await?;
         }
         Ok(())
     }

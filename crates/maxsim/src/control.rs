@@ -450,6 +450,37 @@ impl Control {
 
     // -------------------------------------------------------------- acting
 
+    /// Add (`add`) or remove members of a group or channel as its admin
+    /// `account`, exactly as CHAT_MEMBERS_UPDATE (77) would: members get 135
+    /// and a CONTROL service message.
+    pub fn members_update(
+        &self,
+        account: i64,
+        chat_id: i64,
+        users: &[i64],
+        add: bool,
+    ) -> Result<(), ControlError> {
+        self.require_account(account)?;
+        Ok(self
+            .sim
+            .members_update(actor(account), chat_id, users, add)?)
+    }
+
+    /// Rename a group or channel and/or change its description as its admin
+    /// `account`: members get 135, and a new title a CONTROL message.
+    pub fn update_chat(
+        &self,
+        account: i64,
+        chat_id: i64,
+        title: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<(), ControlError> {
+        self.require_account(account)?;
+        Ok(self
+            .sim
+            .update_chat(actor(account), chat_id, title, description)?)
+    }
+
     /// Send as `account`, exactly as MSG_SEND (64) would; every session of
     /// every member (the sender's included) gets the 128 push.
     pub fn send(

@@ -908,6 +908,65 @@ impl Sim {
         Ok(())
     }
 
+    /// Change a group's or channel's title and/or description, as an admin
+    /// does in the app: members get 135 with the chat, and a new title is
+    /// announced with a CONTROL service message.
+    pub fn update_chat(
+        &self,
+        actor: Actor,
+        chat_id: i64,
+        title: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<(), ProtoError> {
+        {
+            let mut st = self.state();
+            let key = st.require_member_chat(actor.user, chat_id)?;
+            let chat = st
+                .chats
+                .get_mut(&key)
+                .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+            if chat.kind == ChatKind::Dialog {
+                return Err(ProtoError::payload("Not valid for dialogs"));
+            }
+            if !chat.is_admin(actor.user) {
+                return Err(ProtoError::new(
+                    "chat.not.access",
+                    "Only admins can change the chat",
+                ));
+            }
+            if let Some(title) = title {
+                chat.title = Some(title.to_owned());
+            }
+            if let Some(description) = description {
+                chat.description = Some(description.to_owned());
+            }
+            chat.modified = now_ms();
+            let chat = &st.chats[&key];
+            for &u in chat.participants.keys() {
+                self.hub.push_user(
+                    u,
+                    None,
+                    Opcode::NOTIF_CHAT,
+                    &json!({"chat": chat.to_json(u)}),
+                );
+            }
+        }
+        if let Some(title) = title {
+            self.send(
+                actor,
+                SendRequest {
+                    chat_id: Some(chat_id),
+                    cid: Some(self.next_cid()),
+                    attaches: vec![json!({"_type": "CONTROL", "event": "title", "title": title})],
+                    ..SendRequest::default()
+                },
+            )?;
+        } else {
+            self.changed();
+        }
+        Ok(())
+    }
+
     // ------------------------------------------------------------- uploads
 
     /// Hand out an upload slot: (id, token).
