@@ -3350,6 +3350,56 @@ async fn group_changes_on_max_follow_into_the_portal() {
         .wait_for_membership(&group, &transferbot, "join")
         .await;
 
+    // Alice, the group's owner, is its moderator in Matrix: her rename,
+    // topic, kick and invite there are made on MAX.
+    human
+        .wait_for_state(&group, "m.room.power_levels", "", |c| {
+            c["users"][human.user_id().as_str()] == 50
+        })
+        .await;
+    human
+        .send_state(
+            &group,
+            "m.room.name",
+            "",
+            serde_json::json!({"name": "Named in Matrix"}),
+        )
+        .await;
+    human
+        .send_state(
+            &group,
+            "m.room.topic",
+            "",
+            serde_json::json!({"topic": "Set in Matrix"}),
+        )
+        .await;
+    test_group_on_max(control, "the rename", |c| {
+        c.title.as_deref() == Some("Named in Matrix")
+            && c.description.as_deref() == Some("Set in Matrix")
+    })
+    .await;
+    let room = human.client().get_room(&group).expect("joined group");
+    room.kick_user(&transferbot, Some("not needed here"))
+        .await
+        .expect("Alice kicks TransferBot");
+    test_group_on_max(control, "the kick", |c| {
+        !c.participants.contains_key(&fixture_ids::TRANSFERBOT)
+    })
+    .await;
+    human.invite(&group, &transferbot).await;
+    test_group_on_max(control, "the invite", |c| {
+        c.participants.contains_key(&fixture_ids::TRANSFERBOT)
+    })
+    .await;
+    human
+        .wait_for_membership(&group, &transferbot, "join")
+        .await;
+    // MAX's own echoes changed nothing back: the name she gave stays.
+    assert_eq!(
+        human.room_name(&group).await.as_deref(),
+        Some("Named in Matrix")
+    );
+
     // Boris makes a group with Alice, then removes her from it: she is
     // removed from its room, saying why.
     let borises = control
@@ -3364,6 +3414,18 @@ async fn group_changes_on_max_follow_into_the_portal() {
         .wait_for_invite(|i| i.room_name.as_deref() == Some("Boris's group"))
         .await;
     human.join(&invite.room_id).await;
+    // Only its admins change its members on MAX: her invite there is
+    // refused, and the ghost declines, saying so.
+    human.invite(&invite.room_id, &transferbot).await;
+    let bot = env.bot();
+    human
+        .wait_for_message(&invite.room_id, |m| {
+            m.sender == bot && m.body.contains("MAX did not add that member")
+        })
+        .await;
+    human
+        .wait_for_membership(&invite.room_id, &transferbot, "leave")
+        .await;
     control
         .members_update(fixture_ids::BORIS, borises, &[fixture_ids::ALICE], false)
         .expect("Alice removed");
@@ -3398,6 +3460,32 @@ async fn group_changes_on_max_follow_into_the_portal() {
         assert!(
             std::time::Instant::now() < deadline,
             "still in the room: {member}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the fixture's test group, as Alice's account has it on MAX,
+/// shows `what` was done.
+async fn test_group_on_max(
+    control: &maxsim::Control,
+    what: &str,
+    done: impl Fn(&maxsim::ChatInfo) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let group = control
+            .chats(fixture_ids::ALICE)
+            .expect("chats")
+            .into_iter()
+            .find(|c| c.id == fixture_ids::TEST_GROUP)
+            .expect("the group");
+        if done(&group) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never reached MAX: {group:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

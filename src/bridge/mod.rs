@@ -16,6 +16,7 @@ pub mod activity;
 pub mod commands;
 pub mod convert;
 pub mod ghost;
+pub mod group;
 pub mod login;
 pub mod media;
 pub mod message;
@@ -551,6 +552,8 @@ impl AppserviceHandler for MatrixHandler {
             && matches!(
                 event.event_type.as_str(),
                 "m.room.member"
+                    | "m.room.name"
+                    | "m.room.topic"
                     | "m.room.message"
                     | "m.room.redaction"
                     | "m.reaction"
@@ -621,6 +624,15 @@ impl Bridge {
         }
         match event.event_type.as_str() {
             "m.room.member" => self.handle_membership(event).await,
+            // Only in portals, where their user's changes go to MAX.
+            "m.room.name" | "m.room.topic" => {
+                if matches!(
+                    self.portal_of_room(event.room_id.as_str()).await,
+                    Ok(Some(_))
+                ) {
+                    self.handle_room_message(event, delivery, handled).await;
+                }
+            }
             "m.room.message"
             | "m.room.redaction"
             | "m.reaction"
@@ -664,10 +676,22 @@ impl Bridge {
             .state_key
             .as_deref()
             .and_then(|invitee| Some((invitee, self.config.max_user_id_from_ghost(invitee)?)));
-        if let Some((ghost, max_user_id)) = invited_ghost
-            && event.content.get("membership").and_then(|m| m.as_str()) == Some("invite")
-            && let Ok(ghost) = ruma::OwnedUserId::try_from(ghost)
-        {
+        let Some((ghost, max_user_id)) = invited_ghost else {
+            return;
+        };
+        let Ok(ghost) = ruma::OwnedUserId::try_from(ghost) else {
+            return;
+        };
+        // A group portal's user adding or removing a member.
+        match self.on_portal_membership(&event, &ghost, max_user_id).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(room = %event.room_id, %ghost, %error, "member change not bridged");
+                return;
+            }
+        }
+        if event.content.get("membership").and_then(|m| m.as_str()) == Some("invite") {
             commands::on_ghost_invited(self, &event, &ghost, max_user_id).await;
         }
     }

@@ -14,12 +14,11 @@ use crate::store::{PortalKind, PortalMark, PortalRow};
 use maxproto::types::{Chat, ChatRole, ChatType, Message};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Ghosts invited when a group portal is created; bigger chats get the
 /// rest as they speak.
-const MAX_INITIAL_MEMBERS: usize = 200;
+pub(crate) const MAX_INITIAL_MEMBERS: usize = 200;
 
 /// A portal's identity: the MAX chat and the MAX account that sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -633,9 +632,11 @@ impl Bridge {
             self.record_portal(&mut portal, &room, start).await?;
             self.mark_joined(&room, &self.bot);
             self.join_for(&user, &room).await;
+            let admin = chat.role_of(maxproto::types::UserId(me)) != ChatRole::Member;
             if kind == PortalKind::Channel {
-                let may_post = chat.role_of(maxproto::types::UserId(me)) != ChatRole::Member;
-                self.channel_posting(&room, &user, may_post).await?;
+                self.channel_posting(&room, &user, admin).await?;
+            } else if admin {
+                self.group_power(&room, &user, admin).await?;
             }
             for ghost in ghosts {
                 let joined = match self.matrix.join(&ghost, &room).await {
@@ -732,6 +733,35 @@ impl Bridge {
         Ok(())
     }
 
+    /// Gives the user of a group portal the power their MAX role gives
+    /// them: moderator (50: rename, topic, kick) for its owner and admins,
+    /// which the bridge then makes on MAX; default for members.
+    async fn group_power(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        admin: bool,
+    ) -> Result<(), MatrixError> {
+        let mut levels = self
+            .matrix
+            .get_state_event(&self.bot, room, "m.room.power_levels", "")
+            .await?
+            .unwrap_or_else(|| json!({}));
+        if !levels.get("users").is_some_and(Value::is_object) {
+            levels["users"] = json!({});
+        }
+        let current = levels["users"][user.as_str()].as_i64().unwrap_or(0);
+        let wanted = if admin { 50 } else { 0 };
+        if current == wanted {
+            return Ok(());
+        }
+        levels["users"][user.as_str()] = json!(wanted);
+        self.matrix
+            .send_state(&self.bot, room, "m.room.power_levels", "", &levels)
+            .await?;
+        Ok(())
+    }
+
     /// `m.bridge` state key and content (MSC2346).
     fn bridge_info(&self, chat: &Chat) -> (String, Value) {
         let state_key = format!("net.maxbridge://max/{}", chat.id.0);
@@ -769,11 +799,12 @@ impl Bridge {
         if portal.kind == PortalKind::Dialog {
             return Ok(());
         }
+        // Follows the user's role (and fixes portals made before it).
+        let admin = chat.role_of(maxproto::types::UserId(session.max_user_id)) != ChatRole::Member;
         if portal.kind == PortalKind::Channel {
-            // Follows the user's role (and fixes portals made before it).
-            let may_post =
-                chat.role_of(maxproto::types::UserId(session.max_user_id)) != ChatRole::Member;
-            self.channel_posting(&room, &session.mxid, may_post).await?;
+            self.channel_posting(&room, &session.mxid, admin).await?;
+        } else {
+            self.group_power(&room, &session.mxid, admin).await?;
         }
         let mut changed = false;
         if let Some(title) = chat.title.as_deref().filter(|t| !t.is_empty())
@@ -817,80 +848,6 @@ impl Bridge {
             self.store.portals().upsert(&portal).await?;
         }
         self.sync_members(session, &room, chat).await
-    }
-
-    /// Brings the room's members in line with the MAX chat's: ghosts of new
-    /// members join (in chats small enough to have them all, as at
-    /// creation), ghosts of members gone leave, and the user is removed
-    /// from a chat they are no longer in. Removals only from a complete
-    /// member list (big chats come with a part of it).
-    async fn sync_members(
-        self: &Arc<Self>,
-        session: &Arc<LoginSession>,
-        room: &RoomId,
-        chat: &Chat,
-    ) -> Result<(), PortalError> {
-        let Some(participants) = &chat.participants else {
-            return Ok(());
-        };
-        let complete = chat
-            .participants_count
-            .is_none_or(|count| usize::try_from(count).is_ok_and(|n| n == participants.len()));
-        let me = session.max_user_id;
-        let members: HashSet<i64> = participants.keys().map(|u| u.0).collect();
-        let joined = self.matrix.joined_members(&self.bot, room).await?;
-        if complete {
-            for user in joined.keys() {
-                let Some(max_user) = self.config.max_user_id_from_ghost(user.as_str()) else {
-                    continue;
-                };
-                // The user's own ghost speaks for them without double
-                // puppeting; it stays while they do.
-                if max_user == me || members.contains(&max_user) {
-                    self.mark_joined(room, user);
-                    continue;
-                }
-                tracing::info!(room = %room, ghost = %user, "left the MAX chat");
-                self.matrix
-                    .leave_saying(user, room, "Left the MAX chat")
-                    .await?;
-                self.forget_joined(room, user);
-            }
-            if !members.contains(&me) && joined.contains_key(&session.mxid) {
-                tracing::info!(room = %room, user = %session.mxid, "no longer in the MAX chat");
-                self.matrix
-                    .kick(
-                        &self.bot,
-                        room,
-                        &session.mxid,
-                        "You are no longer a member of this MAX chat",
-                    )
-                    .await?;
-                return Ok(());
-            }
-        }
-        if members.len() > MAX_INITIAL_MEMBERS {
-            return Ok(());
-        }
-        let new: Vec<i64> = members
-            .iter()
-            .copied()
-            .filter(|id| *id != me)
-            .filter(|id| {
-                OwnedUserId::try_from(self.config.ghost_user_id(*id))
-                    .is_ok_and(|ghost| !joined.contains_key(&ghost))
-            })
-            .collect();
-        if new.is_empty() {
-            return Ok(());
-        }
-        self.prefetch_contacts(session, &new).await;
-        for id in new {
-            let ghost = self.ensure_ghost(session, id).await?;
-            tracing::info!(room = %room, ghost = %ghost, "joined the MAX chat");
-            self.add_to_room(room, &ghost).await?;
-        }
-        Ok(())
     }
 
     /// Invites the portal's user again when they are neither in the room

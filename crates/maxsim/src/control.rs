@@ -62,6 +62,7 @@ pub struct ChatInfo {
     pub id: i64,
     pub kind: ChatKind,
     pub title: Option<String>,
+    pub description: Option<String>,
     pub owner: i64,
     pub admins: Vec<i64>,
     /// Member → read mark (ms).
@@ -278,6 +279,7 @@ impl Control {
                     id: k.wire_id(),
                     kind: c.kind,
                     title: c.title.clone(),
+                    description: c.description.clone(),
                     owner: c.owner,
                     admins: c.admins.clone(),
                     participants: c.participants.clone(),

@@ -108,6 +108,18 @@ pub(crate) fn handle(sim: &Arc<Sim>, conn: &Arc<Conn>, frame: &Frame) -> HResult
         }
         51 => chat_media(sim, user, p),
         53 => chats_list(sim, user, p),
+        55 => {
+            // Title ("theme") and description; the other variants (settings,
+            // links, pins, ownership) are not simulated.
+            let chat_id = req_i64(p, "chatId")?;
+            let text = |name| p.get(name).and_then(Value::as_str);
+            let (title, description) = (text("theme"), text("description"));
+            if title.is_none() && description.is_none() {
+                return Err(ProtoError::payload("Nothing to update"));
+            }
+            sim.update_chat(actor, chat_id, title, description)?;
+            ok(json!({"chat": chat_json(sim, user, chat_id)?}))
+        }
         59 => members(sim, user, p),
         64 => msg_send(sim, actor, p),
         65 => {

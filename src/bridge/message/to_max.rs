@@ -85,6 +85,9 @@ impl Bridge {
             "m.room.redaction" => return self.delete_on_max(&session, key, event).await,
             "m.reaction" => return self.react_on_max(&session, key, event).await,
             convert::POLL_RESPONSE => return self.vote_on_max(&session, key, event).await,
+            "m.room.name" | "m.room.topic" => {
+                return self.update_on_max(&session, key, event).await;
+            }
             _ => {}
         }
         if event

@@ -2,7 +2,7 @@
 //! CHAT_MARK (50), CHATS_LIST (53), CHAT_MEMBERS (59), CHAT_SUBSCRIBE (75).
 
 use super::chat::Chat;
-use super::ids::{ChatId, MessageId};
+use super::ids::{ChatId, MessageId, UserId};
 use super::message::Message;
 use super::user::Member;
 use super::{EmptyResponse, Extra, Request};
@@ -228,6 +228,82 @@ pub struct ChatMembersResponse {
     pub marker: Option<i64>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// 55 CHAT_UPDATE, the title/description variant (one change per
+/// request; the title is called `theme`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatUpdateRequest {
+    pub chat_id: ChatId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub theme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Request for ChatUpdateRequest {
+    const OPCODE: Opcode = Opcode::CHAT_UPDATE;
+    type Response = ChatResponse;
+}
+
+/// `{chat}` (55, 77).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<Chat>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// 77 CHAT_MEMBERS_UPDATE, adding or removing members (the admin and
+/// join-request variants carry a `type`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatMembersUpdateRequest {
+    pub chat_id: ChatId,
+    pub user_ids: Vec<UserId>,
+    /// `add` or `remove`.
+    pub operation: String,
+    /// For `add`: whether the new members see the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_history: Option<bool>,
+    /// For `remove`: 0 keeps the removed members' messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_msg_period: Option<i64>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ChatMembersUpdateRequest {
+    pub fn add(chat_id: ChatId, users: Vec<UserId>) -> ChatMembersUpdateRequest {
+        ChatMembersUpdateRequest {
+            chat_id,
+            user_ids: users,
+            operation: "add".to_owned(),
+            show_history: Some(true),
+            clean_msg_period: None,
+            extra: Extra::new(),
+        }
+    }
+
+    pub fn remove(chat_id: ChatId, users: Vec<UserId>) -> ChatMembersUpdateRequest {
+        ChatMembersUpdateRequest {
+            chat_id,
+            user_ids: users,
+            operation: "remove".to_owned(),
+            show_history: None,
+            clean_msg_period: Some(0),
+            extra: Extra::new(),
+        }
+    }
+}
+
+impl Request for ChatMembersUpdateRequest {
+    const OPCODE: Opcode = Opcode::CHAT_MEMBERS_UPDATE;
+    type Response = ChatResponse;
 }
 
 /// 75 CHAT_SUBSCRIBE: receive typing/reactions/marks of an open chat.
