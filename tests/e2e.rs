@@ -3490,3 +3490,73 @@ async fn test_group_on_max(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Relay mode: in a portal whose owner turned it on, a Matrix user without
+/// a MAX login speaks through the owner's account, named; before that, and
+/// after it is turned off, their messages stay in Matrix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_mode_lets_users_without_a_login_speak_through_the_owner() {
+    let env = Env::start_with_options(EnvOptions {
+        bridge_options: vec![(
+            "relay".to_owned(),
+            "{enabled: true, admin_only: false}".to_owned(),
+        )],
+        ..EnvOptions::default()
+    })
+    .await;
+    let (human, _management, dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    let bob = Human::register(&env.synapse, "bob").await;
+    human.invite(&dm, bob.user_id()).await;
+    bob.join(&dm).await;
+    let alice_on_max = || -> Vec<String> {
+        control
+            .messages(fixture_ids::BORIS, fixture_ids::DIALOG_ALICE_BORIS)
+            .expect("history")
+            .into_iter()
+            .filter(|m| m.sender == Some(fixture_ids::ALICE))
+            .map(|m| m.text)
+            .collect()
+    };
+
+    bob.send_text(&dm, "not relayed yet").await;
+    let bot = env.bot();
+    let on = env
+        .command(&human, &dm, "!max set-relay", "Relaying is on")
+        .await;
+    assert!(on.contains("portal owner's account"), "{on}");
+    bob.send_text(&dm, "relayed hello").await;
+    let sent = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.text.ends_with("relayed hello")
+        })
+        .await
+        .expect("the relayed message reaches MAX");
+    assert_eq!(sent.text, "bob: relayed hello");
+    assert_eq!(sent.sender, Some(fixture_ids::ALICE));
+
+    env.command(&human, &dm, "!max unset-relay", "Relaying is off")
+        .await;
+    bob.send_text(&dm, "not relayed again").await;
+    // Alice's own message after it goes; Bob's before it stayed.
+    human.send_text(&dm, "Alice after relaying").await;
+    control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.text == "Alice after relaying"
+        })
+        .await
+        .expect("Alice's message reaches MAX");
+    let texts = alice_on_max();
+    assert!(
+        !texts.iter().any(|t| t.contains("not relayed")),
+        "{texts:?}"
+    );
+    // Nothing of Bob's came back into the room from MAX.
+    assert!(
+        human
+            .messages(&dm)
+            .iter()
+            .all(|m| m.sender == bot || !m.body.starts_with("bob:")),
+        "an echo of a relayed message"
+    );
+}

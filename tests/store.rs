@@ -276,6 +276,20 @@ async fn portals_round_trip_and_uniqueness(backend: Backend) {
         portals.get_by_room("!team_for_300").await.unwrap().unwrap(),
         group_b
     );
+    // Relay mode, on and off, as read back (memory follows the write).
+    assert!(portals.set_relay(777, 300, true).await.unwrap());
+    assert!(portals.get(777, 300).await.unwrap().unwrap().relay);
+    assert!(!portals.get(777, 100).await.unwrap().unwrap().relay);
+    assert!(portals.set_relay(777, 300, false).await.unwrap());
+    assert!(
+        !portals
+            .get_by_room("!team_for_300")
+            .await
+            .unwrap()
+            .unwrap()
+            .relay
+    );
+    assert!(!portals.set_relay(999, 300, true).await.unwrap());
 
     // Room not yet created, then created.
     assert!(

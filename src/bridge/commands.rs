@@ -28,6 +28,7 @@ In this room no prefix is needed; in portal rooms, start commands with the prefi
 • `sync` — read your MAX chats again and create missing portals
 • `start-chat <+phone or MAX user id>` — open a direct chat with a MAX user
 • `delete-portal` — in a portal room: remove everyone and forget it (the MAX chat stays)
+• `set-relay` / `unset-relay` — in a portal room: let Matrix users without a MAX login speak through your account (when the bridge allows relaying)
 
 **General**
 • `version` — the bridge's version
@@ -215,6 +216,8 @@ async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
         "sync" => sync(bridge, room, user).await,
         "list" => list(bridge, room, user).await,
         "delete-portal" => delete_portal(bridge, room, user).await,
+        "set-relay" => set_relay(bridge, room, user, true).await,
+        "unset-relay" => set_relay(bridge, room, user, false).await,
         "version" => {
             reply(format!(
                 "maxbridge {}, speaking to MAX as web client {} ({} frames).",
@@ -504,6 +507,77 @@ pub(crate) async fn log_out(bridge: &Arc<Bridge>, user: &OwnedUserId) -> Result<
 
 /// Deletes the portal of the room the command was sent in; its owner or a
 /// bridge admin may.
+/// Turns relay mode on or off in a portal: by a bridge admin, or by the
+/// portal's owner unless `bridge.relay.admin_only`. The owner's account is
+/// the one relayed through.
+async fn set_relay(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, on: bool) {
+    let relay = &bridge.config.bridge.relay;
+    if !relay.enabled {
+        bridge
+            .bot_notice(
+                room,
+                "Relaying is off on this bridge (`bridge.relay.enabled`).",
+            )
+            .await;
+        return;
+    }
+    let portal = match bridge.store.portals().get_by_room(room.as_str()).await {
+        Ok(Some(portal)) => portal,
+        Ok(None) => {
+            bridge.bot_notice(room, "This room is not a portal.").await;
+            return;
+        }
+        Err(error) => {
+            tracing::error!(%error, "portal lookup failed");
+            bridge
+                .bot_notice(room, "❌ Could not read the portal: database error.")
+                .await;
+            return;
+        }
+    };
+    let admin = bridge.config.permission_for(user.as_str()) >= Permission::Admin;
+    let owner = bridge
+        .login_of(user)
+        .is_some_and(|session| session.max_user_id == portal.receiver);
+    if !admin && (relay.admin_only || !owner) {
+        let who = if relay.admin_only {
+            "a bridge admin"
+        } else {
+            "the portal's owner or a bridge admin"
+        };
+        bridge
+            .bot_notice(room, &format!("Only {who} may change relaying here."))
+            .await;
+        return;
+    }
+    match bridge
+        .store
+        .portals()
+        .set_relay(portal.chat_id, portal.receiver, on)
+        .await
+    {
+        Ok(_) if on => {
+            bridge
+                .bot_notice(
+                    room,
+                    "Relaying is on: messages of Matrix users here without a MAX login go to MAX through the portal owner's account, each with its sender's name.",
+                )
+                .await
+        }
+        Ok(_) => {
+            bridge
+                .bot_notice(room, "Relaying is off: only the portal's owner speaks on MAX.")
+                .await
+        }
+        Err(error) => {
+            tracing::error!(%error, "relay not changed");
+            bridge
+                .bot_notice(room, "❌ Could not change relaying: database error.")
+                .await;
+        }
+    }
+}
+
 async fn delete_portal(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
     let portal = match bridge.store.portals().get_by_room(room.as_str()).await {
         Ok(Some(portal)) => portal,

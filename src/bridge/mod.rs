@@ -24,6 +24,7 @@ pub mod portal;
 pub mod provision;
 pub mod puppet;
 pub mod reaction;
+pub mod relay;
 pub mod sms_login;
 pub mod space;
 

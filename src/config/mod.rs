@@ -548,6 +548,32 @@ pub struct BridgeConfig {
     /// direct chat.
     #[serde(default)]
     pub portal_filter: PortalFilter,
+    /// Relay mode (as mautrix's bridgev2): in a portal where it is set
+    /// (`set-relay`), Matrix users without a MAX login speak through the
+    /// portal owner's account, each message carrying their name.
+    #[serde(default)]
+    pub relay: RelayConfig,
+}
+
+/// See [`BridgeConfig::relay`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Off by default: nobody can turn it on in a portal.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Only bridge admins may turn it on (else also the portal's owner).
+    #[serde(default = "default_true")]
+    pub admin_only: bool,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            admin_only: true,
+        }
+    }
 }
 
 /// See [`BridgeConfig::portal_filter`].
@@ -659,6 +685,7 @@ impl Default for BridgeConfig {
             presence: false,
             cleanup_on_logout: CleanupOnLogout::default(),
             portal_filter: PortalFilter::default(),
+            relay: RelayConfig::default(),
         }
     }
 }

@@ -72,6 +72,9 @@ pub struct PortalRow {
     pub avatar_mxc: Option<String>,
     /// For dialogs: the MAX user on the other side.
     pub other_user_id: Option<i64>,
+    /// Relay mode: Matrix users without a MAX login speak through the
+    /// owner's account.
+    pub relay: bool,
 }
 
 impl PortalRow {
@@ -87,6 +90,7 @@ impl PortalRow {
             avatar_url: None,
             avatar_mxc: None,
             other_user_id: None,
+            relay: false,
         }
     }
 }
@@ -107,7 +111,7 @@ macro_rules! select {
     ($rest:literal) => {
         concat!(
             "SELECT chat_id, receiver, room_id, kind, name, topic, avatar_url, avatar_mxc, \
-             other_user_id FROM portals ",
+             other_user_id, relay FROM portals ",
             $rest
         )
     };
@@ -119,7 +123,7 @@ macro_rules! select_cached {
     ($rest:literal) => {
         concat!(
             "SELECT chat_id, receiver, room_id, kind, name, topic, avatar_url, avatar_mxc, \
-             other_user_id, last_max_message_id, last_max_time, \
+             other_user_id, relay, last_max_message_id, last_max_time, \
              (SELECT max(m.max_message_id) FROM messages m \
               WHERE m.chat_id = p.chat_id AND m.receiver = p.receiver) AS highest \
              FROM portals p ",
@@ -406,12 +410,13 @@ impl<'a> Portals<'a> {
     pub async fn upsert(&self, portal: &PortalRow) -> Result<(), StoreError> {
         let done = on_db!(self.db, |pool| sqlx::query(
             "INSERT INTO portals (chat_id, receiver, room_id, kind, name, topic, avatar_url, \
-               avatar_mxc, other_user_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+               avatar_mxc, other_user_id, relay) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (chat_id, receiver) DO UPDATE SET \
                room_id = EXCLUDED.room_id, kind = EXCLUDED.kind, name = EXCLUDED.name, \
                topic = EXCLUDED.topic, avatar_url = EXCLUDED.avatar_url, \
-               avatar_mxc = EXCLUDED.avatar_mxc, other_user_id = EXCLUDED.other_user_id",
+               avatar_mxc = EXCLUDED.avatar_mxc, other_user_id = EXCLUDED.other_user_id, \
+               relay = EXCLUDED.relay",
         )
         .bind(portal.chat_id)
         .bind(portal.receiver)
@@ -422,6 +427,7 @@ impl<'a> Portals<'a> {
         .bind(&portal.avatar_url)
         .bind(&portal.avatar_mxc)
         .bind(portal.other_user_id)
+        .bind(portal.relay)
         .execute(pool)
         .await
         .map(|done| done.rows_affected()));
@@ -620,6 +626,26 @@ impl<'a> Portals<'a> {
         .await
         .map(|done| done.rows_affected()));
         self.cache.forget_mark((chat_id, receiver));
+        Ok(done? > 0)
+    }
+
+    /// Turns relay mode on or off. Returns whether the portal existed.
+    pub async fn set_relay(
+        &self,
+        chat_id: i64,
+        receiver: i64,
+        relay: bool,
+    ) -> Result<bool, StoreError> {
+        let done = on_db!(self.db, |pool| sqlx::query(
+            "UPDATE portals SET relay = $3 WHERE chat_id = $1 AND receiver = $2"
+        )
+        .bind(chat_id)
+        .bind(receiver)
+        .bind(relay)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()));
+        self.cache.forget((chat_id, receiver), None);
         Ok(done? > 0)
     }
 

@@ -37,32 +37,45 @@ impl Bridge {
     ) -> Result<(), PortalError> {
         tracing::debug!(chat = key.chat_id, receiver = key.receiver, event = %event.event_id, kind = %event.event_type, "Matrix event");
         let taken = std::time::Instant::now();
-        let Some(session) = self.wait_for_login(&event.sender).await? else {
-            tracing::debug!(event = %event.event_id, "no MAX login to send with");
-            if let Some(login) = self.store.logins().get(event.sender.as_str()).await?
-                && login.max_user_id == key.receiver
-            {
-                let why = if login.state == crate::bridge::login::STATE_LOGGED_OUT {
-                    "you are logged out of MAX. Send `login` to the bridge bot.".to_owned()
-                } else {
-                    format!(
-                        "the connection to MAX did not come back within {} s. Send `ping` to the bridge bot to check it.",
-                        self.config.login_patience().as_secs()
-                    )
-                };
-                self.bot_notice(
-                    &event.room_id,
-                    &format!("⚠️ Your message was not sent: {why}"),
-                )
-                .await;
-            }
-            return Ok(());
+        let own = self.wait_for_login(&event.sender).await?;
+        let relayed;
+        let (session, event) = match own {
+            Some(session) if session.max_user_id == key.receiver => (session, event),
+            own => match self.relay_for(key, event).await? {
+                // Someone who cannot speak for this portal on MAX, in a
+                // portal that relays: through its owner, with their name.
+                Some((owner, as_relayed)) => {
+                    relayed = as_relayed;
+                    (owner, &relayed)
+                }
+                None if own.is_some() => {
+                    // Someone else's portal: only its owner speaks for it.
+                    tracing::debug!(event = %event.event_id, "not the portal's owner; not sent");
+                    return Ok(());
+                }
+                None => {
+                    tracing::debug!(event = %event.event_id, "no MAX login to send with");
+                    if let Some(login) = self.store.logins().get(event.sender.as_str()).await?
+                        && login.max_user_id == key.receiver
+                    {
+                        let why = if login.state == crate::bridge::login::STATE_LOGGED_OUT {
+                            "you are logged out of MAX. Send `login` to the bridge bot.".to_owned()
+                        } else {
+                            format!(
+                                "the connection to MAX did not come back within {} s. Send `ping` to the bridge bot to check it.",
+                                self.config.login_patience().as_secs()
+                            )
+                        };
+                        self.bot_notice(
+                            &event.room_id,
+                            &format!("⚠️ Your message was not sent: {why}"),
+                        )
+                        .await;
+                    }
+                    return Ok(());
+                }
+            },
         };
-        if session.max_user_id != key.receiver {
-            // Someone else's portal: only its owner speaks for it on MAX.
-            tracing::debug!(event = %event.event_id, "not the portal's owner; not sent");
-            return Ok(());
-        }
         // How many MAX messages this event already became (a long text is
         // several): after a crash, only the rest is sent. An event new from
         // the homeserver, on its first try, became nothing yet.
