@@ -3560,3 +3560,54 @@ async fn relay_mode_lets_users_without_a_login_speak_through_the_owner() {
         "an echo of a relayed message"
     );
 }
+
+/// MAX's Saved messages become a room of the user's notes once they hold
+/// something: a note made on the phone appears there, and one written in
+/// the room is saved on MAX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_messages_are_a_notes_room_both_ways() {
+    let env = Env::start().await;
+    let (human, _management, _dm) = env.alice_with_boris_dm("alice").await;
+    let control = env.sim.control();
+    control
+        .send(fixture_ids::ALICE, 0, Outgoing::text("note to self"))
+        .expect("Alice saves a note on her phone");
+    let invite = human
+        .wait_for_invite(|i| i.room_name.as_deref() == Some("Saved messages"))
+        .await;
+    human.join(&invite.room_id).await;
+    let note = human.wait_for_text(&invite.room_id, "note to self").await;
+    assert_eq!(note.sender, env.ghost(fixture_ids::ALICE));
+
+    human.send_text(&invite.room_id, "saved from Matrix").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let saved: Vec<String> = control
+            .messages(fixture_ids::ALICE, 0)
+            .expect("Saved messages")
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        if saved.contains(&"saved from Matrix".to_owned()) {
+            assert_eq!(saved, ["note to self", "saved from Matrix"]);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not saved on MAX: {saved:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Once: no echo of it came back into the room.
+    human
+        .wait_for_text(&invite.room_id, "saved from Matrix")
+        .await;
+    assert_eq!(
+        human
+            .messages(&invite.room_id)
+            .iter()
+            .filter(|m| m.body == "saved from Matrix")
+            .count(),
+        1
+    );
+}

@@ -29,12 +29,13 @@ impl Bridge {
         room: &RoomId,
         chat: &Chat,
     ) -> Result<(), PortalError> {
-        let Some(participants) = &chat.participants else {
+        // A chat always has its user: an empty list says nothing.
+        let Some(participants) = chat.participants.as_ref().filter(|p| !p.is_empty()) else {
             return Ok(());
         };
         let complete = chat
             .participants_count
-            .is_none_or(|count| usize::try_from(count).is_ok_and(|n| n == participants.len()));
+            .is_some_and(|count| usize::try_from(count).is_ok_and(|n| n == participants.len()));
         let me = session.max_user_id;
         let members: HashSet<i64> = participants.keys().map(|u| u.0).collect();
         let joined = self.matrix.joined_members(&self.bot, room).await?;

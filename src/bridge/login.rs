@@ -261,7 +261,10 @@ impl Bridge {
     /// send none.
     pub(crate) async fn sync_chats(self: &Arc<Self>, session: &Arc<LoginSession>, chats: &[Chat]) {
         for chat in chats {
-            if chat.is_saved_messages() {
+            // Saved messages get their room once they hold something.
+            if chat.is_saved_messages()
+                && (!self.config.bridge.saved_messages || chat.last_message.is_none())
+            {
                 continue;
             }
             let key = session.portal_key(chat.id.0);
@@ -396,7 +399,7 @@ impl Bridge {
         match push {
             Push::Message(notif) => {
                 let key = session.portal_key(notif.chat_id.0);
-                if notif.chat_id.0 == 0 {
+                if notif.chat_id.0 == 0 && !self.config.bridge.saved_messages {
                     return;
                 }
                 self.enqueue(
@@ -411,7 +414,7 @@ impl Bridge {
             }
             Push::Chat(notif) => {
                 let chat: Chat = notif.chat;
-                if chat.is_saved_messages() {
+                if chat.is_saved_messages() && !self.config.bridge.saved_messages {
                     return;
                 }
                 let key = session.portal_key(chat.id.0);

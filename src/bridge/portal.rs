@@ -19,6 +19,8 @@ use std::sync::Arc;
 /// Ghosts invited when a group portal is created; bigger chats get the
 /// rest as they speak.
 pub(crate) const MAX_INITIAL_MEMBERS: usize = 200;
+/// The name of the room of MAX's Saved messages.
+const SAVED_MESSAGES: &str = "Saved messages";
 
 /// A portal's identity: the MAX chat and the MAX account that sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -467,9 +469,9 @@ impl Bridge {
         };
         let kind = match chat {
             Some(chat) => kind_of(chat),
-            // Positive ids are dialogs (a XOR b); groups and channels are
-            // negative.
-            None if chat_id > 0 => ChatKind::Dialog,
+            // Positive ids are dialogs (a XOR b), 0 Saved messages; groups
+            // and channels are negative.
+            None if chat_id >= 0 => ChatKind::Dialog,
             None if filter.tells_groups_from_channels() => {
                 kind_of(&self.fetch_chat(session, chat_id).await)
             }
@@ -515,8 +517,9 @@ impl Bridge {
             }
             Err(error) => tracing::warn!(chat = chat_id, %error, "CHAT_INFO failed"),
         }
-        // Positive ids are dialogs (a XOR b); groups and channels are negative.
-        let kind = if chat_id > 0 {
+        // Positive ids are dialogs (a XOR b), 0 Saved messages (a dialog
+        // with oneself); groups and channels are negative.
+        let kind = if chat_id >= 0 {
             ChatType::Dialog
         } else {
             ChatType::Chat
@@ -567,8 +570,14 @@ impl Bridge {
                 .map_or(chat.id.0 ^ me, |u| u.0);
             portal.other_user_id = Some(other);
             let ghost = self.ensure_ghost(session, other).await?;
-            portal.name = session.contact(other).and_then(|c| c.display_name());
+            // Saved messages (chat 0): the user's notes, written by their
+            // own account; named, since its only other member is them.
+            let notes = chat.is_saved_messages().then(|| SAVED_MESSAGES.to_owned());
+            portal.name = notes
+                .clone()
+                .or_else(|| session.contact(other).and_then(|c| c.display_name()));
             let options = CreateRoomOptions {
+                name: notes,
                 is_direct: true,
                 invite: vec![self.bot.clone()],
                 preset: Some(RoomPreset::PrivateChat),
@@ -873,6 +882,15 @@ impl Bridge {
             .and_then(Value::as_str);
         if !matches!(membership, Some("join" | "invite")) {
             self.matrix.invite(inviter, room, user, is_direct).await?;
+        }
+        // A double puppet is in the room, not merely invited: the bridge
+        // speaks as them there (a portal made before puppeting was set up).
+        if membership != Some("join") && self.puppets(user) {
+            self.join_for(user, room).await;
+            if is_direct {
+                self.add_direct(user, inviter, room).await;
+            }
+            return Ok(());
         }
         self.mark_joined(room, user);
         Ok(())

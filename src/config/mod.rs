@@ -553,6 +553,10 @@ pub struct BridgeConfig {
     /// portal owner's account, each message carrying their name.
     #[serde(default)]
     pub relay: RelayConfig,
+    /// MAX's Saved messages as a room of the user's notes, both ways (made
+    /// once it holds something).
+    #[serde(default = "default_true")]
+    pub saved_messages: bool,
 }
 
 /// See [`BridgeConfig::relay`].
@@ -686,6 +690,7 @@ impl Default for BridgeConfig {
             cleanup_on_logout: CleanupOnLogout::default(),
             portal_filter: PortalFilter::default(),
             relay: RelayConfig::default(),
+            saved_messages: true,
         }
     }
 }
