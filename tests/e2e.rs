@@ -472,6 +472,22 @@ async fn dropped_socket_is_reported_and_recovered_and_failures_are_visible() {
             && logins.contains(&format!("MAX id {}: connected", fixture_ids::ALICE)),
         "{logins}"
     );
+    // Finding someone to write to: by a part of a name among her contacts,
+    // by phone number through MAX, or nobody.
+    let start_boris = format!("`start-chat {}`", fixture_ids::BORIS);
+    let by_name = env
+        .command(&human, &management, "search bor", "Found for")
+        .await;
+    assert!(
+        by_name.contains("Boris") && by_name.contains(&start_boris),
+        "{by_name}"
+    );
+    let by_phone = env
+        .command(&human, &management, "search +79000000002", "Found for")
+        .await;
+    assert!(by_phone.contains(&start_boris), "{by_phone}");
+    env.command(&human, &management, "search zzz", "Nobody found")
+        .await;
     boris_says(control, "after the drop");
     human.wait_for_text(&dm, "after the drop").await;
 

@@ -27,6 +27,7 @@ In this room no prefix is needed; in portal rooms, start commands with the prefi
 • `list` — list your bridged chats
 • `sync` — read your MAX chats again and create missing portals
 • `start-chat <+phone or MAX user id>` — open a direct chat with a MAX user
+• `search <name or +phone>` — find MAX users among your contacts, or by phone number
 • `delete-portal` — in a portal room: remove everyone and forget it (the MAX chat stays)
 • `set-relay` / `unset-relay` — in a portal room: let Matrix users without a MAX login speak through your account (when the bridge allows relaying)
 
@@ -230,6 +231,8 @@ async fn run_command(bridge: &Arc<Bridge>, event: &RoomEvent, text: &str) {
             ))
             .await
         }
+        "search" if args.is_empty() => reply("Usage: search <name or +phone>".to_owned()).await,
+        "search" => search(bridge, room, user, &args.join(" ")).await,
         "start-chat" => match args.first() {
             Some(who) => start_chat(bridge, room, user, who).await,
             None => reply("Usage: start-chat <+phone or MAX user id>".to_owned()).await,
@@ -907,6 +910,62 @@ pub(crate) async fn on_ghost_invited(
 }
 
 /// Opens the direct chat with a MAX user found by phone number or id.
+/// Most contacts listed by `search`.
+const SEARCH_RESULTS: usize = 20;
+
+/// MAX users for `query`: the one a phone number or id names (asked of
+/// MAX), else the contacts whose name holds it; each with the command
+/// that opens a chat with them.
+async fn search(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, query: &str) {
+    let Some(session) = bridge.login_of(user) else {
+        bridge
+            .bot_notice(room, "You are not logged in to MAX.")
+            .await;
+        return;
+    };
+    let found = match find_contact(&session, query).await {
+        Ok(contact) => vec![contact],
+        Err(NotFound::NotAnIdentifier) => session.contacts_named(query),
+        Err(NotFound::Own) => {
+            bridge.bot_notice(room, "That is your own account.").await;
+            return;
+        }
+        Err(NotFound::Unknown) => Vec::new(),
+        Err(NotFound::Max(error)) => {
+            bridge
+                .bot_notice(
+                    room,
+                    &format!("❌ MAX could not search for {query}: {}", describe(&error)),
+                )
+                .await;
+            return;
+        }
+    };
+    if found.is_empty() {
+        bridge
+            .bot_notice(room, &format!("Nobody found for «{query}»."))
+            .await;
+        return;
+    }
+    let mut text = format!("Found for «{query}»:");
+    for contact in found.iter().take(SEARCH_RESULTS) {
+        let name = contact
+            .display_name()
+            .unwrap_or_else(|| format!("MAX user {}", contact.id.0));
+        text.push_str(&format!(
+            "\n• {name} (id {}) — `start-chat {}`",
+            contact.id.0, contact.id.0
+        ));
+    }
+    if found.len() > SEARCH_RESULTS {
+        text.push_str(&format!(
+            "\n… and {} more; say more of the name.",
+            found.len() - SEARCH_RESULTS
+        ));
+    }
+    bridge.bot_notice(room, &text).await;
+}
+
 async fn start_chat(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, who: &str) {
     let Some(session) = bridge.login_of(user) else {
         bridge

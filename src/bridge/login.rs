@@ -74,6 +74,20 @@ impl LoginSession {
         self.lock_contacts().get(&user_id).cloned()
     }
 
+    /// Known contacts whose name holds `query` (case-insensitive), by name.
+    pub fn contacts_named(&self, query: &str) -> Vec<User> {
+        let query = query.to_lowercase();
+        let mut found: Vec<(String, User)> = self
+            .lock_contacts()
+            .values()
+            .filter_map(|user| Some((user.display_name()?, user)))
+            .filter(|(name, _)| name.to_lowercase().contains(&query))
+            .map(|(name, user)| (name, user.clone()))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.into_iter().map(|(_, user)| user).collect()
+    }
+
     pub fn remember_contacts(&self, users: impl IntoIterator<Item = User>) {
         let mut contacts = self.lock_contacts();
         for user in users {
