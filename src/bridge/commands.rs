@@ -524,19 +524,8 @@ async fn set_relay(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, on: 
             .await;
         return;
     }
-    let portal = match bridge.store.portals().get_by_room(room.as_str()).await {
-        Ok(Some(portal)) => portal,
-        Ok(None) => {
-            bridge.bot_notice(room, "This room is not a portal.").await;
-            return;
-        }
-        Err(error) => {
-            tracing::error!(%error, "portal lookup failed");
-            bridge
-                .bot_notice(room, "❌ Could not read the portal: database error.")
-                .await;
-            return;
-        }
+    let Some(portal) = portal_here(bridge, room).await else {
+        return;
     };
     let admin = bridge.config.permission_for(user.as_str()) >= Permission::Admin;
     let owner = bridge
@@ -581,20 +570,28 @@ async fn set_relay(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId, on: 
     }
 }
 
-async fn delete_portal(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
-    let portal = match bridge.store.portals().get_by_room(room.as_str()).await {
-        Ok(Some(portal)) => portal,
+/// The portal of the room a portal command was sent in; `None` (and the
+/// user told why) when it is none or cannot be read.
+async fn portal_here(bridge: &Bridge, room: &RoomId) -> Option<crate::store::PortalRow> {
+    match bridge.store.portals().get_by_room(room.as_str()).await {
+        Ok(Some(portal)) => Some(portal),
         Ok(None) => {
             bridge.bot_notice(room, "This room is not a portal.").await;
-            return;
+            None
         }
         Err(error) => {
             tracing::error!(%error, "portal lookup failed");
             bridge
                 .bot_notice(room, "❌ Could not read the portal: database error.")
                 .await;
-            return;
+            None
         }
+    }
+}
+
+async fn delete_portal(bridge: &Arc<Bridge>, room: &RoomId, user: &OwnedUserId) {
+    let Some(portal) = portal_here(bridge, room).await else {
+        return;
     };
     let owner = match bridge
         .store

@@ -718,14 +718,7 @@ impl Bridge {
         user: &UserId,
         may_post: bool,
     ) -> Result<(), MatrixError> {
-        let mut levels = self
-            .matrix
-            .get_state_event(&self.bot, room, "m.room.power_levels", "")
-            .await?
-            .unwrap_or_else(|| json!({}));
-        if !levels.get("users").is_some_and(Value::is_object) {
-            levels["users"] = json!({});
-        }
+        let mut levels = self.power_levels(room).await?;
         let wanted = json!(if may_post { 50 } else { 0 });
         if levels["events_default"] == 50
             && levels["users_default"] == 50
@@ -742,6 +735,19 @@ impl Bridge {
         Ok(())
     }
 
+    /// The room's power levels as the bot reads them, with a `users` map.
+    async fn power_levels(&self, room: &RoomId) -> Result<Value, MatrixError> {
+        let mut levels = self
+            .matrix
+            .get_state_event(&self.bot, room, "m.room.power_levels", "")
+            .await?
+            .unwrap_or_else(|| json!({}));
+        if !levels.get("users").is_some_and(Value::is_object) {
+            levels["users"] = json!({});
+        }
+        Ok(levels)
+    }
+
     /// Gives the user of a group portal the power their MAX role gives
     /// them: moderator (50: rename, topic, kick) for its owner and admins,
     /// which the bridge then makes on MAX; default for members.
@@ -751,14 +757,7 @@ impl Bridge {
         user: &UserId,
         admin: bool,
     ) -> Result<(), MatrixError> {
-        let mut levels = self
-            .matrix
-            .get_state_event(&self.bot, room, "m.room.power_levels", "")
-            .await?
-            .unwrap_or_else(|| json!({}));
-        if !levels.get("users").is_some_and(Value::is_object) {
-            levels["users"] = json!({});
-        }
+        let mut levels = self.power_levels(room).await?;
         let current = levels["users"][user.as_str()].as_i64().unwrap_or(0);
         let wanted = if admin { 50 } else { 0 };
         if current == wanted {

@@ -853,24 +853,12 @@ impl Sim {
             return Err(ProtoError::payload("userIds can't be empty"));
         }
         {
-            let mut st = self.state();
-            let key = st.require_member_chat(actor.user, chat_id)?;
+            let st = self.state();
             if let Some(u) = users.iter().find(|u| !st.accounts.contains_key(u)) {
                 return Err(ProtoError::new("not.found", format!("User {u} not found")));
             }
-            let chat = st
-                .chats
-                .get_mut(&key)
-                .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
-            if chat.kind == ChatKind::Dialog {
-                return Err(ProtoError::payload("Not valid for dialogs"));
-            }
-            if !chat.is_admin(actor.user) {
-                return Err(ProtoError::new(
-                    "chat.not.access",
-                    "Only admins can change members",
-                ));
-            }
+        }
+        self.change_as_admin(actor, chat_id, "Only admins can change members", |chat| {
             let mut affected: BTreeSet<i64> = chat.participants.keys().copied().collect();
             for &u in users {
                 if add {
@@ -881,17 +869,8 @@ impl Sim {
                 }
                 affected.insert(u);
             }
-            chat.modified = now_ms();
-            let chat = &st.chats[&key];
-            for u in affected {
-                self.hub.push_user(
-                    u,
-                    None,
-                    Opcode::NOTIF_CHAT,
-                    &json!({"chat": chat.to_json(u)}),
-                );
-            }
-        }
+            affected
+        })?;
         self.send(
             actor,
             SendRequest {
@@ -908,6 +887,42 @@ impl Sim {
         Ok(())
     }
 
+    /// Changes a group or channel as its admin `actor` would: `change`
+    /// edits it and names the users to tell, who then get 135 with the chat
+    /// as it is now.
+    fn change_as_admin(
+        &self,
+        actor: Actor,
+        chat_id: i64,
+        refusal: &str,
+        change: impl FnOnce(&mut crate::model::Chat) -> BTreeSet<i64>,
+    ) -> Result<(), ProtoError> {
+        let mut st = self.state();
+        let key = st.require_member_chat(actor.user, chat_id)?;
+        let chat = st
+            .chats
+            .get_mut(&key)
+            .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+        if chat.kind == ChatKind::Dialog {
+            return Err(ProtoError::payload("Not valid for dialogs"));
+        }
+        if !chat.is_admin(actor.user) {
+            return Err(ProtoError::new("chat.not.access", refusal));
+        }
+        let affected = change(chat);
+        chat.modified = now_ms();
+        let chat = &st.chats[&key];
+        for u in affected {
+            self.hub.push_user(
+                u,
+                None,
+                Opcode::NOTIF_CHAT,
+                &json!({"chat": chat.to_json(u)}),
+            );
+        }
+        Ok(())
+    }
+
     /// Change a group's or channel's title and/or description, as an admin
     /// does in the app: members get 135 with the chat, and a new title is
     /// announced with a CONTROL service message.
@@ -918,39 +933,15 @@ impl Sim {
         title: Option<&str>,
         description: Option<&str>,
     ) -> Result<(), ProtoError> {
-        {
-            let mut st = self.state();
-            let key = st.require_member_chat(actor.user, chat_id)?;
-            let chat = st
-                .chats
-                .get_mut(&key)
-                .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
-            if chat.kind == ChatKind::Dialog {
-                return Err(ProtoError::payload("Not valid for dialogs"));
-            }
-            if !chat.is_admin(actor.user) {
-                return Err(ProtoError::new(
-                    "chat.not.access",
-                    "Only admins can change the chat",
-                ));
-            }
+        self.change_as_admin(actor, chat_id, "Only admins can change the chat", |chat| {
             if let Some(title) = title {
                 chat.title = Some(title.to_owned());
             }
             if let Some(description) = description {
                 chat.description = Some(description.to_owned());
             }
-            chat.modified = now_ms();
-            let chat = &st.chats[&key];
-            for &u in chat.participants.keys() {
-                self.hub.push_user(
-                    u,
-                    None,
-                    Opcode::NOTIF_CHAT,
-                    &json!({"chat": chat.to_json(u)}),
-                );
-            }
-        }
+            chat.participants.keys().copied().collect()
+        })?;
         if let Some(title) = title {
             self.send(
                 actor,
