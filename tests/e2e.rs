@@ -3410,6 +3410,50 @@ async fn group_changes_on_max_follow_into_the_portal() {
     human
         .wait_for_membership(&group, &transferbot, "join")
         .await;
+    // Pins: one made on MAX shows in the room; one made in Matrix is made
+    // on MAX, and so is its removal.
+    let pin_me = control
+        .send(
+            fixture_ids::BORIS,
+            fixture_ids::TEST_GROUP,
+            Outgoing::text("pin me"),
+        )
+        .expect("Boris writes");
+    let pin_me_event = human.wait_for_text(&group, "pin me").await;
+    control
+        .pin(fixture_ids::ALICE, fixture_ids::TEST_GROUP, Some(pin_me.id))
+        .expect("Alice pins on her phone");
+    human
+        .wait_for_state(&group, "m.room.pinned_events", "", |c| {
+            c["pinned"] == serde_json::json!([pin_me_event.event_id.as_str()])
+        })
+        .await;
+    let mine = human.send_text(&group, "pin this instead").await;
+    let on_max = control
+        .wait_for_message(std::time::Duration::from_secs(30), |m| {
+            m.text == "pin this instead"
+        })
+        .await
+        .expect("reaches MAX");
+    human
+        .send_state(
+            &group,
+            "m.room.pinned_events",
+            "",
+            serde_json::json!({"pinned": [mine.as_str()]}),
+        )
+        .await;
+    test_group_on_max(control, "the pin", |c| c.pinned == Some(on_max.id)).await;
+    human
+        .send_state(
+            &group,
+            "m.room.pinned_events",
+            "",
+            serde_json::json!({"pinned": []}),
+        )
+        .await;
+    test_group_on_max(control, "the unpin", |c| c.pinned.is_none()).await;
+
     // MAX's own echoes changed nothing back: the name she gave stays.
     assert_eq!(
         human.room_name(&group).await.as_deref(),

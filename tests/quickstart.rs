@@ -115,7 +115,13 @@ async fn the_quick_start_runs_on_sqlite_and_its_steps_work() {
             .wait_for_message(&management, |m| answer(m) && !earlier.contains(&m.event_id))
             .await;
     }
-    let invite = human.wait_for_invite(|i| i.is_direct).await;
+    // Boris's direct chat (the ghost naming is the default config's).
+    let boris: OwnedUserId = format!("@max_{}:localhost", fixture_ids::BORIS)
+        .try_into()
+        .expect("Boris's ghost");
+    let invite = human
+        .wait_for_invite(|i| i.inviter.as_ref() == Some(&boris))
+        .await;
     human.join(&invite.room_id).await;
     let sent = std::process::Command::new(bin.join("maxsim"))
         .args(["ctl", "--url", &format!("http://127.0.0.1:{maxsim_port}")])

@@ -93,6 +93,94 @@ impl Bridge {
         Ok(())
     }
 
+    /// The chat's pinned message as the room's pinned event (MAX pins one
+    /// at a time); unpinned when MAX shows none. Only bridged messages can
+    /// be pinned in Matrix.
+    pub(crate) async fn sync_pin(
+        &self,
+        key: PortalKey,
+        room: &RoomId,
+        chat: &Chat,
+    ) -> Result<(), PortalError> {
+        let wanted: Vec<String> = match &chat.pinned_message {
+            Some(message) => self
+                .store
+                .messages()
+                .by_max_id(key.chat_id, key.receiver, message.id.0)
+                .await?
+                .into_iter()
+                .take(1)
+                .map(|row| row.event_id)
+                .collect(),
+            None => Vec::new(),
+        };
+        let current: Vec<String> = self
+            .matrix
+            .get_state_event(&self.bot, room, "m.room.pinned_events", "")
+            .await?
+            .and_then(|content| serde_json::from_value(content["pinned"].clone()).ok())
+            .unwrap_or_default();
+        if current != wanted && (chat.pinned_message.is_none() || !wanted.is_empty()) {
+            self.matrix
+                .send_state(
+                    &self.bot,
+                    room,
+                    "m.room.pinned_events",
+                    "",
+                    &serde_json::json!({"pinned": wanted}),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The portal's user pinned or unpinned events: the newest pinned one
+    /// becomes MAX's pinned message (MAX pins one), none unpins.
+    pub(crate) async fn pin_on_max(
+        self: &Arc<Self>,
+        session: &Arc<LoginSession>,
+        key: PortalKey,
+        event: &RoomEvent,
+    ) -> Result<(), PortalError> {
+        let pinned = event
+            .content
+            .get("pinned")
+            .and_then(Value::as_array)
+            .and_then(|events| events.last())
+            .and_then(Value::as_str);
+        let message = match pinned {
+            Some(event_id) => match self.store.messages().by_event_id(event_id).await? {
+                Some(row) if row.chat_id == key.chat_id && row.receiver == key.receiver => {
+                    row.max_message_id
+                }
+                _ => {
+                    self.bot_notice(
+                        &event.room_id,
+                        "⚠️ Only messages that are on MAX can be pinned there.",
+                    )
+                    .await;
+                    return Ok(());
+                }
+            },
+            None => 0,
+        };
+        let request = ChatUpdateRequest {
+            chat_id: ChatId(key.chat_id),
+            pin_message_id: Some(message),
+            notify_pin: Some(false),
+            ..Default::default()
+        };
+        if let Err(error) = session.client.call(&request).await {
+            tracing::info!(chat = key.chat_id, %error, "MAX refused a pin");
+            self.bot_notice(
+                &event.room_id,
+                &format!("⚠️ MAX did not take the pin: {}", describe(&error)),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
     /// The portal's user renamed the room or changed its topic: the same
     /// on MAX. A refusal is told in the room.
     pub(crate) async fn update_on_max(
@@ -117,9 +205,7 @@ impl Bridge {
         };
         let mut request = ChatUpdateRequest {
             chat_id: ChatId(key.chat_id),
-            theme: None,
-            description: None,
-            extra: Default::default(),
+            ..Default::default()
         };
         match event.event_type.as_str() {
             "m.room.name" => {

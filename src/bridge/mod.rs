@@ -555,6 +555,7 @@ impl AppserviceHandler for MatrixHandler {
                 "m.room.member"
                     | "m.room.name"
                     | "m.room.topic"
+                    | "m.room.pinned_events"
                     | "m.room.message"
                     | "m.room.redaction"
                     | "m.reaction"
@@ -626,7 +627,7 @@ impl Bridge {
         match event.event_type.as_str() {
             "m.room.member" => self.handle_membership(event).await,
             // Only in portals, where their user's changes go to MAX.
-            "m.room.name" | "m.room.topic" => {
+            "m.room.name" | "m.room.topic" | "m.room.pinned_events" => {
                 if matches!(
                     self.portal_of_room(event.room_id.as_str()).await,
                     Ok(Some(_))

@@ -855,6 +855,8 @@ impl Bridge {
         if changed {
             self.store.portals().upsert(&portal).await?;
         }
+        self.sync_pin(session.portal_key(chat.id.0), &room, chat)
+            .await?;
         self.sync_members(session, &room, chat).await
     }
 

@@ -63,6 +63,8 @@ pub struct ChatInfo {
     pub kind: ChatKind,
     pub title: Option<String>,
     pub description: Option<String>,
+    /// The pinned message's id.
+    pub pinned: Option<i64>,
     pub owner: i64,
     pub admins: Vec<i64>,
     /// Member → read mark (ms).
@@ -280,6 +282,7 @@ impl Control {
                     kind: c.kind,
                     title: c.title.clone(),
                     description: c.description.clone(),
+                    pinned: c.pinned,
                     owner: c.owner,
                     admins: c.admins.clone(),
                     participants: c.participants.clone(),
@@ -466,6 +469,18 @@ impl Control {
         Ok(self
             .sim
             .members_update(actor(account), chat_id, users, add)?)
+    }
+
+    /// Pin a message of a group or channel (`None`: unpin) as its admin
+    /// `account`: members get 135 with `pinnedMessage`.
+    pub fn pin(
+        &self,
+        account: i64,
+        chat_id: i64,
+        message_id: Option<i64>,
+    ) -> Result<(), ControlError> {
+        self.require_account(account)?;
+        Ok(self.sim.pin(actor(account), chat_id, message_id)?)
     }
 
     /// Rename a group or channel and/or change its description as its admin

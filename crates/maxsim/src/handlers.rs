@@ -109,9 +109,13 @@ pub(crate) fn handle(sim: &Arc<Sim>, conn: &Arc<Conn>, frame: &Frame) -> HResult
         51 => chat_media(sim, user, p),
         53 => chats_list(sim, user, p),
         55 => {
-            // Title ("theme") and description; the other variants (settings,
-            // links, pins, ownership) are not simulated.
+            // Title ("theme"), description and pins; the other variants
+            // (settings, links, ownership) are not simulated.
             let chat_id = req_i64(p, "chatId")?;
+            if let Some(pin) = opt_i64(p, "pinMessageId")? {
+                sim.pin(actor, chat_id, Some(pin).filter(|id| *id != 0))?;
+                return ok(json!({"chat": chat_json(sim, user, chat_id)?}));
+            }
             let text = |name| p.get(name).and_then(Value::as_str);
             let (title, description) = (text("theme"), text("description"));
             if title.is_none() && description.is_none() {

@@ -304,6 +304,9 @@ pub(crate) struct Chat {
     pub extra: Map<String, Value>,
     #[serde(default)]
     pub last_reaction: Option<(i64, String)>,
+    /// The pinned message (groups and channels; one at a time).
+    #[serde(default)]
+    pub pinned: Option<i64>,
 }
 
 impl Chat {
@@ -377,6 +380,13 @@ impl Chat {
         if let Some(url) = &self.icon_url {
             obj.insert("baseIconUrl".into(), json!(url));
             obj.insert("baseRawIconUrl".into(), json!(url));
+        }
+        if let Some(pinned) = self
+            .pinned
+            .and_then(|id| self.find(id))
+            .filter(|m| m.visible_to(viewer))
+        {
+            obj.insert("pinnedMessage".into(), pinned.to_json(true));
         }
         if let Some(m) = last {
             let mut lm = m.to_json(true);
@@ -762,6 +772,7 @@ impl State {
                     messages,
                     extra: c.extra.clone(),
                     last_reaction: None,
+                    pinned: None,
                 },
             );
         }
@@ -866,6 +877,7 @@ impl State {
             messages: Vec::new(),
             extra: Map::new(),
             last_reaction: None,
+            pinned: None,
         });
         key
     }

@@ -923,6 +923,29 @@ impl Sim {
         Ok(())
     }
 
+    /// Pin a message of a group or channel (`None`: unpin), as its admin
+    /// does; members get 135 with `pinnedMessage`.
+    pub fn pin(
+        &self,
+        actor: Actor,
+        chat_id: i64,
+        message_id: Option<i64>,
+    ) -> Result<(), ProtoError> {
+        if let Some(id) = message_id {
+            let mut st = self.state();
+            let key = st.require_member_chat(actor.user, chat_id)?;
+            if st.chats[&key].find(id).is_none() {
+                return Err(ProtoError::message_not_found(id));
+            }
+        }
+        self.change_as_admin(actor, chat_id, "Only admins can pin", |chat| {
+            chat.pinned = message_id;
+            chat.participants.keys().copied().collect()
+        })?;
+        self.changed();
+        Ok(())
+    }
+
     /// Change a group's or channel's title and/or description, as an admin
     /// does in the app: members get 135 with the chat, and a new title is
     /// announced with a CONTROL service message.
@@ -1117,6 +1140,7 @@ fn ensure_dialog(st: &mut State, a: i64, b: i64, now: i64) -> Result<(ChatKey, b
             messages: Vec::new(),
             extra: Map::new(),
             last_reaction: None,
+            pinned: None,
         },
     );
     Ok((key, true))
@@ -1155,6 +1179,7 @@ fn create_group(
             messages: Vec::new(),
             extra,
             last_reaction: None,
+            pinned: None,
         },
     );
     key

@@ -101,6 +101,7 @@ impl Bridge {
             "m.room.name" | "m.room.topic" => {
                 return self.update_on_max(&session, key, event).await;
             }
+            "m.room.pinned_events" => return self.pin_on_max(&session, key, event).await,
             _ => {}
         }
         if event

@@ -230,9 +230,9 @@ pub struct ChatMembersResponse {
     pub extra: Extra,
 }
 
-/// 55 CHAT_UPDATE, the title/description variant (one change per
-/// request; the title is called `theme`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// 55 CHAT_UPDATE, the title, description and pin variants (one change
+/// per request; the title is called `theme`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatUpdateRequest {
     pub chat_id: ChatId,
@@ -240,6 +240,11 @@ pub struct ChatUpdateRequest {
     pub theme: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The message to pin; 0 unpins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_message_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_pin: Option<bool>,
     #[serde(flatten)]
     pub extra: Extra,
 }
