@@ -42,6 +42,18 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
+/// Kills a process group when dropped (a failing test included).
+struct KillGroup(i32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.0)])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_start_runs_on_sqlite_and_its_steps_work() {
     let state = tempfile::tempdir().expect("a state directory");
@@ -66,6 +78,8 @@ async fn the_quick_start_runs_on_sqlite_and_its_steps_work() {
         .kill_on_drop(true);
     let mut child = script.spawn().expect("scripts/quickstart starts");
     let group = child.id().expect("a running script") as i32;
+    // Whatever happens below, nothing it started outlives the test.
+    let _cleanup = KillGroup(group);
     let read = || std::fs::read_to_string(&output).unwrap_or_default();
 
     let deadline = Instant::now() + START_BOUND;

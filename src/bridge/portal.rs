@@ -886,7 +886,8 @@ impl Bridge {
         }
         // A double puppet is in the room, not merely invited: the bridge
         // speaks as them there (a portal made before puppeting was set up).
-        if membership != Some("join") && self.puppets(user) {
+        // One who left is invited again, not pulled back in.
+        if matches!(membership, None | Some("invite")) && self.puppets(user) {
             self.join_for(user, room).await;
             if is_direct {
                 self.add_direct(user, inviter, room).await;
