@@ -3671,3 +3671,74 @@ async fn saved_messages_are_a_notes_room_both_ways() {
         1
     );
 }
+
+/// Double puppeting set up after the portals exist: at the next start the
+/// user is in them (not merely invited) and the direct chat is in their
+/// `m.direct`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_puppeting_set_up_later_joins_the_user_to_existing_portals() {
+    let mut env = Env::start_with_options(EnvOptions {
+        double_puppet: true,
+        ..EnvOptions::default()
+    })
+    .await;
+    // First without it: the portals are made with invites only.
+    let with_puppets = std::fs::read_to_string(&env.config_path).expect("config");
+    let (before, from) = with_puppets
+        .split_once("double_puppet:\n")
+        .expect("the double puppet section");
+    let after = from
+        .split_once("\n\n")
+        .map_or(String::new(), |(_, rest)| rest.to_owned());
+    std::fs::write(&env.config_path, format!("{before}{after}")).expect("config written");
+    env.restart_bridge().await;
+    let (human, management) = env.user_with_management_room("alice").await;
+    env.login_sms(&human, &management, ALICE_PHONE, ALICE_CODE)
+        .await;
+    let boris = env.ghost(fixture_ids::BORIS);
+    let dm = human
+        .wait_for_invite(|i| i.inviter.as_ref() == Some(&boris))
+        .await
+        .room_id;
+    // Once the group's invite is there too, the login's portals are made.
+    human
+        .wait_for_invite(|i| i.room_name.as_deref() == Some("Test group"))
+        .await;
+    assert_eq!(
+        human.client().get_room(&dm).map(|room| room.state()),
+        Some(matrix_sdk::RoomState::Invited),
+        "without double puppeting the user is only invited"
+    );
+
+    std::fs::write(&env.config_path, &with_puppets).expect("config written");
+    env.restart_bridge().await;
+    let alice = human.user_id().to_owned();
+    human
+        .wait_for_event(&dm, |e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == alice.as_str()
+                && e["content"]["membership"] == "join"
+        })
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let direct: Option<serde_json::Value> = human
+            .client()
+            .account()
+            .fetch_account_data(ruma::events::GlobalAccountDataEventType::Direct)
+            .await
+            .expect("account data readable")
+            .and_then(|raw| raw.deserialize_as_unchecked().ok());
+        if direct
+            .as_ref()
+            .is_some_and(|d| d[boris.as_str()] == serde_json::json!([dm.as_str()]))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the DM is not in m.direct: {direct:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -63,7 +63,8 @@ impl<'a> Inbox<'a> {
         Ok(done > 0)
     }
 
-    /// Marks events handled, in one statement. Returns how many were waiting.
+    /// Marks events handled, in one statement (one transaction on SQLite).
+    /// Returns how many were waiting.
     pub async fn done_all(&self, event_ids: &[String]) -> Result<u64, StoreError> {
         match self.db {
             Db::Postgres(pool) => {
