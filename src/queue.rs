@@ -112,7 +112,8 @@ where
     }
 
     /// Number of keys that currently have a worker.
-    pub fn active_keys(&self) -> usize {
+    #[cfg(test)]
+    fn active_keys(&self) -> usize {
         self.lock_slots().len()
     }
 

@@ -626,16 +626,12 @@ impl Bridge {
         }
         match event.event_type.as_str() {
             "m.room.member" => self.handle_membership(event).await,
-            // Only in portals, where their user's changes go to MAX.
-            "m.room.name" | "m.room.topic" | "m.room.pinned_events" => {
-                if matches!(
-                    self.portal_of_room(event.room_id.as_str()).await,
-                    Ok(Some(_))
-                ) {
-                    self.handle_room_message(event, delivery, handled).await;
-                }
-            }
-            "m.room.message"
+            // Room changes matter in portals only; elsewhere, having no
+            // body, they are no command either.
+            "m.room.name"
+            | "m.room.topic"
+            | "m.room.pinned_events"
+            | "m.room.message"
             | "m.room.redaction"
             | "m.reaction"
             | "m.sticker"

@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+pub use crate::store::DatabaseKind;
+
 /// Why a configuration (or registration) file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -261,23 +263,13 @@ impl Default for BotConfig {
 pub struct DatabaseConfig {
     /// `sqlite` or `postgres`; when absent, what `url` names.
     #[serde(rename = "type", default)]
-    pub kind: Option<DatabaseType>,
+    pub kind: Option<DatabaseKind>,
     /// `sqlite:path/to/file.db` (or just the path, with `type: sqlite`), or
     /// `postgres://user:password@host:port/dbname`.
     #[serde(default = "default_database_url")]
     pub url: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-}
-
-/// The databases the bridge runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DatabaseType {
-    /// A file beside the bridge: nothing to install; one bridge process.
-    Sqlite,
-    /// For big installs, and several bridge processes on one database.
-    Postgres,
 }
 
 impl Default for DatabaseConfig {
@@ -299,18 +291,17 @@ impl DatabaseConfig {
             return Err("must not be empty".to_owned());
         }
         let named = match Url::parse(url) {
-            Ok(parsed) => match parsed.scheme() {
-                "postgres" | "postgresql" => Some(DatabaseType::Postgres),
-                "sqlite" => Some(DatabaseType::Sqlite),
-                // A Windows-style drive letter is a path, not a scheme.
-                scheme if scheme.len() > 1 => {
+            // A one-letter scheme is a Windows drive letter: a path.
+            Ok(parsed) if parsed.scheme().len() > 1 => match DatabaseKind::of_url(url) {
+                Some(kind) => Some(kind),
+                None => {
                     return Err(format!(
-                        "scheme {scheme:?} is not supported, use sqlite: or postgres://"
+                        "scheme {:?} is not supported, use sqlite: or postgres://",
+                        parsed.scheme()
                     ));
                 }
-                _ => None,
             },
-            Err(_) => None,
+            _ => None,
         };
         match (self.kind, named) {
             (Some(kind), Some(named)) if kind != named => Err(format!(
@@ -319,20 +310,11 @@ impl DatabaseConfig {
                 kind.as_str()
             )),
             (_, Some(_)) => Ok(url.to_owned()),
-            (Some(DatabaseType::Sqlite), None) => Ok(format!("sqlite:{url}")),
+            (Some(DatabaseKind::Sqlite), None) => Ok(format!("sqlite:{url}")),
             (_, None) => Err(
                 "must be a URL (sqlite:path or postgres://…), or a path with database.type: sqlite"
                     .to_owned(),
             ),
-        }
-    }
-}
-
-impl DatabaseType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DatabaseType::Sqlite => "sqlite",
-            DatabaseType::Postgres => "postgres",
         }
     }
 }

@@ -25,10 +25,13 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// end before failing as busy (a transient error, retried by callers).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Which database a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which database a URL names (and `database.type` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DatabaseKind {
+    /// For big installs, and several bridge processes on one database.
     Postgres,
+    /// A file beside the bridge: nothing to install; one bridge process.
     Sqlite,
 }
 

@@ -34,6 +34,18 @@ macro_rules! select {
     };
 }
 
+/// An `INSERT` of one [`MessageRow`] ($1 … $8 in field order), followed by
+/// `$rest`.
+macro_rules! insert {
+    ($rest:literal) => {
+        concat!(
+            "INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
+             sender, timestamp_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ",
+            $rest
+        )
+    };
+}
+
 pub struct Messages<'a> {
     db: &'a Db,
     portals: &'a PortalCache,
@@ -250,12 +262,9 @@ async fn record_many_sqlite(
     let mut marks: std::collections::HashMap<(i64, i64), PortalMark> =
         std::collections::HashMap::new();
     for (row, advance) in rows {
-        let done = sqlx::query(
-            "INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
-               sender, timestamp_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (chat_id, receiver, max_message_id, part) DO NOTHING",
-        )
+        let done = sqlx::query(insert!(
+            "ON CONFLICT (chat_id, receiver, max_message_id, part) DO NOTHING"
+        ))
         .bind(row.chat_id)
         .bind(row.receiver)
         .bind(row.max_message_id)
@@ -314,22 +323,18 @@ impl<'a> Messages<'a> {
     /// the part is already recorded, and with
     /// [`StoreError::MissingReference`] if the portal does not exist.
     pub async fn insert(&self, message: &MessageRow) -> Result<(), StoreError> {
-        let done = on_db!(self.db, |pool| sqlx::query(
-            "INSERT INTO messages (chat_id, receiver, max_message_id, part, event_id, room_id, \
-               sender, timestamp_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(message.chat_id)
-        .bind(message.receiver)
-        .bind(message.max_message_id)
-        .bind(message.part)
-        .bind(&message.event_id)
-        .bind(&message.room_id)
-        .bind(message.sender)
-        .bind(message.timestamp_ms)
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()));
+        let done = on_db!(self.db, |pool| sqlx::query(insert!(""))
+            .bind(message.chat_id)
+            .bind(message.receiver)
+            .bind(message.max_message_id)
+            .bind(message.part)
+            .bind(&message.event_id)
+            .bind(&message.room_id)
+            .bind(message.sender)
+            .bind(message.timestamp_ms)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()));
         self.portals.recorded(message, done.is_ok());
         done?;
         Ok(())
