@@ -8,8 +8,12 @@ use maxsim::{Outgoing, fixture_ids};
 use ruma::RoomId;
 use support::bridge::{Env, EnvOptions};
 use support::human::Human;
+use support::wait;
 
 use support::bridge::{ALICE_CODE, ALICE_PHONE};
+
+/// How long most waits below may take.
+const SECONDS_30: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Boris writes to Alice on MAX (through the simulator's control API).
 fn boris_says(control: &maxsim::Control, text: &str) -> maxsim::SimMessage {
@@ -2977,18 +2981,14 @@ async fn presence_follows_max_when_enabled() {
         control
             .set_presence(fixture_ids::BORIS, online)
             .expect("Boris exists");
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
+        wait::until(SECONDS_30, || async {
             let shown = presence_of().await;
             if shown == expected {
-                break;
+                return Ok(());
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "Boris's ghost shows {shown:?}, not {expected:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+            Err(format!("Boris's ghost shows {shown:?}, not {expected:?}"))
+        })
+        .await;
     }
 }
 
@@ -3114,14 +3114,13 @@ async fn double_puppeting_shows_the_users_own_max_activity_as_their_own_account(
 
     // The portal is there for her: joined without an invite to accept, and
     // a direct chat with Boris for her clients.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let dm = loop {
-        if let Some(room) = env.db_portal_room(fixture_ids::DIALOG_ALICE_BORIS).await {
-            break ruma::OwnedRoomId::try_from(room).expect("a room id");
-        }
-        assert!(std::time::Instant::now() < deadline, "no DM portal");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let dm = wait::until(std::time::Duration::from_secs(60), || async {
+        env.db_portal_room(fixture_ids::DIALOG_ALICE_BORIS)
+            .await
+            .ok_or_else(|| "no DM portal".to_owned())
+    })
+    .await;
+    let dm = ruma::OwnedRoomId::try_from(dm).expect("a room id");
     human
         .wait_for_event(&dm, |e| {
             e["type"] == "m.room.member"
@@ -3200,8 +3199,7 @@ async fn double_puppeting_shows_the_users_own_max_activity_as_their_own_account(
         )
         .expect("Alice reads on her phone");
     let room = human.client().get_room(&dm).expect("joined room");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    wait::until(SECONDS_30, || async {
         let receipt = room
             .load_user_receipt(
                 matrix_sdk::ruma::events::receipt::ReceiptType::Read,
@@ -3214,23 +3212,24 @@ async fn double_puppeting_shows_the_users_own_max_activity_as_their_own_account(
             .as_ref()
             .is_some_and(|(event, _)| *event == hello_event.event_id)
         {
-            break;
+            return Ok(());
         }
-        assert!(
-            std::time::Instant::now() < deadline,
+        Err(format!(
             "her read mark never became her receipt (last: {receipt:?})"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        ))
+    })
+    .await;
 
     // None of it went back to MAX: her one message there, edited, and her
     // reaction; what she sends in Matrix still goes to MAX, once.
     human.send_text(&dm, "from Matrix").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !texts(fixture_ids::BORIS).contains(&"from Matrix".to_owned()) {
-        assert!(std::time::Instant::now() < deadline, "not sent to MAX");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait::until(SECONDS_30, || async {
+        if texts(fixture_ids::BORIS).contains(&"from Matrix".to_owned()) {
+            return Ok(());
+        }
+        Err("not sent to MAX".to_owned())
+    })
+    .await;
     assert_eq!(
         texts(fixture_ids::BORIS)[before..],
         ["from my phone, edited", "from Matrix"]
@@ -3273,8 +3272,7 @@ async fn the_portal_filter_keeps_chats_out_of_portals() {
     env.command(&human, &management, "sync", "Synchronising")
         .await;
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
+    wait::until(std::time::Duration::from_secs(60), || async {
         let text = http
             .get(format!("{}/metrics", env.appservice_url()))
             .send()
@@ -3288,14 +3286,11 @@ async fn the_portal_filter_keeps_chats_out_of_portals() {
             .find(|l| l.starts_with("maxbridge_busy_portals "))
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
         if busy == Some(0.0) {
-            break;
+            return Ok(());
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "portals still busy: {busy:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        Err(format!("portals still busy: {busy:?}"))
+    })
+    .await;
     assert!(env.db_portal_room(fixture_ids::TEST_GROUP).await.is_some());
     assert_eq!(env.db_portal_room(fixture_ids::TEST_CHANNEL).await, None);
     assert_eq!(
@@ -3497,8 +3492,7 @@ async fn group_changes_on_max_follow_into_the_portal() {
         human.user_id()
     );
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    let member = wait::until(SECONDS_30, || async {
         let member: serde_json::Value = http
             .get(&url)
             .bearer_auth(env.as_token())
@@ -3509,20 +3503,17 @@ async fn group_changes_on_max_follow_into_the_portal() {
             .await
             .expect("membership JSON");
         if member["membership"] == "leave" {
-            assert!(
-                member["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("no longer a member")),
-                "{member}"
-            );
-            break;
+            return Ok(member);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still in the room: {member}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        Err(format!("still in the room: {member}"))
+    })
+    .await;
+    assert!(
+        member["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no longer a member")),
+        "{member}"
+    );
 }
 
 /// Waits until the fixture's test group, as Alice's account has it on MAX,
@@ -3532,8 +3523,7 @@ async fn test_group_on_max(
     what: &str,
     done: impl Fn(&maxsim::ChatInfo) -> bool,
 ) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    wait::until(SECONDS_30, || async {
         let group = control
             .chats(fixture_ids::ALICE)
             .expect("chats")
@@ -3541,14 +3531,11 @@ async fn test_group_on_max(
             .find(|c| c.id == fixture_ids::TEST_GROUP)
             .expect("the group");
         if done(&group) {
-            return;
+            return Ok(());
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} never reached MAX: {group:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        Err(format!("{what} never reached MAX: {group:?}"))
+    })
+    .await;
 }
 
 /// Relay mode: in a portal whose owner turned it on, a Matrix user without
@@ -3640,8 +3627,7 @@ async fn saved_messages_are_a_notes_room_both_ways() {
     assert_eq!(note.sender, env.ghost(fixture_ids::ALICE));
 
     human.send_text(&invite.room_id, "saved from Matrix").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    let saved = wait::until(SECONDS_30, || async {
         let saved: Vec<String> = control
             .messages(fixture_ids::ALICE, 0)
             .expect("Saved messages")
@@ -3649,15 +3635,12 @@ async fn saved_messages_are_a_notes_room_both_ways() {
             .map(|m| m.text)
             .collect();
         if saved.contains(&"saved from Matrix".to_owned()) {
-            assert_eq!(saved, ["note to self", "saved from Matrix"]);
-            break;
+            return Ok(saved);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not saved on MAX: {saved:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        Err(format!("not saved on MAX: {saved:?}"))
+    })
+    .await;
+    assert_eq!(saved, ["note to self", "saved from Matrix"]);
     // Once: no echo of it came back into the room.
     human
         .wait_for_text(&invite.room_id, "saved from Matrix")
@@ -3720,8 +3703,7 @@ async fn double_puppeting_set_up_later_joins_the_user_to_existing_portals() {
                 && e["content"]["membership"] == "join"
         })
         .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    wait::until(SECONDS_30, || async {
         let direct: Option<serde_json::Value> = human
             .client()
             .account()
@@ -3733,12 +3715,9 @@ async fn double_puppeting_set_up_later_joins_the_user_to_existing_portals() {
             .as_ref()
             .is_some_and(|d| d[boris.as_str()] == serde_json::json!([dm.as_str()]))
         {
-            break;
+            return Ok(());
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the DM is not in m.direct: {direct:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        Err(format!("the DM is not in m.direct: {direct:?}"))
+    })
+    .await;
 }

@@ -9,3 +9,4 @@ pub mod openapi;
 pub mod pg;
 pub mod status;
 pub mod synapse;
+pub mod wait;
