@@ -82,7 +82,7 @@ impl Bridge {
         // a crash in between is harmless (M_USER_IN_USE).
         let mut changed = false;
         if !row.registered {
-            self.matrix.register_user(mxid.localpart()).await?;
+            Box::pin(self.matrix.register_user(mxid.localpart())).await?; // cold: boxed
             row.registered = true;
             changed = true;
         }

@@ -150,7 +150,7 @@ impl Bridge {
         } = event
         {
             self.settle_record(key).await;
-            let room = self.open_dialog(&session, &contact).await;
+            let room = Box::pin(self.open_dialog(&session, &contact)).await; // cold: boxed
             let _ = opened.send(room.map_err(|error| error.to_string()));
             return;
         }
@@ -243,8 +243,8 @@ impl Bridge {
                 session,
                 chat,
                 create,
-            } => self.on_chat(session, chat, *create).await,
-            PortalEvent::CatchUp { session, chat } => self.catch_up(session, chat).await,
+            } => Box::pin(self.on_chat(session, chat, *create)).await,
+            PortalEvent::CatchUp { session, chat } => Box::pin(self.catch_up(session, chat)).await,
             PortalEvent::OpenDialog { .. } | PortalEvent::Delete { .. } => {
                 // Answered in `handle_portal_event`, which owns the reply.
                 Ok(())

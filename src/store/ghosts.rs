@@ -152,7 +152,10 @@ impl GhostCommit {
                             let end = queue.len().min(GHOST_BATCH_MAX);
                             queue.drain(..end).collect()
                         };
-                        Self::write_batch(db, timings, batch).await;
+                        // Boxed: sqlx's transaction future is ~14 KiB, and
+                        // every future that may upsert a ghost (the message
+                        // path's) would carry it, copied at each call.
+                        Box::pin(Self::write_batch(db, timings, batch)).await;
                         drop(writer);
                     }
                 }

@@ -115,7 +115,10 @@ impl GroupCommit {
                             Err(oneshot::error::TryRecvError::Empty) => {}
                         }
                         let batch = self.take_batch();
-                        self.write_batch(db, timings, batch).await;
+                        // Boxed, as the ghosts' (see there): the leader of
+                        // a batch pays one allocation, every caller a
+                        // smaller future.
+                        Box::pin(self.write_batch(db, timings, batch)).await;
                         drop(writer);
                     }
                 }

@@ -508,3 +508,46 @@ async fn reconnect_uses_the_replaced_token_and_restores_subscriptions() -> Resul
     server.await??;
     Ok(())
 }
+
+#[tokio::test]
+async fn acks_of_a_burst_of_pushes_all_go_out_in_order_before_the_close() -> Result<()> {
+    // The writer sends frames queued together in one socket write; none may
+    // be lost, reordered or left behind by the close that follows them.
+    const BURST: u64 = 300;
+    let (url, _, server) = serve_one(|mut peer| async move {
+        peer.handshake(login_answer()).await?;
+        for n in 1..=BURST {
+            let message = json!({"id": n, "time": 1782000000000i64 + n as i64, "text": "hi"});
+            peer.send(&Frame::push(
+                n,
+                Opcode::NOTIF_MESSAGE,
+                json!({"chatId": 7, "message": message}),
+            ))
+            .await?;
+        }
+        for n in 1..=BURST {
+            let ack = peer.recv().await?;
+            assert_eq!(
+                (ack.cmd, ack.opcode, ack.seq, &ack.payload["messageId"]),
+                (Cmd::Ok, Opcode::NOTIF_MESSAGE, n, &json!(n)),
+                "ack {n} of {BURST}"
+            );
+        }
+        assert!(
+            peer.recv().await.is_err(),
+            "after the acks comes the client's close"
+        );
+        Ok(())
+    })
+    .await?;
+    let (client, mut events) = login(&url).await?;
+    for n in 1..=BURST {
+        match next_event(&mut events).await? {
+            ClientEvent::Push(push) => assert_eq!(push.payload["message"]["id"], json!(n)),
+            other => bail!("expected push {n}, got {other:?}"),
+        }
+    }
+    client.close().await;
+    server.await??;
+    Ok(())
+}

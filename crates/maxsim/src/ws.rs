@@ -219,39 +219,72 @@ async fn write_loop(
                 }
             } => Out::Push(Opcode::PING, json!({})),
         };
-        let message = match out {
-            Out::Reply(frame, format) => encode(&frame, format),
-            Out::Push(opcode, payload) => {
-                // 16-bit on the binary transport; never 0 so it is visibly a
-                // server counter.
-                push_seq = push_seq % 65_535 + 1;
-                encode(&Frame::push(push_seq, opcode, payload), conn.format())
+        // What else is queued goes out in the same socket write, as a real
+        // server's TCP stream would carry it.
+        let mut next = Some(out);
+        let mut batched = 0;
+        let mut written = Ok(());
+        while let Some(out) = next.take() {
+            match outgoing(out, &mut push_seq, &conn) {
+                Outgoing::Frame(message) => {
+                    written = sink.feed(message).await;
+                    batched += 1;
+                }
+                Outgoing::Nothing => {}
+                Outgoing::Close(frame) => {
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    let _ = sink.flush().await;
+                    conn.kill();
+                    return;
+                }
+                Outgoing::Abort => {
+                    conn.kill();
+                    return;
+                }
             }
-            Out::Exact(frame) => encode(&frame, conn.format()),
-            Out::Raw(WireMessage::Text(t)) => Some(Message::text(t)),
-            Out::Raw(WireMessage::Binary(b)) => Some(Message::binary(b)),
-            Out::Close(code, reason) => {
-                let frame = CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: reason.into(),
-                };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                let _ = sink.flush().await;
-                conn.kill();
-                break;
+            if written.is_ok() && batched < WRITE_BATCH {
+                next = rx.try_recv().ok();
             }
-            Out::Abort => {
-                conn.kill();
-                break;
-            }
-        };
-        let Some(message) = message else { continue };
-        if let Err(e) = sink.send(message).await {
+        }
+        if let Err(e) = written.and(sink.flush().await) {
             tracing::debug!(conn = conn.id, error = %e, "write failed");
             conn.kill();
             break;
         }
     }
+}
+
+/// Frames written to the socket together at most.
+const WRITE_BATCH: usize = 64;
+
+enum Outgoing {
+    Frame(Message),
+    Nothing,
+    Close(CloseFrame),
+    Abort,
+}
+
+fn outgoing(out: Out, push_seq: &mut u64, conn: &Conn) -> Outgoing {
+    let message = match out {
+        Out::Reply(frame, format) => encode(&frame, format),
+        Out::Push(opcode, payload) => {
+            // 16-bit on the binary transport; never 0 so it is visibly a
+            // server counter.
+            *push_seq = *push_seq % 65_535 + 1;
+            encode(&Frame::push(*push_seq, opcode, payload), conn.format())
+        }
+        Out::Exact(frame) => encode(&frame, conn.format()),
+        Out::Raw(WireMessage::Text(t)) => Some(Message::text(t)),
+        Out::Raw(WireMessage::Binary(b)) => Some(Message::binary(b)),
+        Out::Close(code, reason) => {
+            return Outgoing::Close(CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            });
+        }
+        Out::Abort => return Outgoing::Abort,
+    };
+    message.map_or(Outgoing::Nothing, Outgoing::Frame)
 }
 
 fn encode(frame: &Frame, format: WireFormat) -> Option<Message> {

@@ -67,7 +67,15 @@ impl Bridge {
             message_id: message.id.0,
             time: message.time,
         };
-        if !message.is_removed() && !message.is_edited() && self.echo_of_recording(key, mark) {
+        // The echo of a message being recorded moves the mark past itself,
+        // so it must not pass over messages never seen: with a gap before
+        // it (pushes that came while the login was still syncing its chats,
+        // or lost), it takes the way of any message, which catches up first.
+        if !message.is_removed()
+            && !message.is_edited()
+            && !self.gap_before(key, prev).await?
+            && self.echo_of_recording(key, mark)
+        {
             tracing::debug!(message = message.id.0, "MAX message being recorded");
             return Ok(());
         }
@@ -86,7 +94,7 @@ impl Bridge {
             return self.redact_bridged(key, &known).await;
         }
         if message.is_edited() && !known.is_empty() {
-            return self.on_max_edit(session, key, message, &known).await;
+            return Box::pin(self.on_max_edit(session, key, message, &known)).await;
         }
         let stored = self.store.portals().mark(key.chat_id, key.receiver).await?;
         // The message being recorded counts as bridged: it is, and its
@@ -115,7 +123,7 @@ impl Bridge {
                 let start = self.history_start(session, key.chat_id, live).await;
                 if start != live {
                     self.portal_room(session, key.chat_id, start).await?;
-                    self.backfill(session, key, start, live).await?;
+                    Box::pin(self.backfill(session, key, start, live)).await?;
                     // History normally held this message too.
                     return self.bridge_message(session, key, message, None, None).await;
                 }
@@ -137,7 +145,7 @@ impl Bridge {
                     "gap before a MAX message; catching up"
                 );
                 self.settle_record(key).await;
-                self.catch_up_from(session, key, mark).await?;
+                Box::pin(self.catch_up_from(session, key, mark)).await?;
                 // History normally holds the message; if not yet, it goes
                 // after what history gave (which may have bridged it: read
                 // again).
@@ -148,6 +156,22 @@ impl Bridge {
                     .await
             }
         }
+    }
+
+    /// Whether `prev` (the message before a pushed one) is newer than
+    /// everything the portal has accounted for or is recording: then
+    /// something between was never seen.
+    async fn gap_before(&self, key: PortalKey, prev: Option<i64>) -> Result<bool, PortalError> {
+        let Some(prev) = prev else {
+            return Ok(false);
+        };
+        let stored = self.store.portals().mark(key.chat_id, key.receiver).await?;
+        let known = stored
+            .into_iter()
+            .chain(self.mark_when_recorded(key))
+            .map(|m| m.message_id)
+            .max();
+        Ok(known.is_some_and(|known| prev > known))
     }
 
     /// Where a new portal of the chat starts so that its history comes in
@@ -472,12 +496,11 @@ impl Bridge {
             let (event_type, mut content) = match (&text, part) {
                 (Some(text), 0) => ("m.room.message", text.clone()),
                 (Some(_), n) => {
-                    self.media_event(session, media_chat, shown, media[n - 1])
-                        .await
+                    Box::pin(self.media_event(session, media_chat, shown, media[n - 1])).await
                 }
                 (None, n) => {
                     let (event_type, mut content) =
-                        self.media_event(session, media_chat, shown, media[n]).await;
+                        Box::pin(self.media_event(session, media_chat, shown, media[n])).await;
                     if convert::is_captioned_media(message) {
                         convert::put_caption(&mut content, &convert::max_to_matrix(message));
                     }

@@ -99,9 +99,9 @@ impl Bridge {
             "m.reaction" => return self.react_on_max(&session, key, event).await,
             convert::POLL_RESPONSE => return self.vote_on_max(&session, key, event).await,
             "m.room.name" | "m.room.topic" => {
-                return self.update_on_max(&session, key, event).await;
+                return Box::pin(self.update_on_max(&session, key, event)).await;
             }
-            "m.room.pinned_events" => return self.pin_on_max(&session, key, event).await,
+            "m.room.pinned_events" => return Box::pin(self.pin_on_max(&session, key, event)).await,
             _ => {}
         }
         if event

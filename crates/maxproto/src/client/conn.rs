@@ -30,6 +30,9 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Outgoing frames queued per connection before senders wait.
 const OUTBOUND_CAPACITY: usize = 256;
+/// Frames written to the socket together at most, so that one flush
+/// stays small and the PING timer still gets its turn.
+const WRITE_BATCH: usize = 64;
 
 /// How a connection ended, as seen by its reader.
 #[derive(Debug, Clone)]
@@ -255,12 +258,7 @@ async fn write_loop(
         let message = tokio::select! {
             next = out.recv() => match next {
                 Some(Outbound::Message(message)) => message,
-                Some(Outbound::Close) | None => {
-                    let close = CloseFrame { code: CloseCode::Normal, reason: "".into() };
-                    let _ = sink.send(Message::Close(Some(close))).await;
-                    let _ = sink.close().await;
-                    return;
-                }
+                Some(Outbound::Close) | None => return close(&mut sink).await,
             },
             _ = ping.tick() => {
                 if let Some(previous) = last_ping.take() {
@@ -275,15 +273,50 @@ async fn write_loop(
                 }
             }
         };
-        let message = match message {
-            WireMessage::Text(text) => Message::Text(text.into()),
-            WireMessage::Binary(bytes) => Message::Binary(bytes.into()),
-        };
-        if let Err(error) = sink.send(message).await {
+        // Frames queued meanwhile (acks of a burst of pushes, a burst of
+        // sends) go out with this one: one write to the socket, not one
+        // each.
+        let mut closing = false;
+        let mut written = sink.feed(ws_message(message)).await;
+        let mut batched = 1;
+        while written.is_ok() && batched < WRITE_BATCH {
+            match out.try_recv() {
+                Ok(Outbound::Message(next)) => {
+                    written = sink.feed(ws_message(next)).await;
+                    batched += 1;
+                }
+                Ok(Outbound::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = written.and(sink.flush().await) {
             // The reader notices the dead socket too and ends the connection.
             tracing::debug!(%error, "websocket write failed");
             return;
         }
+        if closing {
+            return close(&mut sink).await;
+        }
+    }
+}
+
+/// Sends a normal close frame and closes the socket's writing half.
+async fn close(sink: &mut SplitSink<Socket, Message>) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
+}
+
+fn ws_message(message: WireMessage) -> Message {
+    match message {
+        WireMessage::Text(text) => Message::Text(text.into()),
+        WireMessage::Binary(bytes) => Message::Binary(bytes.into()),
     }
 }
 
