@@ -238,6 +238,9 @@ async fn write_loop(
                     return;
                 }
                 Outgoing::Abort => {
+                    // What was queued before the drop had reached the
+                    // socket, as it would have one frame at a time.
+                    let _ = sink.flush().await;
                     conn.kill();
                     return;
                 }
