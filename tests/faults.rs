@@ -125,12 +125,28 @@ impl Stage {
             if arrived >= sent.to_matrix.len() {
                 break;
             }
-            assert!(
-                progress.made(arrived),
-                "only {arrived} of {} MAX messages reached Matrix, none for {RECOVERY_BOUND:?}\n--- bridge log ---\n{}",
-                sent.to_matrix.len(),
-                self.env.bridge_log_tail(80)
-            );
+            if !progress.made(arrived) {
+                // The homeserver's own count tells a message the bridge
+                // never sent from one the human's sync did not show.
+                let on_server = self
+                    .human
+                    .history_on_server(&self.dm, 10_000)
+                    .await
+                    .iter()
+                    .filter(|e| {
+                        e["sender"] == boris.as_str()
+                            && e["content"]["body"]
+                                .as_str()
+                                .is_some_and(|b| b.starts_with(TO_MATRIX))
+                    })
+                    .count();
+                panic!(
+                    "only {arrived} of {} MAX messages reached Matrix, none for {RECOVERY_BOUND:?} (the homeserver holds {on_server}; the human's sync: {})\n--- bridge log ---\n{}",
+                    sent.to_matrix.len(),
+                    self.human.sync_report(),
+                    self.env.bridge_log_tail(80)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let lost_by_homeserver = self.wait_on_max_or_homeserver_loss(sent).await;

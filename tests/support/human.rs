@@ -16,6 +16,7 @@ use matrix_sdk::Client;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::api::client::filter::FilterDefinition;
 use matrix_sdk::ruma::api::client::membership::get_member_events;
+use matrix_sdk::ruma::api::client::message::get_message_events;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{
     Request as CreateRoomRequest, RoomPreset,
 };
@@ -793,6 +794,45 @@ impl Human {
                 })
             })
             .collect()
+    }
+
+    /// The room's events as the server has them (`/messages`, newest
+    /// first, up to `limit`): what a test compares with what the sync
+    /// showed, when something seems missing.
+    pub async fn history_on_server(&self, room: &RoomId, limit: usize) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut from = None;
+        while events.len() < limit {
+            let mut request = get_message_events::v3::Request::backward(room.to_owned());
+            request.from = from.take();
+            request.limit = UInt::from(500u32);
+            let resp =
+                self.client.send(request).await.unwrap_or_else(|err| {
+                    panic!("{} reading history of {room}: {err}", self.user_id)
+                });
+            let page = resp.chunk.len();
+            events.extend(
+                resp.chunk
+                    .iter()
+                    .filter_map(|raw| serde_json::from_str::<Value>(raw.json().get()).ok()),
+            );
+            match resp.end {
+                Some(end) if page > 0 => from = Some(end),
+                _ => break,
+            }
+        }
+        events
+    }
+
+    /// How the background sync has gone: syncs done, the last error (if
+    /// the last sync failed) and the rooms whose timeline came back with a
+    /// gap.
+    pub fn sync_report(&self) -> String {
+        let seen = self.seen.borrow();
+        format!(
+            "{} syncs, last error {:?}, gaps in {:?}",
+            seen.syncs, seen.last_error, seen.gaps
+        )
     }
 
     /// Joined and invited members, read from the server.
