@@ -46,6 +46,21 @@ macro_rules! insert {
     };
 }
 
+/// Binds a [`MessageRow`]'s fields to [`insert!`]'s $1 … $8.
+macro_rules! bind_row {
+    ($query:expr, $row:expr) => {
+        $query
+            .bind($row.chat_id)
+            .bind($row.receiver)
+            .bind($row.max_message_id)
+            .bind($row.part)
+            .bind(&$row.event_id)
+            .bind(&$row.room_id)
+            .bind($row.sender)
+            .bind($row.timestamp_ms)
+    };
+}
+
 pub struct Messages<'a> {
     db: &'a Db,
     portals: &'a PortalCache,
@@ -265,17 +280,12 @@ async fn record_many_sqlite(
     let mut marks: std::collections::HashMap<(i64, i64), PortalMark> =
         std::collections::HashMap::new();
     for (row, advance) in rows {
-        let done = sqlx::query(insert!(
-            "ON CONFLICT (chat_id, receiver, max_message_id, part) DO NOTHING"
-        ))
-        .bind(row.chat_id)
-        .bind(row.receiver)
-        .bind(row.max_message_id)
-        .bind(row.part)
-        .bind(&row.event_id)
-        .bind(&row.room_id)
-        .bind(row.sender)
-        .bind(row.timestamp_ms)
+        let done = bind_row!(
+            sqlx::query(insert!(
+                "ON CONFLICT (chat_id, receiver, max_message_id, part) DO NOTHING"
+            )),
+            row
+        )
         .execute(&mut *tx)
         .await?;
         new.push(done.rows_affected() > 0);
@@ -326,15 +336,7 @@ impl<'a> Messages<'a> {
     /// the part is already recorded, and with
     /// [`StoreError::MissingReference`] if the portal does not exist.
     pub async fn insert(&self, message: &MessageRow) -> Result<(), StoreError> {
-        let done = on_db!(self.db, |pool| sqlx::query(insert!(""))
-            .bind(message.chat_id)
-            .bind(message.receiver)
-            .bind(message.max_message_id)
-            .bind(message.part)
-            .bind(&message.event_id)
-            .bind(&message.room_id)
-            .bind(message.sender)
-            .bind(message.timestamp_ms)
+        let done = on_db!(self.db, |pool| bind_row!(sqlx::query(insert!("")), message)
             .execute(pool)
             .await
             .map(|done| done.rows_affected()));

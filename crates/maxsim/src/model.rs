@@ -893,6 +893,21 @@ impl State {
             .ok_or_else(|| crate::sim::ProtoError::chat_not_found(chat_id))
     }
 
+    /// [`require_member_chat`](Self::require_member_chat), with the chat
+    /// itself, to change.
+    pub fn require_member_chat_mut(
+        &mut self,
+        user: i64,
+        chat_id: i64,
+    ) -> Result<(ChatKey, &mut Chat), crate::sim::ProtoError> {
+        let key = self.require_member_chat(user, chat_id)?;
+        let chat = self
+            .chats
+            .get_mut(&key)
+            .ok_or_else(|| crate::sim::ProtoError::chat_not_found(chat_id))?;
+        Ok((key, chat))
+    }
+
     pub fn member_chat(&mut self, user: i64, chat_id: i64) -> Option<ChatKey> {
         if chat_id == 0 {
             return Some(self.ensure_saved(user));

@@ -539,11 +539,7 @@ impl Sim {
             return Err(ProtoError::missing("messageIds"));
         }
         let mut st = self.state();
-        let key = st.require_member_chat(actor.user, chat_id)?;
-        let chat = st
-            .chats
-            .get_mut(&key)
-            .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+        let (key, chat) = st.require_member_chat_mut(actor.user, chat_id)?;
         for &id in ids {
             let m = chat
                 .find(id)
@@ -700,11 +696,7 @@ impl Sim {
         set_as_unread: bool,
     ) -> Result<Value, ProtoError> {
         let mut st = self.state();
-        let key = st.require_member_chat(actor.user, chat_id)?;
-        let chat = st
-            .chats
-            .get_mut(&key)
-            .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+        let (key, chat) = st.require_member_chat_mut(actor.user, chat_id)?;
         let mark = match (mark, message_id) {
             (Some(m), _) => m,
             (None, Some(id)) => chat
@@ -898,11 +890,7 @@ impl Sim {
         change: impl FnOnce(&mut crate::model::Chat) -> BTreeSet<i64>,
     ) -> Result<(), ProtoError> {
         let mut st = self.state();
-        let key = st.require_member_chat(actor.user, chat_id)?;
-        let chat = st
-            .chats
-            .get_mut(&key)
-            .ok_or_else(|| ProtoError::chat_not_found(chat_id))?;
+        let (key, chat) = st.require_member_chat_mut(actor.user, chat_id)?;
         if chat.kind == ChatKind::Dialog {
             return Err(ProtoError::payload("Not valid for dialogs"));
         }
